@@ -1,0 +1,238 @@
+"""The per-packet decision functions of every node (see ``labkit.graph.node``).
+
+Each ``*_one(arena, base, length, *tables)`` returns an arc index (>= 0) or a
+drop code ``-(k + 1)`` for error ``k`` of its node; the error names live in
+``labkit.graph.nodes`` and the ``E_*`` constants below are their codes.
+
+Rules every function here follows:
+
+- the frame is ``arena[base + DATA_OFF : base + DATA_OFF + length]`` and no
+  byte past its end is read: each header access is preceded by a length check;
+- malformed input is a counted drop (a negative code), never an exception;
+- ``base`` and ``length`` are widened to int64 first, so unsigned arguments
+  (a uint32 packet vector) cannot mix with signed ones into float arithmetic;
+- bytes are read with ``int(...)`` or the ``labkit.memory.bytes`` helpers, so
+  the pure-Python twin (``.py_func``) never does wrapping uint8 arithmetic.
+"""
+import numpy as np
+from numba import njit
+
+from labkit.memory.bytes import rd16, rd32, rd32le, wr16, wr32le
+from labkit.memory.intrinsics import prefetch
+from labkit.memory.layouts import (
+    DATA_OFF, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_OFF, ETHERTYPE_IPV4, IP4_CSUM_OFF,
+    IP4_DST_OFF, IP4_LEN_OFF, IP4_OFF, IP4_PROTO_OFF, IP4_SRC_OFF, IP4_TTL_OFF,
+    IPPROTO_TCP, IPPROTO_UDP, L4_DPORT_OFF, L4_SPORT_OFF, META_ADJ_OFF,
+)
+
+ETH_LEN = IP4_OFF                 # 14: Ethernet II header, no VLAN tag
+IP4_MIN = IP4_OFF + 20            # 34: frame bytes needed for an option-less IPv4 header
+IP4_FRAG_OFF = 6                  # flags (3 bits) + fragment offset (13 bits)
+TBL8_FLAG = 0x8000                # DIR-24-8: tbl24 entry points to a tbl8 group
+
+# --- drop codes, one block per node; order = the node's `errors` tuple --------
+E_MACSWAP_RUNT = -1
+
+E_ETH_RUNT = -1
+E_UNKNOWN_ETHERTYPE = -2
+
+E_IP4_TRUNCATED = -1
+E_IP4_BAD_VERSION = -2
+E_IP4_BAD_IHL = -3
+E_IP4_BAD_LENGTH = -4
+E_IP4_BAD_CHECKSUM = -5
+E_TTL_EXPIRED = -6
+
+E_NO_ROUTE = -1
+E_LOOKUP_TRUNCATED = -2
+E_ADJ_UNRESOLVED = -3
+
+E_BAD_ADJACENCY = -1
+E_REWRITE_TRUNCATED = -2
+
+E_ACL_TRUNCATED = -1
+E_ACL_DENY = -2
+
+# --- ACL rule columns (see labkit.graph.acl) ----------------------------------
+ACL_SRC, ACL_SRC_MASK, ACL_DST, ACL_DST_MASK, ACL_PROTO = 0, 1, 2, 3, 4
+ACL_SPORT_LO, ACL_SPORT_HI, ACL_DPORT_LO, ACL_DPORT_HI, ACL_ACTION = 5, 6, 7, 8, 9
+ACL_COLS = 10
+ACL_PERMIT, ACL_DENY = 0, 1
+
+
+@njit(inline="always", cache=True)
+def _fold16(s):
+    """Ones' complement sum folded to 16 bits (RFC 1071 section 4.1)."""
+    s = (s & 0xFFFF) + (s >> 16)
+    return (s & 0xFFFF) + (s >> 16)
+
+
+@njit(nogil=True, cache=True)
+def l2_macswap_one(arena, base, length):
+    """Reflect the frame: swap destination and source MAC (DPDK l2fwd's macswap)."""
+    f = np.int64(base) + DATA_OFF
+    if np.int64(length) < ETH_LEN:
+        return E_MACSWAP_RUNT
+    for i in range(6):
+        d = arena[f + ETH_DST_OFF + i]
+        arena[f + ETH_DST_OFF + i] = arena[f + ETH_SRC_OFF + i]
+        arena[f + ETH_SRC_OFF + i] = d
+    return 0
+
+
+@njit(nogil=True, cache=True)
+def eth_input_one(arena, base, length):
+    """Demultiplex on the Ethernet II ethertype: only IPv4 goes on."""
+    f = np.int64(base) + DATA_OFF
+    if np.int64(length) < ETH_LEN:
+        return E_ETH_RUNT
+    if rd16(arena, f + ETH_TYPE_OFF) != ETHERTYPE_IPV4:
+        return E_UNKNOWN_ETHERTYPE
+    return 0
+
+
+@njit(nogil=True, cache=True)
+def ip4_input_one(arena, base, length):
+    """Validate the IPv4 header as a router must (RFC 1812 section 5.2.2).
+
+    Checks in order, each its own error: room for 20 bytes; version 4; IHL >= 5;
+    IHL*4 bytes present in the frame (else ``ip4_truncated``); IHL*4 <= total
+    length <= bytes after Ethernet (the frame may carry Ethernet padding);
+    header checksum over IHL*4 bytes, options included (RFC 1071: the ones'
+    complement sum of a valid header is 0xFFFF); TTL > 1, since forwarding
+    decrements it and a packet must not leave with TTL 0 (RFC 1812 5.3.1).
+    Options are not interpreted, only covered by the checksum.
+    """
+    f = np.int64(base) + DATA_OFF
+    n = np.int64(length)
+    ip = f + IP4_OFF
+    if n < IP4_MIN:
+        return E_IP4_TRUNCATED
+    ver_ihl = int(arena[ip])
+    if (ver_ihl >> 4) != 4:
+        return E_IP4_BAD_VERSION
+    hlen = (ver_ihl & 0xF) * 4
+    if hlen < 20:
+        return E_IP4_BAD_IHL
+    if IP4_OFF + hlen > n:
+        return E_IP4_TRUNCATED
+    total = rd16(arena, ip + IP4_LEN_OFF)
+    if total < hlen or total > n - IP4_OFF:
+        return E_IP4_BAD_LENGTH
+    s = 0
+    for o in range(0, hlen, 2):
+        s += rd16(arena, ip + o)
+    if _fold16(s) != 0xFFFF:
+        return E_IP4_BAD_CHECKSUM
+    if int(arena[ip + IP4_TTL_OFF]) <= 1:
+        return E_TTL_EXPIRED
+    return 0
+
+
+@njit(inline="always", cache=True)
+def _dir24_8(tbl24, tbl8, dst):
+    """DIR-24-8 lookup (Gupta, Lin, McKeown 1998; DPDK rte_lpm): one memory
+    access for prefixes up to /24, a second one into a 256-entry tbl8 group for
+    longer ones. Returns adjacency + 1, or 0 for no route."""
+    e = int(tbl24[dst >> 8])
+    if e & TBL8_FLAG:
+        e = int(tbl8[((e & 0x7FFF) << 8) | (dst & 0xFF)])
+    return e
+
+
+@njit(nogil=True, cache=True)
+def ip4_lookup_one(arena, base, length, tbl24, tbl8, adj_valid):
+    """Longest-prefix match on the destination; the adjacency index goes into
+    the buffer metadata (``META_ADJ_OFF``, little-endian u32) for ip4-rewrite.
+    ``adj_valid[adj]`` is 0 for an adjacency whose MAC is not resolved yet
+    (VPP's glean/incomplete adjacency): such packets are dropped."""
+    f = np.int64(base) + DATA_OFF
+    if np.int64(length) < IP4_MIN:
+        return E_LOOKUP_TRUNCATED
+    e = _dir24_8(tbl24, tbl8, rd32(arena, f + IP4_OFF + IP4_DST_OFF))
+    if e == 0:
+        return E_NO_ROUTE
+    adj = e - 1
+    if adj >= adj_valid.shape[0] or adj_valid[adj] == 0:
+        return E_ADJ_UNRESOLVED
+    wr32le(arena, np.int64(base) + META_ADJ_OFF, adj)
+    return 0
+
+
+@njit(nogil=True, cache=True)
+def ip4_lookup_prefetch(arena, base, length, tbl24, tbl8, adj_valid):
+    """Prefetch the tbl24 entry of the destination: with 32 MiB of tbl24 it is
+    almost always a cache miss, and the only one of the lookup for /24 routes."""
+    if np.int64(length) >= IP4_MIN:
+        dst = rd32(arena, np.int64(base) + DATA_OFF + IP4_OFF + IP4_DST_OFF)
+        prefetch(tbl24, dst >> 8)
+
+
+@njit(nogil=True, cache=True)
+def ip4_rewrite_one(arena, base, length, adj_mac):
+    """Decrement TTL, patch the checksum, write the adjacency's MACs.
+
+    The checksum is updated incrementally, RFC 1624 eqn. 3:
+    HC' = ~(~HC + ~m + m'), with m / m' the 16-bit word holding TTL and
+    protocol before / after; unlike eqn. 2 it never yields 0xFFFF (-0) for a
+    header whose sum is +0. ip4-input already refused TTL <= 1, so the
+    decrement never reaches 0 here.
+    ``adj_mac[adj]`` is 12 bytes: destination MAC then source MAC.
+    """
+    f = np.int64(base) + DATA_OFF
+    if np.int64(length) < IP4_MIN:
+        return E_REWRITE_TRUNCATED
+    adj = rd32le(arena, np.int64(base) + META_ADJ_OFF)
+    if adj >= adj_mac.shape[0]:
+        return E_BAD_ADJACENCY
+    ip = f + IP4_OFF
+    m = rd16(arena, ip + IP4_TTL_OFF)
+    m2 = (m - 0x100) & 0xFFFF
+    hc = rd16(arena, ip + IP4_CSUM_OFF)
+    s = _fold16((~hc & 0xFFFF) + (~m & 0xFFFF) + m2)
+    wr16(arena, ip + IP4_TTL_OFF, m2)
+    wr16(arena, ip + IP4_CSUM_OFF, ~s & 0xFFFF)
+    for i in range(12):
+        arena[f + ETH_DST_OFF + i] = adj_mac[adj, i]
+    return 0
+
+
+@njit(nogil=True, cache=True)
+def acl_one(arena, base, length, acl_rules):
+    """First-match 5-tuple filter over ``acl_rules`` (uint32 [n_rules, 10],
+    columns ``ACL_*`` above; addresses pre-masked). No match = permit.
+
+    Ports are read only for TCP/UDP in the first fragment (later fragments
+    carry no L4 header); elsewhere they count as 0. A TCP/UDP first fragment
+    too short to hold its 4 bytes of ports is dropped (``acl_truncated``):
+    deciding on missing ports is how tiny-fragment attacks slip through
+    (RFC 1858)."""
+    f = np.int64(base) + DATA_OFF
+    n = np.int64(length)
+    ip = f + IP4_OFF
+    if n < IP4_MIN:
+        return E_ACL_TRUNCATED
+    hlen = (int(arena[ip]) & 0xF) * 4
+    proto = int(arena[ip + IP4_PROTO_OFF])
+    src = rd32(arena, ip + IP4_SRC_OFF)
+    dst = rd32(arena, ip + IP4_DST_OFF)
+    sport = 0
+    dport = 0
+    first = (rd16(arena, ip + IP4_FRAG_OFF) & 0x1FFF) == 0
+    if (proto == IPPROTO_TCP or proto == IPPROTO_UDP) and first:
+        if IP4_OFF + hlen + 4 > n:
+            return E_ACL_TRUNCATED
+        sport = rd16(arena, ip + hlen + L4_SPORT_OFF)
+        dport = rd16(arena, ip + hlen + L4_DPORT_OFF)
+    for r in range(acl_rules.shape[0]):
+        rule = acl_rules[r]
+        p = int(rule[ACL_PROTO])
+        if ((src & int(rule[ACL_SRC_MASK])) == int(rule[ACL_SRC])
+                and (dst & int(rule[ACL_DST_MASK])) == int(rule[ACL_DST])
+                and (p == 0 or p == proto)
+                and int(rule[ACL_SPORT_LO]) <= sport <= int(rule[ACL_SPORT_HI])
+                and int(rule[ACL_DPORT_LO]) <= dport <= int(rule[ACL_DPORT_HI])):
+            if rule[ACL_ACTION] == ACL_DENY:
+                return E_ACL_DENY
+            return 0
+    return 0

@@ -1,0 +1,54 @@
+"""How a node is declared: once, by name, with its arcs and its error counters.
+
+A node's work is a *per-packet decision function* ``one``::
+
+    code = one(arena, base, length, *tables)
+
+- ``arena`` is the mempool's uint8 arena; the frame is
+  ``arena[base + DATA_OFF : base + DATA_OFF + length]``; the buffer's metadata
+  line is ``arena[base : base + 64]`` (``labkit.memory.layouts.BUF_META``).
+- ``tables`` are the read-only arrays named in ``Node.tables`` (the FIB, the
+  ACL rules, the adjacencies...), passed in that order.
+- It may rewrite the frame's bytes and the metadata line, never the length.
+- It returns ``code >= 0``: the index of the arc in ``Node.next`` the packet
+  takes; or ``code < 0``: the packet is dropped with error ``errors[-code - 1]``.
+- It must not read past ``base + DATA_OFF + length`` whatever the bytes are:
+  every header access is preceded by a length check.
+
+``one`` is ``@njit(nogil=True, cache=True)``; ``one.py_func`` is its pure-Python
+twin (the "JIT off" knob runs it). The graph compiler (``labkit.graph.compile``)
+generates, per node, the loop that calls ``one`` over a whole vector (single,
+dual or quad loop, with or without prefetch) and the generic step that
+enqueues every packet to its next node, VPP's newer style.
+
+``prefetch``, when given, has ``one``'s signature and returns nothing: it
+issues software prefetches for what ``one`` will touch (the frame is always
+prefetched by the loop; this is for tables, e.g. the FIB entry of the
+destination).
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    one: Callable
+    next: Tuple[str, ...]                      # arc index -> default next node name
+    errors: Tuple[Tuple[str, str], ...] = ()   # (counter name, one-line explanation)
+    tables: Tuple[str, ...] = ()               # names of the arrays passed after length
+    prefetch: Optional[Callable] = None
+    reads: Tuple[str, ...] = ()                # header fields it reads, for `labkit trace`
+    doc: str = ""
+
+    def __post_init__(self):
+        assert self.name and self.next, self.name
+        names = [e[0] for e in self.errors]
+        assert len(set(names)) == len(names), f"{self.name}: duplicate error names"
+
+
+# The two terminal nodes are implemented by the graph compiler itself, not by
+# a per-packet function: "drop" frees the buffer (its reason was counted by
+# the node that sent it there), "tx" hands the buffer to the NIC's TX ring.
+DROP = "drop"
+TX = "tx"

@@ -1,0 +1,127 @@
+"""Tiny numba intrinsics the data plane needs and numpy cannot express.
+
+- ``rdtsc()``: the time-stamp counter (``llvm.readcyclecounter``, which is
+  ``rdtsc`` on x86). TSC cycles tick at a constant rate, not at the core's
+  current clock: we always say "TSC cycles".
+- ``load_acquire(a, i)`` / ``store_release(a, i, v)``: atomic loads and stores
+  with acquire/release ordering on an element of a 1-D integer array. A spin
+  loop on a ring cursor needs the acquire load, or LLVM may hoist a plain load
+  out of the loop and spin forever on a stale value.
+- ``prefetch(a, i)``: a software prefetch of the cache line holding ``a[i]``
+  (``llvm.prefetch``: read, high locality). It is a hint: no fault, no effect
+  on results.
+
+Each has a pure-Python fallback with the same meaning, used when the caller
+runs with the JIT off (``Knobs(jit=False)``).
+"""
+import time
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+_I32 = ir.IntType(32)
+
+
+def _element_pointer(context, builder, aty, a, i):
+    ary = context.make_array(aty)(context, builder, a)
+    return cgutils.get_item_pointer(context, builder, aty, ary, [i])
+
+
+@intrinsic
+def _rdtsc(typingctx):
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.readcyclecounter")
+        return builder.call(fn, [])
+    return types.uint64(), codegen
+
+
+@intrinsic
+def _load_acquire(typingctx, arr, idx):
+    if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ptr = _element_pointer(context, builder, aty, args[0], args[1])
+        return builder.load_atomic(ptr, "acquire", aty.dtype.bitwidth // 8)
+    return arr.dtype(arr, idx), codegen
+
+
+@intrinsic
+def _store_release(typingctx, arr, idx, val):
+    if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aty, _, vty = signature.args
+        ptr = _element_pointer(context, builder, aty, args[0], args[1])
+        v = context.cast(builder, args[2], vty, aty.dtype)
+        builder.store_atomic(v, ptr, "release", aty.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.void(arr, idx, val), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        # Address arithmetic without a bounds check: a prefetch past the end
+        # is harmless (it cannot fault), and callers clamp anyway.
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # rw=0 (read), locality=3 (keep in all cache levels), cache type=1 (data)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0),
+                          ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.void(arr, idx), codegen
+
+
+# Python-level versions (the "JIT off" twins). numba compiles the overloads.
+
+def rdtsc():
+    """TSC cycles; in pure Python, perf_counter_ns scaled by the calibrated TSC rate."""
+    return int(time.perf_counter_ns() * _PY_TSC_PER_NS[0])
+
+
+_PY_TSC_PER_NS = [1.0]  # set by labkit.run.measure.calibrate_tsc()
+
+
+def load_acquire(a, i):
+    return a[i]
+
+
+def store_release(a, i, v):
+    a[i] = v
+
+
+def prefetch(a, i):
+    return None
+
+
+@overload(rdtsc, inline="always")
+def _ov_rdtsc():
+    return lambda: _rdtsc()
+
+
+@overload(load_acquire, inline="always")
+def _ov_load_acquire(a, i):
+    return lambda a, i: _load_acquire(a, i)
+
+
+@overload(store_release, inline="always")
+def _ov_store_release(a, i, v):
+    return lambda a, i, v: _store_release(a, i, v)
+
+
+@overload(prefetch, inline="always")
+def _ov_prefetch(a, i):
+    return lambda a, i: _prefetch(a, i)

@@ -1,0 +1,63 @@
+"""Every technique's switch in one place. Defaults are the fast path.
+
+Turning one knob changes only that technique, so the difference between two
+runs that differ in one knob is that technique's effect. TECHNIQUES maps the
+chapter's Table 1 (Linguaglossa 2020) to the knob that shows it.
+"""
+from dataclasses import dataclass, fields, replace, asdict
+
+MAX_BATCH = 256
+
+
+class KnobError(ValueError):
+    """A knob with a value it cannot take; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Knobs:
+    batch: int = 256          # vector size: packets per rx burst and per graph dispatch
+    jit: bool = True          # numba-compiled kernels (False: their pure-Python twins)
+    copy: bool = False        # copy each frame into a fresh buffer on rx and tx (True) or pass handles (False)
+    mempool: bool = True      # fixed-size slots from a free stack (False: a general-purpose heap, per packet)
+    hugepages: bool = True    # arena and FIB on 2 MiB pages when reserved (False: 4 KiB pages)
+    prefetch: bool = True     # software prefetch of the next packets' headers and table entries
+    unroll: int = 4           # packets per loop iteration in each node: 1 (single), 2 (dual), 4 (quad)
+    layout: str = "soa"       # packet vector: structure of arrays ("soa") or array of structures ("aos")
+
+    def __post_init__(self):
+        def bad(name, value, want):
+            raise KnobError(f"knob {name}={value!r} is invalid: {want}")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= MAX_BATCH:
+            bad("batch", self.batch, f"use an integer from 1 to {MAX_BATCH}")
+        for name in ("jit", "copy", "mempool", "hugepages", "prefetch"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, getattr(self, name), "use True or False")
+        if self.unroll not in (1, 2, 4) or isinstance(self.unroll, bool):
+            bad("unroll", self.unroll, "use 1, 2 or 4")
+        if self.layout not in ("soa", "aos"):
+            bad("layout", self.layout, 'use "soa" or "aos"')
+
+    def with_(self, **changes):
+        """A copy with some knobs changed (validated)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise KnobError(f"unknown knob(s): {', '.join(sorted(unknown))}; "
+                            f"knobs are: {', '.join(f.name for f in fields(self))}")
+        return replace(self, **changes)
+
+    def as_dict(self):
+        return asdict(self)
+
+
+# technique -> (knob, value that turns the technique OFF, where it shows)
+# The "on" value is the Knobs() default.
+TECHNIQUES = {
+    "compute batching": ("batch", 1, "memory"),
+    "JIT compilation": ("jit", False, "memory"),
+    "zero-copy": ("copy", True, "both"),
+    "mempools": ("mempool", False, "memory"),
+    "hugepages": ("hugepages", False, "memory"),
+    "prefetching": ("prefetch", False, "memory"),
+    "multi-loop": ("unroll", 1, "memory"),
+    "SoA layout": ("layout", "aos", "memory"),
+}

@@ -1,0 +1,177 @@
+"""``Lab(backend, graph, knobs).run(...) -> Result``: one experiment.
+
+A Lab owns everything a run needs: the pool (mempool or heap, on huge pages
+or not), the NIC and its rings, the tables (FIB, adjacencies, ACL), the
+traffic, and the compiled graph+loop for its knobs. ``run()`` can be called
+several times; each run starts from empty rings and ends with every buffer
+back in the pool.
+"""
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from ..graph.acl import Acl
+from ..graph.compile import compile_graph, generate, load_source, make_frames, resolve
+from ..graph.fib import Fib
+from ..graph.nodes import GRAPHS
+from ..memory.mempool import make_pool
+from ..memory.region import alloc_region
+from ..memory.ring import Ring
+from ..nic import memory as nicmem
+from ..nic.traffic import Traffic, make_traffic
+from .knobs import Knobs, KnobError
+from .loop import loop_source
+from .measure import now_tsc, tsc_hz
+from .result import NodeRuntime, Result
+
+BACKENDS = ("memory",)
+SLICE_S = 0.05            # the loop returns to Python this often (progress, Ctrl-C)
+POOL_SIZE = 8192          # buffers: rx ring + tx ring + vector + copies, with room to spare
+RING_SIZE = 1024
+
+
+class LabError(ValueError):
+    """A Lab asked for something that does not exist; one line says what to use."""
+
+
+@lru_cache(maxsize=4)
+def _fib(n_routes, seed, hugepages):
+    alloc = (lambda n: alloc_region(n, hugepages)[0])
+    return Fib.random(n_routes=n_routes, seed=seed, alloc=alloc)
+
+
+class Lab:
+    def __init__(self, backend="memory", graph="ip4", knobs=None, size=64, flows=1024,
+                 mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1,
+                 routes=100_000, pool_size=POOL_SIZE, ring_size=RING_SIZE, capture_max=1_000_000):
+        if backend not in BACKENDS:
+            raise LabError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
+        if graph not in GRAPHS:
+            raise LabError(f"unknown graph {graph!r}; graphs are: {', '.join(GRAPHS)}")
+        self.knobs = knobs = knobs if knobs is not None else Knobs()
+        if not isinstance(knobs, Knobs):
+            raise KnobError("knobs must be a labkit.Knobs")
+        self.backend, self.graph_name = backend, graph
+        self.notes = []
+        self.pool = make_pool(knobs.mempool, pool_size, hugepages=knobs.hugepages)
+        if self.pool.note:
+            self.notes.append(self.pool.note)
+        self.graph = resolve(graph)
+        self.tables = {}
+        fib = None
+        if any(t.startswith("fib_") or t == "adj_mac" for t in self.graph.tables):
+            fib = _fib(routes, seed, knobs.hugepages)
+            self.tables.update(fib.tables())
+        if "acl_rules" in self.graph.tables:
+            self.tables["acl_rules"] = Acl.default().rules
+        self.fib = fib
+        if pcap_in is not None:
+            from ..nic.pcap import read_pcap
+            data, offsets, lengths = read_pcap(pcap_in)
+            self.traffic = Traffic.from_buffer(data, offsets, lengths, self.pool.max_frame)
+        else:
+            dst = fib.sample_destinations(max(flows, 1), seed) if fib is not None else None
+            self.traffic = make_traffic(size=size, flows=flows, mix=mix, malformed=malformed,
+                                        seed=seed, dst=dst, max_frame=self.pool.max_frame)
+        self.pcap_out = pcap_out
+        self.rx, self.tx = Ring(ring_size), Ring(ring_size)
+        src = generate(self.graph, knobs) + "\n\n" + loop_source(self.graph, knobs)
+        self.mod = load_source(src, graph)
+        self.frames = make_frames(self.graph, knobs.batch, knobs.layout)
+        b = knobs.batch
+        self.tx_h, self.tx_l = np.zeros(b, np.uint32), np.zeros(b, np.uint32)
+        self.free_h = np.zeros(b, np.uint32)
+        self.tmp_h = np.zeros(ring_size, np.uint32)
+        self.tmp_l = np.zeros(ring_size, np.uint32)
+        self.tmp_hash = np.zeros(ring_size, np.uint32)
+        self.capture_max = capture_max if pcap_out else 0
+        self.closed = False
+
+    # -- running ---------------------------------------------------------------
+    def run(self, seconds=None, packets=None, progress=None):
+        """Offer traffic for `seconds` of wall time or `packets` frames, then
+        drain: every frame offered is forwarded or dropped by a counted reason."""
+        if seconds is not None and packets is not None:
+            raise LabError("give seconds or packets, not both")
+        if seconds is None and packets is None:
+            seconds = 1.0
+        if seconds is not None and not (isinstance(seconds, (int, float)) and 0 < seconds <= 3600):
+            raise LabError(f"seconds={seconds!r}: use a number of seconds from 0 (exclusive) to 3600")
+        if packets is not None and not (isinstance(packets, (int, np.integer)) and 0 < packets <= 10**12):
+            raise LabError(f"packets={packets!r}: use a whole number from 1 to 10**12")
+        hz = tsc_hz()
+        g, m, k = self.graph, self.mod, self.knobs
+        counters = np.zeros(len(g.reasons), np.int64)
+        stats = np.zeros((len(g.nodes), 3), np.int64)
+        nst = np.zeros(nicmem.NST_SIZE, np.int64)
+        cap_n = self.capture_max
+        cap_data = np.zeros(cap_n * min(self.traffic.stride, self.pool.max_frame) if cap_n else 0, np.uint8)
+        cap_len = np.zeros(cap_n, np.uint32)
+        budget = packets if packets is not None else np.iinfo(np.int64).max
+        t = self.traffic
+        tables = [self.tables[name] for name in g.tables]
+        fh, fl, fx, counts = self.frames
+
+        def slice_(budget, stop, slice_end):
+            return m.run_slice(self.pool.arena, self.pool.a, self.pool.b, self.rx.desc, self.rx.cur,
+                               self.tx.desc, self.tx.cur, t.frames, t.lengths, t.seq,
+                               self.pool.max_frame, cap_data, cap_len, nst, budget, stop, slice_end,
+                               k.batch, fh, fl, fx, counts, self.tx_h, self.tx_l, self.free_h,
+                               self.tmp_h, self.tmp_l, self.tmp_hash, counters, stats, *tables)
+
+        # The first call compiles (or loads numba's cache): do it with nothing
+        # to send, before the clock starts.
+        slice_(0, 0, 0)
+        nst[nicmem.STOPPED] = 0
+        start = now_tsc()
+        stop = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
+        done = False
+        try:
+            while not done:
+                slice_end = now_tsc() + int(SLICE_S * hz)
+                done = slice_(budget, stop, slice_end)
+                if progress is not None:
+                    if packets is not None:
+                        progress(min(1.0, nst[nicmem.SENT] / packets))
+                    else:
+                        progress(min(1.0, (now_tsc() - start) / (stop - start)))
+        except KeyboardInterrupt:
+            # Stop offering, let the data plane drain what is in flight, so
+            # every buffer goes back to the pool; then let the interrupt go on.
+            nst[nicmem.STOPPED] = 1
+            while not slice_(budget, stop, now_tsc() + int(SLICE_S * hz)):
+                pass
+            raise
+        wall = (now_tsc() - start) / hz
+        if self.pcap_out:
+            self._write_capture(cap_data, cap_len, nst)
+        dropped = {r: int(c) for r, c in zip(g.reasons, counters) if c}
+        runtime = [NodeRuntime(n.name, int(s[0]), int(s[1]), int(s[2])) for n, s in zip(g.nodes, stats)]
+        notes = list(self.notes)
+        if nst[nicmem.CAP_LOST]:
+            notes.append(f"capture: {nst[nicmem.CAP_LOST]} forwarded frames not written "
+                         f"(the capture holds at most {self.capture_max})")
+        return Result(backend=self.backend, graph=self.graph_name, knobs=k.as_dict(),
+                      sent=int(nst[nicmem.SENT]), forwarded=int(nst[nicmem.FWD]), dropped=dropped,
+                      seconds=wall, tsc_hz=hz, dut_cycles=int(nst[nicmem.DUT_CYC]),
+                      nic_cycles=int(nst[nicmem.NIC_CYC]), runtime=runtime, notes=notes,
+                      pool_ok=self.pool.n_free == self.pool.capacity)
+
+    def _write_capture(self, cap_data, cap_len, nst):
+        from ..nic.pcap import PcapWriter
+        n = int(nst[nicmem.CAP_N])
+        lengths = cap_len[:n].astype(np.int64)
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        with PcapWriter(self.pcap_out) as w:
+            w.write_many(cap_data, offsets, lengths)
+
+    def close(self):
+        self.closed = True
+        self.pool = self.rx = self.tx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

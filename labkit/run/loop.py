@@ -1,0 +1,123 @@
+"""The run loop: NIC and data plane in one JIT-compiled function.
+
+Generated next to the graph's dispatch (``labkit.graph.compile``) because it
+differs by knob in ways numba should see at compile time: which allocator
+(mempool or heap), copy or zero-copy, SoA or AoS vector. The loop returns
+every ``slice`` of TSC cycles, so Python can show progress and take Ctrl-C;
+numba code cannot be interrupted.
+
+One iteration, as a poll-mode driver does it:
+
+1. the NIC (hardware, cycles counted apart): take back TX descriptors and
+   free their buffers; offer new frames into free RX descriptors;
+2. the data plane (the cycles we report): take up to ``batch`` RX
+   descriptors, run the vector through the graph, free what was dropped, post
+   the rest on the TX ring (what does not fit is dropped as ``tx_full``:
+   queueing it would only add latency, as ixy's forwarder says).
+"""
+
+
+def loop_source(g, knobs):
+    aos = knobs.layout == "aos"
+    alloc, free = ("stack_alloc", "stack_free") if knobs.mempool else ("heap_alloc", "heap_free")
+    tbl = "".join(", " + t for t in g.tables)
+    py = not knobs.jit
+    imports = [
+        "from labkit.memory.mempool import " + alloc + ", " + free,
+        "from labkit.memory.ring import ring_enqueue, ring_dequeue, ring_dequeue_aos, ring_count",
+        "from labkit.memory.layouts import DATA_OFF, LINE_SHIFT",
+        "from labkit.nic.memory import nic_rx_dma, nic_tx_collect, SENT, DUT_CYC, NIC_CYC, STOPPED, MEMPOOL_EMPTY, TX_FULL",
+    ]
+    if py:
+        for f in (alloc, free, "ring_enqueue", "ring_dequeue", "ring_dequeue_aos", "ring_count",
+                  "nic_rx_dma", "nic_tx_collect"):
+            imports.append(f"{f} = {f}.py_func")
+    if aos:
+        rx = ["        n = ring_dequeue_aos(rx_desc, rx_cur, frames_x[0], batch)"]
+        rx_h = "frames_x[0][i]['handle']"
+    else:
+        rx = ["        n = ring_dequeue(rx_desc, rx_cur, frames_h[0], frames_l[0], tmp_hash, batch)"]
+        rx_h = "frames_h[0, i]"
+    rx_l = "frames_x[0][i]['length']" if aos else "frames_l[0, i]"
+    copy_rx = []
+    copy_tx = []
+    if knobs.copy:
+        # Copy mode: as recv()/send() do, every frame is copied into a fresh
+        # buffer on the way in and on the way out; the original is freed.
+        copy_rx = [
+            "        m = " + alloc + "(pa, pb, tmp_h, n)",
+            "        for i in range(n):",
+            f"            old = np.int64({rx_h}) << LINE_SHIFT",
+            "            free_h[i] = " + rx_h,
+            "            if i < m:",
+            "                new = np.int64(tmp_h[i]) << LINE_SHIFT",
+            f"                ln = np.int64({rx_l})",
+            "                arena[new:new + DATA_OFF + ln] = arena[old:old + DATA_OFF + ln]",
+            f"                {rx_h} = tmp_h[i]",
+            "        " + free + "(pa, pb, free_h, n)",
+            "        if m < n:",
+            "            counters[MEMPOOL_EMPTY] += n - m",
+            "            n = m",
+        ]
+        copy_tx = [
+            "            m = " + alloc + "(pa, pb, tmp_h, n_tx)",
+            "            for i in range(n_tx):",
+            "                if i < m:",
+            "                    old = np.int64(tx_h[i]) << LINE_SHIFT",
+            "                    new = np.int64(tmp_h[i]) << LINE_SHIFT",
+            "                    ln = np.int64(tx_l[i])",
+            "                    arena[new + DATA_OFF:new + DATA_OFF + ln] = arena[old + DATA_OFF:old + DATA_OFF + ln]",
+            "                free_h[i] = tx_h[i]",
+            "                tx_h[i] = tmp_h[i]",
+            "            " + free + "(pa, pb, free_h, n_tx)",
+            "            if m < n_tx:",
+            "                counters[MEMPOOL_EMPTY] += n_tx - m",
+            "                n_tx = m",
+        ]
+    body = [
+        "@JIT",
+        "def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, frames, flens, seq, max_frame,",
+        "              cap_data, cap_len, nst, budget, stop_tsc, slice_end_tsc, batch,",
+        f"              frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, counters, stats{tbl}):",
+        '    """Run until the slice ends (returns False) or all is done (True)."""',
+        "    ring_size = rx_desc.size",
+        "    while True:",
+        "        t0 = rdtsc()",
+        "        k = nic_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len, nst, counters)",
+        "        if k > 0:",
+        f"            {free}(pa, pb, tmp_h, k)",
+        "        if nst[STOPPED] == 0 and (nst[SENT] >= budget or t0 >= stop_tsc):",
+        "            nst[STOPPED] = 1",
+        "        if nst[STOPPED] == 0:",
+        "            want = min(ring_size - ring_count(rx_cur), budget - nst[SENT], tmp_h.size)",
+        "            if want > 0:",
+        f"                got = {alloc}(pa, pb, tmp_h, want)",
+        "                used = nic_rx_dma(arena, tmp_h, got, want, frames, flens, seq, max_frame, rx_desc, rx_cur, tmp_l, tmp_hash, nst, counters)",
+        "                if used < got:",
+        f"                    {free}(pa, pb, tmp_h[used:], got - used)",
+        "        t1 = rdtsc()",
+        "        nst[NIC_CYC] += t1 - t0",
+        *rx,
+        "        if n == 0:",
+        "            if nst[STOPPED] == 1 and ring_count(rx_cur) == 0 and ring_count(tx_cur) == 0:",
+        "                return True",
+        "            if t1 >= slice_end_tsc:",
+        "                return False",
+        "            continue",
+        *copy_rx,
+        "        counts[0] = n",
+        f"        n_tx, n_free = dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, counters, stats{tbl})",
+        "        if n_free > 0:",
+        f"            {free}(pa, pb, free_h, n_free)",
+        "        if n_tx > 0:",
+        *copy_tx,
+        "            s = ring_enqueue(tx_desc, tx_cur, tx_h, tx_l, tmp_hash, n_tx)",
+        "            if s < n_tx:",
+        "                counters[TX_FULL] += n_tx - s",
+        f"                {free}(pa, pb, tx_h[s:], n_tx - s)",
+        "        t2 = rdtsc()",
+        "        nst[DUT_CYC] += t2 - t1",
+        "        if t2 >= slice_end_tsc:",
+        "            return False",
+    ]
+    return "\n".join(imports) + "\n\n\n" + "\n".join(body) + "\n"

@@ -1,0 +1,79 @@
+"""What a run measured, and the conservation rule it must satisfy."""
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+
+@dataclass
+class NodeRuntime:
+    """One row of the per-node table, like VPP's `show runtime`."""
+    name: str
+    calls: int          # dispatches of this node that had at least one packet
+    packets: int        # packets it processed
+    cycles: int         # TSC cycles spent inside it
+
+    @property
+    def vectors_per_call(self):
+        return self.packets / self.calls if self.calls else 0.0
+
+    @property
+    def cycles_per_packet(self):
+        return self.cycles / self.packets if self.packets else 0.0
+
+
+@dataclass
+class Result:
+    backend: str
+    graph: str
+    knobs: dict
+    sent: int                         # frames the traffic source offered
+    forwarded: int                    # frames that left on TX and reached the sink
+    dropped: Dict[str, int]           # reason -> count
+    seconds: float                    # wall time of the measured loop
+    tsc_hz: float
+    dut_cycles: int                   # TSC cycles in the data plane (rx, graph, tx)
+    nic_cycles: int = 0               # TSC cycles the in-memory NIC spent "being hardware"
+    runtime: List[NodeRuntime] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    pool_ok: bool = True              # every buffer back in its pool after the run
+
+    @property
+    def batch(self):
+        return self.knobs["batch"]
+
+    @property
+    def pps(self):
+        """Packets the data plane processed (forwarded or dropped) per wall second."""
+        handled = self.forwarded + sum(v for k, v in self.dropped.items() if k not in NIC_SIDE_DROPS)
+        return handled / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cycles_per_packet(self):
+        """TSC cycles the data plane spent per packet it handled (not core cycles)."""
+        handled = self.forwarded + sum(v for k, v in self.dropped.items() if k not in NIC_SIDE_DROPS)
+        return self.dut_cycles / handled if handled else 0.0
+
+    @property
+    def conserved(self):
+        return self.sent == self.forwarded + sum(self.dropped.values())
+
+    def to_dict(self):
+        return {
+            "backend": self.backend, "graph": self.graph, "batch": self.batch,
+            "knobs": dict(self.knobs),
+            "sent": self.sent, "forwarded": self.forwarded,
+            "dropped": dict(sorted(self.dropped.items())),
+            "pps": self.pps, "mpps": self.pps / 1e6,
+            "cycles_per_packet": self.cycles_per_packet,
+            "tsc_hz": self.tsc_hz, "seconds": self.seconds,
+            "conserved": self.conserved, "pool_ok": self.pool_ok,
+            "runtime": [{"node": r.name, "calls": r.calls, "packets": r.packets,
+                         "vectors_per_call": r.vectors_per_call,
+                         "cycles_per_packet": r.cycles_per_packet} for r in self.runtime],
+            "notes": list(self.notes),
+        }
+
+
+# Drops that happen in the NIC before the data plane sees the frame (no
+# descriptor, no buffer): they count in `sent` and in conservation, but the
+# data plane spent no cycles on them.
+NIC_SIDE_DROPS = ("mempool_empty", "rx_frame_too_long")
