@@ -19,11 +19,13 @@ from ..memory.mempool import make_pool
 from ..memory.region import alloc_region
 from ..memory.ring import Ring
 from ..nic import memory as nicmem
-from ..nic.traffic import Traffic, make_traffic
+from ..nic.pcap import load_traffic
+from ..nic.traffic import make_traffic
 from .knobs import Knobs, KnobError
 from .loop import loop_source
 from .measure import now_tsc, tsc_hz
 from .result import NodeRuntime, Result
+from .trace import trace as _trace
 
 BACKENDS = ("memory",)
 SLICE_S = 0.05            # the loop returns to Python this often (progress, Ctrl-C)
@@ -66,10 +68,9 @@ class Lab:
         if "acl_rules" in self.graph.tables:
             self.tables["acl_rules"] = Acl.default().rules
         self.fib = fib
-        if pcap_in is not None:
-            from ..nic.pcap import read_pcap
-            data, offsets, lengths = read_pcap(pcap_in)
-            self.traffic = Traffic.from_buffer(data, offsets, lengths, self.pool.max_frame)
+        self.from_pcap = pcap_in is not None
+        if self.from_pcap:
+            self.traffic = load_traffic(pcap_in, self.pool.max_frame)
         else:
             dst = fib.sample_destinations(max(flows, 1), seed) if fib is not None else None
             self.traffic = make_traffic(size=size, flows=flows, mix=mix, malformed=malformed,
@@ -95,7 +96,10 @@ class Lab:
         if seconds is not None and packets is not None:
             raise LabError("give seconds or packets, not both")
         if seconds is None and packets is None:
-            seconds = 1.0
+            if self.from_pcap:
+                packets = int(self.traffic.seq.size)   # a capture replays once
+            else:
+                seconds = 1.0
         if seconds is not None and not (isinstance(seconds, (int, float)) and 0 < seconds <= 3600):
             raise LabError(f"seconds={seconds!r}: use a number of seconds from 0 (exclusive) to 3600")
         if packets is not None and not (isinstance(packets, (int, np.integer)) and 0 < packets <= 10**12):
@@ -165,6 +169,12 @@ class Lab:
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         with PcapWriter(self.pcap_out) as w:
             w.write_many(cap_data, offsets, lengths)
+
+    def trace(self, n=5):
+        """The first n packets' path through the graph (see labkit.run.trace)."""
+        if not isinstance(n, (int, np.integer)) or not 1 <= n <= 10_000:
+            raise LabError(f"trace count {n!r}: use a whole number from 1 to 10000")
+        return _trace(self.graph, self.tables, self.traffic, self.pool.max_frame, n)
 
     def close(self):
         self.closed = True

@@ -1,0 +1,128 @@
+"""Mempool, heap and rings: ownership, exhaustion, wrap-around, remainders."""
+import numpy as np
+import pytest
+
+from labkit.memory.layouts import CACHE_LINE, LINE_SHIFT
+from labkit.memory.mempool import Heap, Mempool, PoolError, slot_lines
+from labkit.memory.region import alloc_region
+from labkit.memory.ring import CONS, PROD, Ring, ring_count, ring_dequeue, ring_dequeue_aos, ring_enqueue
+from labkit.memory.layouts import PKT_VEC_AOS
+
+
+@pytest.mark.parametrize("kind", [Mempool, Heap])
+@pytest.mark.parametrize("jit", [True, False])
+def test_pool_alloc_free_exhaustion_and_recovery(kind, jit):
+    pool = kind(64, hugepages=False)
+    alloc = pool.alloc if jit else pool.alloc.py_func
+    free = pool.free if jit else pool.free.py_func
+    out = np.zeros(100, np.uint32)
+    got = alloc(pool.a, pool.b, out, 100)
+    assert got == 64 and pool.n_free == 0                 # exhaustion: partial, counted by caller
+    handles = out[:got].copy()
+    assert len(np.unique(handles)) == 64                   # no buffer handed out twice
+    bases = handles.astype(np.int64) << LINE_SHIFT
+    assert np.all(bases % CACHE_LINE == 0)
+    assert bases.max() + pool.slot_size <= pool.arena.size  # every slot inside the arena
+    assert alloc(pool.a, pool.b, out, 1) == 0              # dry
+    rng = np.random.default_rng(7)
+    rng.shuffle(handles)
+    free(pool.a, pool.b, handles[:10], 10)
+    assert alloc(pool.a, pool.b, out, 5) == 5              # recovers
+    free(pool.a, pool.b, out[:5], 5)
+    free(pool.a, pool.b, handles[10:], 54)
+    assert pool.n_free == pool.capacity and pool.check()
+
+
+@pytest.mark.parametrize("kind", [Mempool, Heap])
+def test_double_free_is_caught(kind):
+    pool = kind(8, hugepages=False)
+    out = np.zeros(8, np.uint32)
+    pool.alloc(pool.a, pool.b, out, 1)
+    pool.free(pool.a, pool.b, out, 1)
+    with pytest.raises(PoolError):
+        pool.free(pool.a, pool.b, out, 1)
+
+
+def test_slots_do_not_overlap_and_stride_is_odd_lines():
+    pool = Mempool(16, hugepages=False)
+    out = np.zeros(16, np.uint32)
+    pool.alloc(pool.a, pool.b, out, 16)
+    starts = np.sort(out.astype(np.int64) << LINE_SHIFT)
+    assert np.all(np.diff(starts) >= pool.slot_size)
+    assert slot_lines(2048) % 2 == 1 and slot_lines(2112) == 33
+
+
+def test_heap_random_alloc_free_keeps_blocks_disjoint():
+    pool = Heap(128, hugepages=False)
+    rng = np.random.default_rng(3)
+    live = []
+    out = np.zeros(1, np.uint32)
+    for _ in range(2000):
+        if live and (rng.random() < 0.5 or len(live) == 128):
+            h = live.pop(rng.integers(len(live)))
+            pool.free(pool.a, pool.b, np.array([h], np.uint32), 1)
+        elif pool.alloc(pool.a, pool.b, out, 1) == 1:
+            live.append(int(out[0]))
+        starts = np.sort(np.array(live, np.int64))
+        assert np.all(np.diff(starts) >= slot_lines(pool.slot_size))
+    pool.free(pool.a, pool.b, np.array(live, np.uint32), len(live))
+    assert pool.check()
+
+
+def test_region_falls_back_with_a_note_or_uses_huge_pages():
+    arr, huge, note = alloc_region(3 << 20, huge=True)
+    assert arr.size == 3 << 20 and arr.ctypes.data % 4096 == 0
+    assert huge or "nr_hugepages" in note
+    arr, huge, note = alloc_region(4096, huge=False)
+    assert not huge and note == ""
+
+
+def test_ring_size_must_be_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        Ring(1000)
+
+
+def _enq(r, vals, n):
+    v = np.asarray(vals, np.uint32)
+    return ring_enqueue(r.desc, r.cur, v, v, v, n)
+
+
+def _deq(r, n):
+    h, l, x = (np.zeros(max(n, 1), np.uint32) for _ in range(3))
+    k = ring_dequeue(r.desc, r.cur, h, l, x, n)
+    return list(h[:k])
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9])
+def test_ring_batch_sizes_full_and_empty(n):
+    r = Ring(8)
+    vals = list(range(100, 100 + max(n, 1)))
+    assert _enq(r, vals, n) == min(n, 8)                   # n+1 does not fit: 8 taken
+    assert len(r) == min(n, 8) and ring_count(r.cur) == min(n, 8)
+    assert _deq(r, n + 1) == vals[:min(n, 8)]
+    assert _deq(r, 1) == []                                # empty
+
+
+def test_ring_wraps_around_many_times_in_order():
+    r = Ring(8)
+    sent, got = 0, []
+    rng = np.random.default_rng(1)
+    while sent < 1000:
+        k = int(rng.integers(0, 9))
+        sent += _enq(r, list(range(sent, sent + k)), k)
+        got += _deq(r, int(rng.integers(0, 9)))
+    got += _deq(r, 8)
+    assert got == list(range(sent)) and r.cur[PROD] == r.cur[CONS] == sent
+
+
+def test_ring_cursors_on_separate_cache_lines():
+    r = Ring(8)
+    assert (CONS - PROD) * r.cur.itemsize >= CACHE_LINE and r.cur.ctypes.data % CACHE_LINE == 0
+
+
+def test_ring_dequeue_aos_matches_soa():
+    r = Ring(16)
+    _enq(r, range(5), 5)
+    vec = np.zeros(8, PKT_VEC_AOS)
+    assert ring_dequeue_aos(r.desc, r.cur, vec, 8) == 5
+    assert list(vec["handle"][:5]) == list(range(5)) and list(vec["length"][:5]) == list(range(5))
