@@ -1,0 +1,515 @@
+"""The `labkit` command: the same experiments as the notebooks, without Jupyter.
+
+    labkit run      one measured run: sent, forwarded, drops by reason, Mpps, TSC cycles/packet
+    labkit runtime  the per-node table, like VPP's `show runtime`
+    labkit trace    the first packets' path through the graph, like VPP's packet trace
+    labkit demo     the tour: every technique's knob off, then on
+    labkit bench    delegated to labkit.bench
+
+User errors (a bad flag, a knob out of range, a missing capture) exit 2 with
+one line on stderr that says what to use instead; Ctrl-C exits 130 quietly.
+The library is imported lazily, so `labkit --help` and `--version` stay fast.
+"""
+import argparse
+import json
+import os
+import sys
+
+from labkit import __version__
+from labkit.run.knobs import Knobs, KnobError, TECHNIQUES
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Traffic the generator can make: frame sizes without FCS (64-byte wire frames are 60 here).
+SIZE_MIN_BYTES, SIZE_MAX_BYTES = 60, 1920
+
+# Backends that exist in the design but not in this tree yet. When one arrives,
+# Lab's BACKENDS lists it and this entry stops mattering.
+PLANNED_BACKENDS = {
+    "veth": "it arrives with the ring driver",
+    "tap": "it arrives with the ring driver",
+}
+# Why a backend is the one the demo uses, said at the top of its output.
+BACKEND_WHY = {
+    "memory": "in-memory NIC (no root needed)",
+    "veth": "AF_PACKET ring on a veth pair in a network namespace (needs root)",
+    "tap": "TAP device read/write (needs root)",
+}
+
+KNOB_FLAGS = ("jit", "copy", "mempool", "hugepages", "prefetch")
+KNOB_HELP = {
+    "jit": "numba-compiled kernels, or their pure-Python twins",
+    "copy": "copy each frame into a fresh buffer on rx and tx, or pass handles",
+    "mempool": "fixed-size slots from a free stack, or a general-purpose heap",
+    "hugepages": "arena and FIB on 2 MiB pages when reserved, or 4 KiB pages",
+    "prefetch": "software prefetch of the next packets' headers and table entries",
+}
+
+COMPILE_NOTE = "compiling numba kernels (first run only; cached in ~/.cache/labkit afterwards)..."
+
+
+class UsageError(Exception):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage block) so it reads at a glance."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# -- argument types: each says what is wrong and what to use --------------------
+
+def _int_at_least(low, what):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use {what}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small; use {what}")
+        return value
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use seconds > 0, e.g. 1 or 0.2") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a duration; use seconds > 0, e.g. 1 or 0.2")
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction; use a number from 0 to 1, e.g. 0.01")
+    return value
+
+
+def _size(text):
+    use = f"use a frame size from {SIZE_MIN_BYTES} to {SIZE_MAX_BYTES} bytes (without FCS) or 'imix'"
+    if text.lower() == "imix":
+        return "imix"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; {use}") from None
+    if not SIZE_MIN_BYTES <= value <= SIZE_MAX_BYTES:
+        raise argparse.ArgumentTypeError(f"{value} bytes is out of range; {use}")
+    return value
+
+
+def _pcap_in(path):
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path}: no such file; give a pcap capture to replay")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{path}: not readable; check its permissions")
+    return path
+
+
+def _pcap_out(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{path}: folder {folder} does not exist; create it or write elsewhere")
+    return path
+
+
+# -- the parser -------------------------------------------------------------------
+
+def _lab_options(p):
+    """Where the packets come from and what processes them (run, runtime, trace)."""
+    g = p.add_argument_group("lab")
+    g.add_argument("--backend", default="memory", help="NIC backend (default: memory, the in-memory NIC)")
+    g.add_argument("--graph", default="ip4", help="graph of nodes: l2fwd, ip4 or acl (default: ip4)")
+    t = p.add_argument_group("traffic")
+    t.add_argument("--size", type=_size, default=64, metavar="N|imix",
+                   help=f"frame size in bytes without FCS, {SIZE_MIN_BYTES}..{SIZE_MAX_BYTES}, or imix (default: 64)")
+    t.add_argument("--flows", type=_int_at_least(1, "1 or more flows"), default=1024, metavar="N",
+                   help="distinct 5-tuples (default: 1024)")
+    t.add_argument("--mix", choices=("udp", "tcp", "mixed"), default="udp", help="L4 protocols (default: udp)")
+    t.add_argument("--malformed", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="fraction of frames with broken headers, 0..1 (default: 0)")
+    t.add_argument("--pcap", type=_pcap_in, metavar="FILE", help="replay this capture instead of generating")
+    t.add_argument("--out", type=_pcap_out, metavar="FILE", help="write the forwarded frames to this pcap")
+    t.add_argument("--seed", type=int, default=1, help="traffic generator seed (default: 1)")
+    k = p.add_argument_group("knobs (defaults are the fast path; see `labkit demo`)")
+    k.add_argument("--batch", type=int, metavar="N", help="vector size: packets per burst and per dispatch (1..256)")
+    for name in KNOB_FLAGS:
+        k.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=KNOB_HELP[name])
+    k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
+    k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
+
+
+def _length_options(p):
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--seconds", type=_positive_float, metavar="S", help="measure for S seconds (default: 1)")
+    g.add_argument("--packets", type=_int_at_least(1, "1 or more packets"), metavar="N",
+                   help="measure until N packets were sent")
+
+
+def build_parser():
+    parser = Parser(prog="labkit", description="A teaching data plane: every acceleration technique is a knob.")
+    parser.add_argument("--version", action="version", version=f"labkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="one measured run: throughput, TSC cycles/packet, drops")
+    _lab_options(p)
+    _length_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = sub.add_parser("runtime", help="per-node table, like VPP's `show runtime`")
+    _lab_options(p)
+    _length_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = sub.add_parser("trace", help="the first packets' path through the graph")
+    _lab_options(p)
+    p.add_argument("-n", type=_int_at_least(1, "1 or more packets"), default=5, metavar="N",
+                   help="packets to trace (default: 5)")
+    p.add_argument("--json", action="store_true", help="print the traces as one JSON list")
+
+    p = sub.add_parser("demo", help="the tour: each technique's knob off, then on")
+    p.add_argument("--backend", default="memory", help="NIC backend (default: memory)")
+    p.add_argument("--graph", default="ip4", help="graph of nodes (default: ip4)")
+    p.add_argument("--seconds", type=_positive_float, metavar="S",
+                   help="seconds per run (default: 1, or 0.2 with LABKIT_QUICK=1)")
+    p.add_argument("--json", action="store_true", help="print the table as one JSON list")
+
+    sub.add_parser("bench", help="benchmarks (see `labkit bench --help`)", add_help=False)
+    return parser
+
+
+# -- from arguments to a Lab --------------------------------------------------------
+
+def _knobs(args):
+    changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "unroll", "layout")
+               if getattr(args, name) is not None}
+    return Knobs().with_(**changes)          # KnobError says which knob and what to use
+
+
+def _lab_module():
+    try:
+        from labkit.run import lab
+    except ImportError as e:
+        raise UsageError(f"the data plane did not import ({e}); reinstall with `make test` or `pip install -e .`")
+    return lab
+
+
+def _check_names(lab, backend, graph):
+    if backend not in lab.BACKENDS:
+        if backend in PLANNED_BACKENDS:
+            raise UsageError(f"backend {backend} is not available yet ({PLANNED_BACKENDS[backend]}); "
+                             f"use --backend {lab.BACKENDS[0]}")
+        raise UsageError(f"unknown backend {backend!r}; use one of: {', '.join(lab.BACKENDS)}")
+    if graph not in lab.GRAPHS:
+        raise UsageError(f"unknown graph {graph!r}; use one of: {', '.join(lab.GRAPHS)}")
+
+
+def _make_lab(args):
+    knobs = _knobs(args)                     # first: a bad knob is reported even without the data plane
+    lab = _lab_module()
+    _check_names(lab, args.backend, args.graph)
+    _before_first_run()                      # a Lab compiles its graph when it is made
+    with _spinner(not args.json, "building the data plane (tables, traffic, kernels)"):
+        return lab.Lab(backend=args.backend, graph=args.graph, knobs=knobs,
+                       size=args.size, flows=args.flows, mix=args.mix, malformed=args.malformed,
+                       pcap_in=args.pcap, pcap_out=args.out, seed=args.seed)
+
+
+# -- output helpers -------------------------------------------------------------
+
+def _console(stderr=False):
+    from rich.console import Console
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped into a file, rich would assume 80 columns and wrap the tables.
+    wide = None if stream.isatty() or "COLUMNS" in os.environ else 120
+    return Console(stderr=stderr, highlight=False, width=wide)
+
+
+def _table(*columns):
+    """A plain table (a header rule, no box) whose first column is left-aligned."""
+    from rich import box
+    from rich.table import Table
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, name in enumerate(columns):
+        t.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    return t
+
+
+def _say(text):
+    """One line on stderr: notes and status, never on stdout (which --json owns)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+_compile_note_shown = False
+
+
+def _before_first_run():
+    """A first run compiles the kernels for tens of seconds: say so, so it does not look hung."""
+    global _compile_note_shown
+    if not _compile_note_shown:
+        _say(COMPILE_NOTE)
+        _compile_note_shown = True
+
+
+def _spinner(enabled, text):
+    """A transient spinner on stderr while something slow runs (only on a terminal)."""
+    import contextlib
+    if enabled and sys.stderr.isatty():
+        return _console(stderr=True).status(text)
+    return contextlib.nullcontext()
+
+
+class _Progress:
+    """A transient rich progress bar on stderr, or nothing when stderr is not a terminal.
+
+    ``advance(done)`` takes the fraction done of the whole job; ``step(text)`` sets the
+    label. It is safe to call from the thread that runs the lab.
+    """
+
+    def __init__(self, enabled, label):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                                console=_console(stderr=True), transient=True)
+            self.task = self.bar.add_task(label, total=1.0)
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def step(self, text):
+        if self.bar:
+            self.bar.update(self.task, description=text)
+
+    def advance(self, done):
+        if self.bar:
+            self.bar.update(self.task, completed=min(max(done, 0.0), 1.0))
+
+
+def _measure(args, lab, label):
+    """Run the lab for --seconds or --packets with a progress bar; returns the Result."""
+    length = {"packets": args.packets} if args.packets else {"seconds": args.seconds or 1.0}
+    with _Progress(not args.json, label) as bar:
+        return lab.run(progress=bar.advance, **length)
+
+
+def _notes(notes):
+    for note in dict.fromkeys(notes):          # once each, in order
+        _say(f"note: {note}")
+
+
+def _json_default(value):
+    if hasattr(value, "item"):                 # numpy scalars
+        return value.item()
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)
+
+
+def _print_json(obj):
+    print(json.dumps(obj, default=_json_default))
+
+
+def _broken(res):
+    """Conservation and pool checks: a failure is a data-plane bug, not a user error."""
+    problems = []
+    if not res.conserved:
+        problems.append(f"conservation broken: sent {res.sent} != forwarded {res.forwarded} "
+                        f"+ dropped {sum(res.dropped.values())}")
+    if not res.pool_ok:
+        problems.append("buffers leaked: the mempool is not full after the run")
+    return problems
+
+
+def _finish(res):
+    problems = _broken(res)
+    for p in problems:
+        _say(f"labkit: BUG: {p}")
+    return 1 if problems else 0
+
+
+# -- commands ---------------------------------------------------------------------
+
+def cmd_run(args):
+    with _make_lab(args) as lab:
+        res = _measure(args, lab, f"{args.graph} on {args.backend}")
+    if args.json:
+        _print_json(res.to_dict())
+        return _finish(res)
+    console = _console()
+    console.print(f"{res.graph} on {res.backend}, batch {res.batch}, {res.seconds:.2f} s")
+    t = _table("", "")
+    t.show_header = False
+    t.add_row("sent", f"{res.sent:,}")
+    t.add_row("forwarded", f"{res.forwarded:,}")
+    for reason, count in sorted(res.dropped.items()):
+        t.add_row(f"drop: {reason}", f"{count:,}")
+    t.add_row("Mpps", f"{res.pps / 1e6:.3f}")
+    t.add_row("TSC cycles/packet", f"{res.cycles_per_packet:.1f}")
+    console.print(t)
+    _notes(res.notes)
+    return _finish(res)
+
+
+def cmd_runtime(args):
+    with _make_lab(args) as lab:
+        res = _measure(args, lab, f"{args.graph} on {args.backend}")
+    if args.json:
+        _print_json(res.to_dict())
+        return _finish(res)
+    console = _console()
+    console.print(f"Time {res.seconds:.2f} s, {res.pps / 1e6:.3f} Mpps, {res.cycles_per_packet:.1f} TSC cycles/packet "
+                  f"({res.graph} on {res.backend}, batch {res.batch})")
+    t = _table("Name", "Calls", "Vectors", "Vectors/Call", "Clocks")
+    for r in res.runtime:
+        t.add_row(r.name, f"{r.calls:,}", f"{r.packets:,}", f"{r.vectors_per_call:.2f}", f"{r.cycles_per_packet:.2f}")
+    console.print(t)
+    _say("Clocks are TSC cycles per packet in that node (not core cycles); Vectors are packets.")
+    _notes(res.notes)
+    return _finish(res)
+
+
+def _fmt_value(value):
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    return str(value)
+
+
+def cmd_trace(args):
+    with _make_lab(args) as lab:
+        traces = lab.trace(n=args.n)
+    if args.json:
+        _print_json(traces)
+        return 0
+    out = []
+    for i, steps in enumerate(traces, 1):
+        out.append(f"Packet {i}")
+        for step in steps:
+            out.append(f"  {step['node']}")
+            read = step.get("read") or {}
+            if read:
+                out.append("    read:    " + ", ".join(f"{k} {_fmt_value(v)}" for k, v in read.items()))
+            changed = step.get("changed") or {}
+            if changed:
+                out.append("    changed: " + ", ".join(f"{k} {_fmt_value(b)} -> {_fmt_value(a)}"
+                                                       for k, (b, a) in changed.items()))
+            out.append(f"    => {step['result']}")
+        out.append("")
+    print("\n".join(out).rstrip("\n"))
+    return 0
+
+
+def _demo_rows(args, lab_mod, seconds):
+    """Each technique: its knob off, then on (the defaults). Returns (rows, notes)."""
+    todo = list(TECHNIQUES.items())
+    rows, notes = [], []
+    traffic = dict(size=64, flows=1024, mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1)
+    _before_first_run()
+    with _Progress(not args.json, "demo") as bar:
+        for i, (technique, (knob, off_value, where)) in enumerate(todo):
+            row = {"technique": technique, "knob": knob, "off": off_value,
+                   "on": getattr(Knobs(), knob), "where": where}
+            rows.append(row)
+            if where not in ("both", args.backend):
+                row["skipped"] = f"shows on the {where} backend"
+                continue
+            for j, (state, knobs) in enumerate((("off", Knobs().with_(**{knob: off_value})), ("on", Knobs()))):
+                bar.step(f"{technique}: {knob}={getattr(knobs, knob)} ({state}), {i + 1} of {len(todo)}")
+                base = (2 * i + j) / (2 * len(todo))
+
+                def progress(done, base=base):
+                    bar.advance(base + done / (2 * len(todo)))
+                with lab_mod.Lab(backend=args.backend, graph=args.graph, knobs=knobs, **traffic) as lab:
+                    res = lab.run(seconds=seconds, progress=progress)
+                notes.extend(res.notes)
+                notes.extend(_broken(res))
+                row[f"{state}_mpps"] = res.pps / 1e6
+                row[f"{state}_cycles_per_packet"] = res.cycles_per_packet
+            row["speedup"] = row["on_mpps"] / row["off_mpps"] if row["off_mpps"] else None
+    return rows, notes
+
+
+def cmd_demo(args):
+    seconds = args.seconds or (0.2 if os.environ.get("LABKIT_QUICK") == "1" else 1.0)
+    lab_mod = _lab_module()
+    _check_names(lab_mod, args.backend, args.graph)
+    if not args.json:
+        _say(f"labkit demo: backend {args.backend}: {BACKEND_WHY.get(args.backend, args.backend)}; "
+             f"graph {args.graph}; {seconds:g} s per run, each technique off then on")
+    rows, notes = _demo_rows(args, lab_mod, seconds)
+    if args.json:
+        _print_json(rows)
+    else:
+        console = _console()
+        console.print(f"Each technique off, then on ({args.graph} on {args.backend}; cycles are TSC cycles/packet)")
+        t = _table("technique", "knob off", "off Mpps", "on Mpps", "off cyc/pkt", "on cyc/pkt", "speed-up")
+        t.columns[1].justify = "left"
+        for r in rows:
+            knob = f"{r['knob']}={r['off']}"
+            if "skipped" in r:
+                t.add_row(r["technique"], knob, "", "", "", "", r["skipped"])
+                continue
+            t.add_row(r["technique"], knob, f"{r['off_mpps']:.3f}", f"{r['on_mpps']:.3f}",
+                      f"{r['off_cycles_per_packet']:.1f}", f"{r['on_cycles_per_packet']:.1f}",
+                      f"{r['speedup']:.2f}x" if r["speedup"] else "-")
+        console.print(t)
+    _notes(notes)
+    return 1 if any("conservation broken" in n or "buffers leaked" in n for n in notes) else 0
+
+
+def cmd_bench(argv):
+    import importlib
+    try:
+        bench = importlib.import_module("labkit.bench")
+    except ImportError as e:
+        raise UsageError(f"labkit bench is not available: labkit.bench did not import ({e})")
+    return bench.main(argv)
+
+
+COMMANDS = {"run": cmd_run, "runtime": cmd_runtime, "trace": cmd_trace, "demo": cmd_demo}
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["bench"]:               # bench parses its own options
+            return cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except UsageError as e:
+        _say(f"labkit: error: {_one_line(e)}")
+        return EXIT_USAGE
+    except (KnobError, ValueError) as e:      # LabError is a ValueError
+        _say(f"labkit: error: {_one_line(e)}")
+        return EXIT_USAGE
+    except OSError as e:                      # e.g. the pcap could not be written
+        _say(f"labkit: error: {_one_line(e)}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

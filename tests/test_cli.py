@@ -1,0 +1,251 @@
+"""The `labkit` command, run as a user runs it: in a subprocess.
+
+User errors exit 2 with one line on stderr and no traceback; --json prints
+exactly one JSON object on stdout; every run conserves packets.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit import cli
+from labkit.run.knobs import TECHNIQUES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def labkit(*args, extra_env=None, timeout=300):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("COLUMNS", None)
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, "-m", "labkit", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- user errors: exit 2, one line, no traceback ------------------------------
+
+BAD = [
+    ["run", "--bogus"],
+    ["run", "--batch", "0"],
+    ["run", "--batch", "999"],
+    ["run", "--batch", "abc"],
+    ["run", "--unroll", "3"],
+    ["run", "--layout", "x"],
+    ["run", "--graph", "nope"],
+    ["run", "--backend", "nope"],
+    ["run", "--backend", "veth"],
+    ["run", "--backend", "tap"],
+    ["run", "--size", "10"],
+    ["run", "--size", "5000"],
+    ["run", "--size", "big"],
+    ["run", "--flows", "0"],
+    ["run", "--malformed", "2"],
+    ["run", "--malformed", "-0.1"],
+    ["run", "--pcap", "/nonexistent"],
+    ["run", "--out", "/nonexistent/dir/out.pcap"],
+    ["run", "--seconds", "-1"],
+    ["run", "--seconds", "0"],
+    ["run", "--packets", "0"],
+    ["run", "--seconds", "1", "--packets", "5"],
+    ["run", "--mix", "icmp"],
+    ["runtime", "--batch", "0"],
+    ["trace", "-n", "0"],
+    ["demo", "--backend", "veth"],
+    ["demo", "--graph", "nope"],
+    ["demo", "--seconds", "-1"],
+    ["nope"],
+    [],
+]
+
+
+@pytest.mark.parametrize("args", BAD, ids=lambda a: " ".join(a) or "(none)")
+def test_user_error_is_one_line_and_exit_2(args):
+    p = labkit(*args)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("labkit: error: ")
+    assert p.stdout == ""
+
+
+def test_planned_backend_says_when_and_what_to_use():
+    p = labkit("run", "--backend", "veth")
+    assert p.stderr.strip() == ("labkit: error: backend veth is not available yet "
+                                "(it arrives with the ring driver); use --backend memory")
+
+
+def test_bad_knob_names_the_range():
+    assert "1 to 256" in labkit("run", "--batch", "999").stderr
+
+
+def test_version():
+    p = labkit("--version")
+    assert p.returncode == 0 and p.stdout.strip() == "labkit 0.1.0"
+
+
+def test_size_limits_match_the_traffic_module():
+    from labkit.memory.layouts import MAX_FRAME_DEFAULT
+    from labkit.nic.traffic import MIN_FRAME
+    assert (cli.SIZE_MIN_BYTES, cli.SIZE_MAX_BYTES) == (MIN_FRAME, MAX_FRAME_DEFAULT)
+
+
+# -- runs ----------------------------------------------------------------------
+
+REQUIRED = {"backend", "graph", "batch", "knobs", "sent", "forwarded", "dropped", "pps", "mpps",
+            "cycles_per_packet", "tsc_hz", "seconds", "conserved", "pool_ok", "runtime", "notes"}
+
+
+def run_json(*args):
+    p = labkit(*args, "--json")
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    assert len(p.stdout.strip().splitlines()) == 1, "stdout must be exactly one JSON object"
+    return json.loads(p.stdout)
+
+
+def graph_nodes(graph):
+    from labkit.run.lab import GRAPHS
+    return list(GRAPHS[graph])
+
+
+@pytest.mark.parametrize("graph", ["l2fwd", "ip4", "acl"])
+def test_run_json_conserves_packets(graph):
+    r = run_json("run", "--graph", graph, "--packets", "20000")
+    assert REQUIRED <= set(r)
+    assert r["graph"] == graph and r["backend"] == "memory"
+    assert r["sent"] >= 20000
+    assert r["sent"] == r["forwarded"] + sum(r["dropped"].values())
+    assert r["conserved"] and r["pool_ok"]
+    assert r["mpps"] > 0 and r["cycles_per_packet"] > 0
+    assert set(graph_nodes(graph)) <= {row["node"] for row in r["runtime"]}
+
+
+def test_run_knob_flags_reach_the_lab():
+    r = run_json("run", "--packets", "3000", "--batch", "32", "--no-prefetch", "--unroll", "2",
+                 "--layout", "aos", "--copy", "--no-mempool", "--no-hugepages")
+    assert r["batch"] == 32
+    assert r["knobs"] == {"batch": 32, "jit": True, "copy": True, "mempool": False, "hugepages": False,
+                          "prefetch": False, "unroll": 2, "layout": "aos"}
+    assert r["conserved"] and r["pool_ok"]
+
+
+def test_run_malformed_mixed_imix_drops_are_counted():
+    r = run_json("run", "--packets", "20000", "--size", "imix", "--mix", "mixed", "--malformed", "0.1")
+    assert r["dropped"], "malformed frames must show as counted drops"
+    assert r["sent"] == r["forwarded"] + sum(r["dropped"].values())
+
+
+def test_run_seconds():
+    r = run_json("run", "--graph", "l2fwd", "--seconds", "0.2")
+    assert 0.1 < r["seconds"] < 5 and r["conserved"]
+
+
+def test_run_human_output():
+    p = labkit("run", "--graph", "acl", "--packets", "5000")
+    assert p.returncode == 0, p.stderr
+    for word in ("sent", "forwarded", "Mpps", "TSC cycles/packet"):
+        assert word in p.stdout
+    assert "compiling numba kernels" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_pcap_out_then_replay(tmp_path):
+    out = tmp_path / "fwd.pcap"
+    first = run_json("run", "--graph", "l2fwd", "--packets", "500", "--out", str(out))
+    assert out.stat().st_size > 24                      # a pcap header and some frames
+    again = run_json("run", "--graph", "l2fwd", "--packets", "500", "--pcap", str(out))
+    assert first["forwarded"] > 0 and again["forwarded"] == again["sent"]
+
+
+def test_runtime_table():
+    p = labkit("runtime", "--graph", "ip4", "--packets", "5000")
+    assert p.returncode == 0, p.stderr
+    header = next(line for line in p.stdout.splitlines() if "Name" in line).split()
+    assert header == ["Name", "Calls", "Vectors", "Vectors/Call", "Clocks"]
+    for node in graph_nodes("ip4"):
+        assert node in p.stdout
+
+
+def test_runtime_json():
+    r = run_json("runtime", "--graph", "acl", "--packets", "5000")
+    assert [row["node"] for row in r["runtime"]][:len(graph_nodes("acl"))] == graph_nodes("acl")
+    for row in r["runtime"]:
+        assert {"node", "calls", "packets", "vectors_per_call", "cycles_per_packet"} <= set(row)
+
+
+def test_trace_prints_n_packets():
+    p = labkit("trace", "--graph", "ip4", "-n", "3")
+    assert p.returncode == 0, p.stderr
+    packets = [line for line in p.stdout.splitlines() if line.startswith("Packet ")]
+    assert packets == ["Packet 1", "Packet 2", "Packet 3"]
+    assert "eth-input" in p.stdout and "=>" in p.stdout
+
+
+def test_trace_json():
+    r = run_json("trace", "--graph", "acl", "-n", "2")
+    assert len(r) == 2
+    for steps in r:
+        assert steps and all({"node", "result"} <= set(s) for s in steps)
+
+
+def test_demo_json_has_a_row_per_technique():
+    p = labkit("demo", "--json", "--seconds", "0.05", extra_env={"LABKIT_QUICK": "1"})
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert [r["technique"] for r in rows] == list(TECHNIQUES)
+    for r in rows:
+        assert r["knob"] == TECHNIQUES[r["technique"]][0]
+        assert r["off_mpps"] > 0 and r["on_mpps"] > 0 and r["speedup"] > 0
+
+
+def test_demo_human_says_which_backend_and_why():
+    p = labkit("demo", "--seconds", "0.05")
+    assert p.returncode == 0, p.stderr
+    assert "in-memory NIC (no root needed)" in p.stderr
+    assert "speed-up" in p.stdout
+    for technique in TECHNIQUES:
+        assert technique in p.stdout
+
+
+# -- in-process: delegation and Ctrl-C -------------------------------------------
+
+def test_bench_is_delegated(monkeypatch):
+    import types
+    seen = []
+    fake = types.ModuleType("labkit.bench")
+    fake.main = lambda argv: seen.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "labkit.bench", fake)
+    assert cli.main(["bench", "--x", "1"]) == 7
+    assert seen == [["--x", "1"]]
+
+
+def test_bench_missing_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "labkit.bench", None)     # import raises ImportError
+    assert cli.main(["bench"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("labkit: error: labkit bench is not available")
+
+
+def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setitem(cli.COMMANDS, "run", interrupted)
+    assert cli.main(["run"]) == 130
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_during_a_run_exits_130_without_traceback():
+    import signal
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    p = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--seconds", "60"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "compiling numba kernels" in p.stderr.readline()    # main() is running
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert out == "" and "Traceback" not in err
