@@ -67,7 +67,7 @@ def _fold16(s):
     return (s & 0xFFFF) + (s >> 16)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def l2_macswap_one(arena, base, length):
     """Reflect the frame: swap destination and source MAC (DPDK l2fwd's macswap)."""
     f = np.int64(base) + DATA_OFF
@@ -80,7 +80,7 @@ def l2_macswap_one(arena, base, length):
     return 0
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def eth_input_one(arena, base, length):
     """Demultiplex on the Ethernet II ethertype: only IPv4 goes on."""
     f = np.int64(base) + DATA_OFF
@@ -91,7 +91,7 @@ def eth_input_one(arena, base, length):
     return 0
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def ip4_input_one(arena, base, length):
     """Validate the IPv4 header as a router must (RFC 1812 section 5.2.2).
 
@@ -140,7 +140,7 @@ def _dir24_8(tbl24, tbl8, dst):
     return e
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def ip4_lookup_one(arena, base, length, tbl24, tbl8, adj_valid):
     """Longest-prefix match on the destination; the adjacency index goes into
     the buffer metadata (``META_ADJ_OFF``, little-endian u32) for ip4-rewrite.
@@ -159,7 +159,7 @@ def ip4_lookup_one(arena, base, length, tbl24, tbl8, adj_valid):
     return 0
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def ip4_lookup_prefetch(arena, base, length, tbl24, tbl8, adj_valid):
     """Prefetch the tbl24 entry of the destination: with 32 MiB of tbl24 it is
     almost always a cache miss, and the only one of the lookup for /24 routes."""
@@ -168,7 +168,7 @@ def ip4_lookup_prefetch(arena, base, length, tbl24, tbl8, adj_valid):
         prefetch(tbl24, dst >> 8)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def ip4_rewrite_one(arena, base, length, adj_mac):
     """Decrement TTL, patch the checksum, write the adjacency's MACs.
 
@@ -197,7 +197,7 @@ def ip4_rewrite_one(arena, base, length, adj_mac):
     return 0
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def acl_one(arena, base, length, acl_rules):
     """First-match 5-tuple filter over ``acl_rules`` (uint32 [n_rules, 10],
     columns ``ACL_*`` above; addresses pre-masked). No match = permit.
