@@ -103,11 +103,12 @@ def stack_free(stack, top, handles, n):
 
 
 # --- the general-purpose heap ("mempool off") -----------------------------------
-# State a: int64 [4, n_lines] per line that starts a block:
-#   SIZE  block size in lines (0: not a block start)   FREE  1 if free
+# State a: int64 [5, n_lines], rows indexed by arena line:
+#   SIZE  block size in lines, at a block's first line (0 elsewhere)
+#   FREE  1 if the block starting here is free
 #   NEXT/PREV  free-list links (line index, -1 = none), valid while free
-# and a per-block boundary tag at the block's last line, SIZE of the block, so
-# a freed block finds its physical predecessor in O(1) (Knuth's boundary tags).
+#   TAG   the block's size again, at its *last* line: a freed block finds its
+#         physical predecessor in O(1) (Knuth's boundary tags)
 # State b: int64 [4]: free-list head, allocated count, request size in lines, capacity.
 SIZE, FREE, NEXT, PREV, TAG = 0, 1, 2, 3, 4
 HEAD, N_USED, REQ, CAP = 0, 1, 2, 3
