@@ -51,7 +51,8 @@ def nic_rx_dma(arena, handles, got, want, frames, flens, seq, max_frame,
             counters[MEMPOOL_EMPTY] += 1
             continue
         base = np.int64(handles[used]) << LINE_SHIFT
-        arena[base + DATA_OFF: base + DATA_OFF + length] = frames[t, :length]
+        for j in range(length):        # a loop, not slice assignment: this runs
+            arena[base + DATA_OFF + j] = frames[t, j]   # in loops compiled without NRT
         wr32le(arena, base + META_HASH_OFF, t)       # the "NIC-computed" flow id
         tmp_l[used] = length
         tmp_hash[used] = t
@@ -81,7 +82,8 @@ def nic_tx_collect(arena, tx_desc, tx_cur, out_h, tmp_l, tmp_hash, max_frame,
             n, off = nst[CAP_N], nst[CAP_BYTES]
             if n < cap_len.size and off + length <= cap_data.size:
                 base = (h << LINE_SHIFT) + DATA_OFF
-                cap_data[off:off + length] = arena[base:base + length]
+                for j in range(length):
+                    cap_data[off + j] = arena[base + j]
                 cap_len[n] = length
                 nst[CAP_N] = n + 1
                 nst[CAP_BYTES] = off + length
