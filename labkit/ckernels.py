@@ -38,7 +38,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 

@@ -141,7 +141,7 @@ def _node_loop(node, i, knobs):
         out.append(f"{ind}i += {width}")
         return out
 
-    lines = [f"@JIT", f"def node_{i}({args}):", f"    i = 0"]
+    lines = ["@JIT", f"def node_{i}({args}):", "    i = 0"]
     if u > 1:
         lines.append(f"    while i + {u} <= n:")
         lines += body(u, "        ")

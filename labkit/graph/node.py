@@ -26,7 +26,7 @@ issues software prefetches for what ``one`` will touch (the frame is always
 prefetched by the loop; this is for tables, e.g. the FIB entry of the
 destination).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 

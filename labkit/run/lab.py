@@ -6,13 +6,12 @@ traffic, and the compiled graph+loop for its knobs. ``run()`` can be called
 several times; each run starts from empty rings and ends with every buffer
 back in the pool.
 """
-import os
 from functools import lru_cache
 
 import numpy as np
 
 from ..graph.acl import Acl
-from ..graph.compile import compile_graph, generate, load_source, make_frames, resolve
+from ..graph.compile import generate, load_source, make_frames, resolve
 from ..graph.fib import Fib
 from ..graph.nodes import GRAPHS
 from ..memory.mempool import make_pool
