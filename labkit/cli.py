@@ -348,11 +348,18 @@ def _finish(res):
 
 # -- commands ---------------------------------------------------------------------
 
-def cmd_run(args):
+def _measured(args):
+    """One run as the arguments describe it; with --json, also printed as JSON."""
     with _make_lab(args) as lab:
         res = _measure(args, lab, f"{args.graph} on {args.backend}")
     if args.json:
         _print_json(res.to_dict())
+    return res
+
+
+def cmd_run(args):
+    res = _measured(args)
+    if args.json:
         return _finish(res)
     console = _console()
     console.print(f"{res.graph} on {res.backend}, batch {res.batch}, {res.seconds:.2f} s")
@@ -370,10 +377,8 @@ def cmd_run(args):
 
 
 def cmd_runtime(args):
-    with _make_lab(args) as lab:
-        res = _measure(args, lab, f"{args.graph} on {args.backend}")
+    res = _measured(args)
     if args.json:
-        _print_json(res.to_dict())
         return _finish(res)
     console = _console()
     console.print(f"Time {res.seconds:.2f} s, {res.pps / 1e6:.3f} Mpps, {res.cycles_per_packet:.1f} TSC cycles/packet "
