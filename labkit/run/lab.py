@@ -18,7 +18,7 @@ from ..memory.mempool import make_pool
 from ..memory.region import alloc_region
 from ..memory.ring import Ring
 from ..nic import memory as nicmem
-from ..nic.pcap import load_traffic
+from ..nic.pcap import PcapWriter, load_traffic
 from ..nic.traffic import make_traffic
 from .knobs import Knobs, KnobError
 from .loop import loop_source
@@ -162,7 +162,6 @@ class Lab:
                       pool_ok=self.pool.n_free == self.pool.capacity)
 
     def _write_capture(self, cap_data, cap_len, nst):
-        from ..nic.pcap import PcapWriter
         n = int(nst[nicmem.CAP_N])
         lengths = cap_len[:n].astype(np.int64)
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
