@@ -4,15 +4,18 @@
     labkit runtime  the per-node table, like VPP's `show runtime`
     labkit trace    the first packets' path through the graph, like VPP's packet trace
     labkit demo     the tour: every technique's knob off, then on
+    labkit net      the lab network (namespaces, veth pairs, TAP): up, down, status
     labkit bench    delegated to labkit.bench
 
 User errors (a bad flag, a knob out of range, a missing capture) exit 2 with
-one line on stderr that says what to use instead; Ctrl-C exits 130 quietly.
+one line on stderr that says what to use instead; Ctrl-C exits 130 and
+SIGTERM 143, quietly, after the run has drained and its namespaces are gone.
 The library is imported lazily, so `labkit --help` and `--version` stay fast.
 """
 import argparse
 import json
 import os
+import signal
 import sys
 
 from labkit import __version__
@@ -20,21 +23,17 @@ from labkit.run.knobs import Knobs, KnobError, TECHNIQUES
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 # Traffic the generator can make: frame sizes without FCS (64-byte wire frames are 60 here).
 SIZE_MIN_BYTES, SIZE_MAX_BYTES = 60, 1920
 
-# Backends that exist in the design but not in this tree yet. When one arrives,
-# Lab's BACKENDS lists it and this entry stops mattering.
-PLANNED_BACKENDS = {
-    "veth": "it arrives with the ring driver",
-    "tap": "it arrives with the ring driver",
-}
+BACKENDS = ("memory", "veth", "tap", "auto")
 # Why a backend is the one the demo uses, said at the top of its output.
 BACKEND_WHY = {
     "memory": "in-memory NIC (no root needed)",
-    "veth": "AF_PACKET ring on a veth pair in a network namespace (needs root)",
-    "tap": "TAP device read/write (needs root)",
+    "veth": "AF_PACKET rings on veth pairs between two network namespaces",
+    "tap": "TAP device read/write, generator on AF_PACKET rings",
 }
 
 KNOB_FLAGS = ("jit", "copy", "mempool", "hugepages", "prefetch")
@@ -70,6 +69,17 @@ def _int_at_least(low, what):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use {what}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is too small; use {what}")
+        return value
+    return parse
+
+
+def _int_between(low, high, what):
+    at_least = _int_at_least(low, what)
+
+    def parse(text):
+        value = at_least(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{value} is too large; use {what}")
         return value
     return parse
 
@@ -127,7 +137,9 @@ def _pcap_out(path):
 def _lab_options(p):
     """Where the packets come from and what processes them (run, runtime, trace)."""
     g = p.add_argument_group("lab")
-    g.add_argument("--backend", default="memory", help="NIC backend (default: memory, the in-memory NIC)")
+    g.add_argument("--backend", default="memory", choices=BACKENDS,
+                   help="NIC: memory (in-memory, no root), veth or tap (a real NIC in network namespaces, "
+                        "needs root), auto (veth when possible) (default: memory)")
     g.add_argument("--graph", default="ip4", help="graph of nodes: l2fwd, ip4 or acl (default: ip4)")
     t = p.add_argument_group("traffic")
     t.add_argument("--size", type=_size, default=64, metavar="N|imix",
@@ -146,6 +158,16 @@ def _lab_options(p):
         k.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=KNOB_HELP[name])
     k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
     k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
+    n = p.add_argument_group("real NIC (veth, tap)")
+    n.add_argument("--poll", choices=("busy", "wait"),
+                   help="busy-poll the RX ring, or sleep in poll() until frames come (default: busy)")
+    n.add_argument("--qdisc-bypass", dest="qdisc_bypass", action=argparse.BooleanOptionalAction, default=None,
+                   help="send straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer")
+    n.add_argument("--rate", type=_int_at_least(1, "packets per second, 1 or more"), metavar="PPS",
+                   help="generator rate in packets per second (default: as fast as possible)")
+    n.add_argument("--gen-batch", dest="gen_batch", type=_int_between(1, 256, "frames per kick from 1 to 256"),
+                   metavar="N",
+                   help="generator frames per TX kick, 1..256 (default: 64)")
 
 
 def _length_options(p):
@@ -177,11 +199,18 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the traces as one JSON list")
 
     p = sub.add_parser("demo", help="the tour: each technique's knob off, then on")
-    p.add_argument("--backend", default="memory", help="NIC backend (default: memory)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="real NIC for the I/O techniques: veth, tap, auto (veth when possible) or memory "
+                        "(none); compute and memory techniques always run on the in-memory NIC (default: auto)")
     p.add_argument("--graph", default="ip4", help="graph of nodes (default: ip4)")
     p.add_argument("--seconds", type=_positive_float, metavar="S",
                    help="seconds per run (default: 1, or 0.2 with LABKIT_QUICK=1)")
     p.add_argument("--json", action="store_true", help="print the table as one JSON list")
+
+    p = sub.add_parser("net", help="the lab network: namespaces labkit-gen and labkit-dut, veth pairs, TAP")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--tap", action="store_true", help="up: also make the TAP device lk-tap0")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
 
     sub.add_parser("bench", help="benchmarks (see `labkit bench --help`)", add_help=False)
     return parser
@@ -190,7 +219,8 @@ def build_parser():
 # -- from arguments to a Lab --------------------------------------------------------
 
 def _knobs(args):
-    changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "unroll", "layout")
+    changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "unroll", "layout", "poll",
+                                                      "qdisc_bypass")
                if getattr(args, name) is not None}
     return Knobs().with_(**changes)          # KnobError says which knob and what to use
 
@@ -203,25 +233,39 @@ def _lab_module():
     return lab
 
 
-def _check_names(lab, backend, graph):
-    if backend not in lab.BACKENDS:
-        if backend in PLANNED_BACKENDS:
-            raise UsageError(f"backend {backend} is not available yet ({PLANNED_BACKENDS[backend]}); "
-                             f"use --backend {lab.BACKENDS[0]}")
-        raise UsageError(f"unknown backend {backend!r}; use one of: {', '.join(lab.BACKENDS)}")
+def _check_graph(lab, graph):
     if graph not in lab.GRAPHS:
         raise UsageError(f"unknown graph {graph!r}; use one of: {', '.join(lab.GRAPHS)}")
+
+
+def _real_nic(backend):
+    """The backend to use for `backend`, and a note when auto fell back to memory.
+    veth or tap without the rights: a UsageError that says why and what to use."""
+    if backend == "memory":
+        return "memory", None
+    from labkit.nic import labnet
+    why = labnet.why_not(tap=(backend == "tap"))
+    if why is None:
+        return ("veth" if backend == "auto" else backend), None
+    if backend == "auto":
+        return "memory", f"auto: using the in-memory NIC, not veth: {why}"
+    raise UsageError(f"backend {backend} is not available here: {why}")
 
 
 def _make_lab(args):
     knobs = _knobs(args)                     # first: a bad knob is reported even without the data plane
     lab = _lab_module()
-    _check_names(lab, args.backend, args.graph)
+    _check_graph(lab, args.graph)
+    backend, note = _real_nic(args.backend)
+    if note:
+        _say(f"note: {note}")
+    args.backend = backend
     _before_first_run()                      # a Lab compiles its graph when it is made
     with _spinner(not args.json, "building the data plane (tables, traffic, kernels)"):
-        return lab.Lab(backend=args.backend, graph=args.graph, knobs=knobs,
+        return lab.Lab(backend=backend, graph=args.graph, knobs=knobs,
                        size=args.size, flows=args.flows, mix=args.mix, malformed=args.malformed,
-                       pcap_in=args.pcap, pcap_out=args.out, seed=args.seed)
+                       pcap_in=args.pcap, pcap_out=args.out, seed=args.seed,
+                       rate=getattr(args, "rate", None), gen_batch=getattr(args, "gen_batch", None))
 
 
 # -- output helpers -------------------------------------------------------------
@@ -422,8 +466,14 @@ def cmd_trace(args):
     return 0
 
 
-def _demo_rows(args, lab_mod, seconds):
-    """Each technique: its knob off, then on (the defaults). Returns (rows, notes)."""
+# Demo runs on a real NIC at this rate (pps) where the lesson is CPU, not speed.
+DEMO_RATE = {"polling": 100_000}
+
+
+def _demo_rows(args, lab_mod, seconds, nic):
+    """Each technique: its knob off, then on (the defaults), on the backend
+    where it shows: the in-memory NIC for compute and memory techniques, the
+    real NIC `nic` (veth or tap) for I/O ones. Returns (rows, notes)."""
     todo = list(TECHNIQUES.items())
     rows, notes = [], []
     traffic = dict(size=64, flows=1024, mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1)
@@ -433,51 +483,107 @@ def _demo_rows(args, lab_mod, seconds):
             row = {"technique": technique, "knob": knob, "off": off_value,
                    "on": getattr(Knobs(), knob), "where": where}
             rows.append(row)
-            if where not in ("both", args.backend):
-                row["skipped"] = f"shows on the {where} backend"
+            backend = "memory" if where == "memory" or nic == "memory" else nic
+            if where == "veth" and backend == "memory":
+                row["skipped"] = "needs a real NIC: --backend veth, as root"
                 continue
+            row["backend"] = backend
+            rate = DEMO_RATE.get(technique) if backend != "memory" else None
+            if rate:
+                row["rate"] = rate
             for j, (state, knobs) in enumerate((("off", Knobs().with_(**{knob: off_value})), ("on", Knobs()))):
-                bar.step(f"{technique}: {knob}={getattr(knobs, knob)} ({state}), {i + 1} of {len(todo)}")
+                bar.step(f"{technique}: {knob}={getattr(knobs, knob)} ({state}) on {backend}, "
+                         f"{i + 1} of {len(todo)}")
                 base = (2 * i + j) / (2 * len(todo))
 
                 def progress(done, base=base):
                     bar.advance(base + done / (2 * len(todo)))
-                with lab_mod.Lab(backend=args.backend, graph=args.graph, knobs=knobs, **traffic) as lab:
+                with lab_mod.Lab(backend=backend, graph=args.graph, knobs=knobs, rate=rate, **traffic) as lab:
                     res = lab.run(seconds=seconds, progress=progress)
-                notes.extend(res.notes)
+                notes.extend(n for n in res.notes if not n.startswith("rate and gen_batch"))
                 notes.extend(_broken(res))
                 row[f"{state}_mpps"] = res.pps / 1e6
                 row[f"{state}_cycles_per_packet"] = res.cycles_per_packet
+                row[f"{state}_cpu_percent"] = res.cpu_percent
             row["speedup"] = row["on_mpps"] / row["off_mpps"] if row["off_mpps"] else None
     return rows, notes
+
+
+def _pct(v):
+    return "" if v is None else f"{v:.0f}%"
 
 
 def cmd_demo(args):
     seconds = args.seconds or (0.2 if os.environ.get("LABKIT_QUICK") == "1" else 1.0)
     lab_mod = _lab_module()
-    _check_names(lab_mod, args.backend, args.graph)
+    _check_graph(lab_mod, args.graph)
+    nic, note = _real_nic(args.backend)
     if not args.json:
-        _say(f"labkit demo: backend {args.backend}: {BACKEND_WHY.get(args.backend, args.backend)}; "
+        real = f"real NIC: {nic}: {BACKEND_WHY[nic]}" if nic != "memory" else \
+            "no real NIC (I/O techniques need veth, as root)"
+        _say(f"labkit demo: compute and memory techniques on the {BACKEND_WHY['memory']}; {real}; "
              f"graph {args.graph}; {seconds:g} s per run, each technique off then on")
-    rows, notes = _demo_rows(args, lab_mod, seconds)
+    if note:
+        _say(f"note: {note}")
+    rows, notes = _demo_rows(args, lab_mod, seconds, nic)
     if args.json:
         _print_json(rows)
     else:
         console = _console()
-        console.print(f"Each technique off, then on ({args.graph} on {args.backend}; cycles are TSC cycles/packet)")
-        t = _table("technique", "knob off", "off Mpps", "on Mpps", "off cyc/pkt", "on cyc/pkt", "speed-up")
-        t.columns[1].justify = "left"
+        console.print(f"Each technique off, then on ({args.graph}; cycles are TSC cycles/packet; "
+                      f"CPU is the DUT thread's, on a real NIC)")
+        t = _table("technique", "knob off", "NIC", "Mpps off → on", "cyc/pkt off → on", "CPU off → on",
+                   "speed-up")
+        t.columns[1].justify = t.columns[2].justify = "left"
         for r in rows:
             knob = f"{r['knob']}={r['off']}"
             if "skipped" in r:
                 t.add_row(r["technique"], knob, "", "", "", "", r["skipped"])
                 continue
-            t.add_row(r["technique"], knob, f"{r['off_mpps']:.3f}", f"{r['on_mpps']:.3f}",
-                      f"{r['off_cycles_per_packet']:.1f}", f"{r['on_cycles_per_packet']:.1f}",
+            nic_ = r["backend"] + (f" @{r['rate'] // 1000}k pps" if r.get("rate") else "")
+            cpu = "" if r["off_cpu_percent"] is None else \
+                f"{_pct(r['off_cpu_percent'])} → {_pct(r['on_cpu_percent'])}"
+            t.add_row(r["technique"], knob, nic_, f"{r['off_mpps']:.3f} → {r['on_mpps']:.3f}",
+                      f"{r['off_cycles_per_packet']:.1f} → {r['on_cycles_per_packet']:.1f}", cpu,
                       f"{r['speedup']:.2f}x" if r["speedup"] else "-")
         console.print(t)
     _notes(notes)
     return 1 if any("conservation broken" in n or "buffers leaked" in n for n in notes) else 0
+
+
+def cmd_net(args):
+    from labkit.nic import labnet
+    why = labnet.why_not(tap=args.tap)
+    if why is not None and args.action != "status":
+        raise UsageError(f"labkit net {args.action}: {why}")
+    if args.action == "up":
+        st = labnet.up(tap=args.tap)
+        done = f"lab network up: namespaces {labnet.gen_ns()} and {labnet.dut_ns()}"
+    elif args.action == "down":
+        removed = labnet.down()
+        st = labnet.status() if why is None else {"up": False}
+        done = "removed: " + ", ".join(removed) if removed else "nothing to remove: the lab network was not up"
+    else:
+        st = labnet.status() if why is None else {"up": False, "why_not": why}
+        done = None
+    if args.json:
+        _print_json(st)
+        return 0
+    if done:
+        _say(done)
+    if not st.get("up"):
+        print("lab network: down" + (f" ({why})" if why else ""))
+        return 0
+    t = _table("namespace", "interface", "state", "mac", "mtu", "rx packets", "tx packets",
+               "rx dropped", "tx dropped", "ingress drop")
+    t.columns[1].justify = t.columns[3].justify = "left"
+    for ns, links in st["namespaces"].items():
+        for name, ln in links.items():
+            t.add_row(ns, name, ln["state"], ln["mac"], str(ln["mtu"]), f"{ln['rx_packets']:,}",
+                      f"{ln['tx_packets']:,}", f"{ln['rx_dropped']:,}", f"{ln['tx_dropped']:,}",
+                      "yes" if ln.get("ingress_drop") else "no")
+    _console().print(t)
+    return 0
 
 
 def cmd_bench(argv):
@@ -489,20 +595,33 @@ def cmd_bench(argv):
     return bench.main(argv)
 
 
-COMMANDS = {"run": cmd_run, "runtime": cmd_runtime, "trace": cmd_trace, "demo": cmd_demo}
+COMMANDS = {"run": cmd_run, "runtime": cmd_runtime, "trace": cmd_trace, "demo": cmd_demo, "net": cmd_net}
 
 
 def _one_line(text):
     return " ".join(str(text).split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so the same clean-up runs
+    (the run drains, ports close, namespaces this run made are removed)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] not in (["bench"],) and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if argv[:1] == ["bench"]:               # bench parses its own options
             return cmd_bench(argv[1:])
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
+    except Terminated:
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except UsageError as e:

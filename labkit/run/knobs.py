@@ -23,19 +23,23 @@ class Knobs:
     prefetch: bool = True     # software prefetch of the next packets' headers and table entries
     unroll: int = 4           # packets per loop iteration in each node: 1 (single), 2 (dual), 4 (quad)
     layout: str = "soa"       # packet vector: structure of arrays ("soa") or array of structures ("aos")
+    poll: str = "busy"        # veth/tap: busy-poll the RX ring ("busy") or sleep in poll() until frames come ("wait")
+    qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
 
     def __post_init__(self):
         def bad(name, value, want):
             raise KnobError(f"knob {name}={value!r} is invalid: {want}")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= MAX_BATCH:
             bad("batch", self.batch, f"use an integer from 1 to {MAX_BATCH}")
-        for name in ("jit", "copy", "mempool", "hugepages", "prefetch"):
+        for name in ("jit", "copy", "mempool", "hugepages", "prefetch", "qdisc_bypass"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, getattr(self, name), "use True or False")
         if self.unroll not in (1, 2, 4) or isinstance(self.unroll, bool):
             bad("unroll", self.unroll, "use 1, 2 or 4")
         if self.layout not in ("soa", "aos"):
             bad("layout", self.layout, 'use "soa" or "aos"')
+        if self.poll not in ("busy", "wait"):
+            bad("poll", self.poll, 'use "busy" (poll-mode driver) or "wait" (sleep in poll())')
 
     def with_(self, **changes):
         """A copy with some knobs changed (validated)."""
@@ -60,4 +64,9 @@ TECHNIQUES = {
     "prefetching": ("prefetch", False, "memory"),
     "multi-loop": ("unroll", 1, "memory"),
     "SoA layout": ("layout", "aos", "memory"),
+    "polling": ("poll", "wait", "veth"),
+    "I/O batching": ("batch", 1, "veth"),
+    "qdisc bypass": ("qdisc_bypass", False, "veth"),
 }
+# Knobs that only a real NIC (veth, tap) has.
+NET_KNOBS = ("poll", "qdisc_bypass")

@@ -20,13 +20,13 @@ from ..memory.ring import Ring
 from ..nic import memory as nicmem
 from ..nic.pcap import PcapWriter, load_traffic
 from ..nic.traffic import make_traffic
-from .knobs import Knobs, KnobError
+from .knobs import NET_KNOBS, Knobs, KnobError
 from .loop import loop_source
 from .measure import now_tsc, tsc_hz
 from .result import NodeRuntime, Result
 from .trace import trace as _trace
 
-BACKENDS = ("memory",)
+BACKENDS = ("memory", "veth", "tap")
 SLICE_S = 0.05            # the loop returns to Python this often (progress, Ctrl-C)
 POOL_SIZE = 8192          # buffers: rx ring + tx ring + vector + copies, with room to spare
 RING_SIZE = 1024
@@ -45,9 +45,16 @@ def _fib(n_routes, seed, hugepages):
 class Lab:
     def __init__(self, backend="memory", graph="ip4", knobs=None, size=64, flows=1024,
                  mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1,
-                 routes=100_000, pool_size=POOL_SIZE, ring_size=RING_SIZE, capture_max=1_000_000):
+                 routes=100_000, pool_size=POOL_SIZE, ring_size=RING_SIZE, capture_max=1_000_000,
+                 rate=None, gen_batch=None):
         if backend not in BACKENDS:
             raise LabError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
+        if rate is not None and not (isinstance(rate, (int, float)) and not isinstance(rate, bool)
+                                     and 1 <= rate <= 1e9):
+            raise LabError(f"rate={rate!r}: use packets per second from 1 to 1e9, or None for as fast as possible")
+        if gen_batch is not None and (isinstance(gen_batch, bool) or not isinstance(gen_batch, int)
+                                      or not 1 <= gen_batch <= 256):
+            raise LabError(f"gen_batch={gen_batch!r}: use frames per TX kick from 1 to 256")
         if graph not in GRAPHS:
             raise LabError(f"unknown graph {graph!r}; graphs are: {', '.join(GRAPHS)}")
         self.knobs = knobs = knobs if knobs is not None else Knobs()
@@ -68,13 +75,32 @@ class Lab:
             self.tables["acl_rules"] = Acl.default().rules
         self.fib = fib
         self.from_pcap = pcap_in is not None
-        if self.from_pcap:
-            self.traffic = load_traffic(pcap_in, self.pool.max_frame)
-        else:
+
+        def traffic_for(max_frame):
+            if self.from_pcap:
+                return load_traffic(pcap_in, max_frame)
             dst = fib.sample_destinations(max(flows, 1), seed) if fib is not None else None
-            self.traffic = make_traffic(size=size, flows=flows, mix=mix, malformed=malformed,
-                                        seed=seed, dst=dst, max_frame=self.pool.max_frame)
+            return make_traffic(size=size, flows=flows, mix=mix, malformed=malformed,
+                                seed=seed, dst=dst, max_frame=max_frame)
         self.pcap_out = pcap_out
+        self.closed = False
+        self.net = None
+        if backend != "memory":
+            # A real NIC: the generator and the DUT on veth or TAP (labkit.run.netrun).
+            from .netrun import GEN_BATCH, NetBackend
+            self.net = NetBackend(backend, self.graph, knobs, self.pool, self.tables, traffic_for,
+                                  gen_batch=gen_batch or GEN_BATCH, rate=rate,
+                                  capture_path=pcap_out, capture_max=capture_max)
+            self.traffic = self.net.traffic
+            self.notes += self.net.notes
+            return
+        for name in NET_KNOBS:
+            if getattr(knobs, name) != getattr(Knobs(), name):
+                self.notes.append(f"knob {name} applies to a real NIC (veth, tap), not the in-memory one")
+        if rate is not None or gen_batch is not None:
+            self.notes.append("rate and gen_batch apply to the veth and tap generator; the in-memory NIC "
+                              "offers frames as fast as the data plane takes them")
+        self.traffic = traffic_for(self.pool.max_frame)
         self.rx, self.tx = Ring(ring_size), Ring(ring_size)
         src = generate(self.graph, knobs) + "\n\n" + loop_source(self.graph, knobs)
         self.mod = load_source(src, graph)
@@ -86,7 +112,6 @@ class Lab:
         self.tmp_l = np.zeros(ring_size, np.uint32)
         self.tmp_hash = np.zeros(ring_size, np.uint32)
         self.capture_max = capture_max if pcap_out else 0
-        self.closed = False
 
     # -- running ---------------------------------------------------------------
     def run(self, seconds=None, packets=None, progress=None):
@@ -103,6 +128,10 @@ class Lab:
             raise LabError(f"seconds={seconds!r}: use a number of seconds from 0 (exclusive) to 3600")
         if packets is not None and not (isinstance(packets, (int, np.integer)) and 0 < packets <= 10**12):
             raise LabError(f"packets={packets!r}: use a whole number from 1 to 10**12")
+        if self.closed:
+            raise LabError("this Lab is closed; make a new one")
+        if self.net is not None:
+            return self.net.run(seconds, packets, progress)
         hz = tsc_hz()
         g, m, k = self.graph, self.mod, self.knobs
         counters = np.zeros(len(g.reasons), np.int64)
@@ -175,7 +204,11 @@ class Lab:
         return _trace(self.graph, self.tables, self.traffic, self.pool.max_frame, n)
 
     def close(self):
+        """Release everything; on veth/tap, close the ports (and take the lab
+        network down if this Lab brought it up)."""
         self.closed = True
+        if self.net is not None:
+            self.net.close()
         self.pool = self.rx = self.tx = None
 
     def __enter__(self):

@@ -1,6 +1,6 @@
 """What a run measured, and the conservation rule it must satisfy."""
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Result:
     runtime: List[NodeRuntime] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     pool_ok: bool = True              # every buffer back in its pool after the run
+    cpu_percent: Optional[float] = None   # CPU time / wall time of the DUT's polling thread (veth, tap)
+    extra: dict = field(default_factory=dict)   # what only some backends measure (see to_dict)
 
     @property
     def batch(self):
@@ -70,10 +72,13 @@ class Result:
                          "vectors_per_call": r.vectors_per_call,
                          "cycles_per_packet": r.cycles_per_packet} for r in self.runtime],
             "notes": list(self.notes),
+            "cpu_percent": self.cpu_percent,
+            **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
 
-# Drops that happen in the NIC before the data plane sees the frame (no
-# descriptor, no buffer): they count in `sent` and in conservation, but the
-# data plane spent no cycles on them.
-NIC_SIDE_DROPS = ("mempool_empty", "rx_frame_too_long")
+# Drops that happen before the data plane sees the frame (no descriptor, no
+# buffer; on veth and TAP: the DUT's RX ring was full, or no link carries the
+# frame): they count in `sent` and in conservation, but the data plane spent
+# no cycles on them.
+NIC_SIDE_DROPS = ("mempool_empty", "rx_frame_too_long", "dut_rx_ring_full", "gen_unsendable")

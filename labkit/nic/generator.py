@@ -1,0 +1,87 @@
+"""labkit's traffic generator: MoonGen's job, on an AF_PACKET TX ring.
+
+It sends the same traffic the in-memory NIC offers (``labkit.nic.traffic``:
+flow templates and a send order) into a TX ring, at a given rate or as fast
+as the kernel takes it, and counts (and optionally captures) what comes back
+on its RX ring. One compiled loop does both, on its own thread: numba
+releases the GIL, so the generator, the device under test and the Python
+thread watching them run side by side.
+
+Counters (``gst``, int64) are indices below. ``sent`` counts every frame the
+generator offered: posted to the TX ring, or refused before that because no
+Ethernet link can carry it (shorter than a header, longer than MTU + 14):
+those are counted ``gen_unsendable``, as a NIC would refuse the descriptor.
+"""
+import numpy as np
+from numba import njit
+
+from ..memory.intrinsics import rdtsc
+from ..memory.layouts import DATA_OFF
+from .afpacket import ETH_HLEN, rx_burst, rx_release, tx_kick, tx_put, tx_reap
+
+(G_POS, G_SENT, G_UNSENDABLE, G_RX, G_RX_BYTES, G_TOO_LONG, G_CAP_N, G_CAP_BYTES,
+ G_CAP_LOST, G_STOP, G_ERR, G_TX_DONE_TSC, G_LAST_RX_TSC, G_PENDING) = range(14)
+GST_SIZE = 16
+
+
+@njit(nogil=True, cache=True)
+def gen_slice(tx8, tx32, tcur, tx_fd, kick_buf, frames, stride, flens, seq, max_len,
+              rx8, rx32, rcur, hs, ls, hashes, rx_max, too_long,
+              cap_data, cap_len, gst, budget, t_start, stop_tsc, cyc_per_pkt, batch, slice_end):
+    """Send (until `budget` frames or `stop_tsc`) and receive, until slice_end.
+
+    Returns whether sending is over (and the TX ring empty). Receiving goes
+    on for as long as the caller keeps calling."""
+    nseq = seq.size
+    while True:
+        now = np.int64(rdtsc())
+        # -- receive: count what the device under test sent back --------------
+        n = rx_burst(rx8, rx32, rcur, hs, ls, hashes, hs.size, rx_max, too_long)
+        if n > 0:
+            gst[G_LAST_RX_TSC] = now
+        for i in range(n):
+            length = np.int64(ls[i])
+            gst[G_RX] += 1
+            gst[G_RX_BYTES] += length
+            if cap_len.size > 0:
+                c, off = gst[G_CAP_N], gst[G_CAP_BYTES]
+                if c < cap_len.size and off + length <= cap_data.size:
+                    src = np.int64(hs[i]) + DATA_OFF
+                    for j in range(length):
+                        cap_data[off + j] = rx8[src + j]
+                    cap_len[c] = length
+                    gst[G_CAP_N] = c + 1
+                    gst[G_CAP_BYTES] = off + length
+                else:
+                    gst[G_CAP_LOST] += 1
+        rx_release(rx32, rcur)
+        # -- send ---------------------------------------------------------------
+        if gst[G_STOP] == 0 and (gst[G_SENT] >= budget or now >= stop_tsc):
+            gst[G_STOP] = 1
+        if gst[G_STOP] == 0:
+            allowed = budget - gst[G_SENT]
+            if cyc_per_pkt > 0:         # rate limit: no more than the clock allows so far
+                allowed = min(allowed, np.int64((now - t_start) / cyc_per_pkt) + 1 - gst[G_SENT])
+            k = min(batch, allowed)
+            pos = gst[G_POS]
+            for _ in range(k):
+                t = seq[pos % nseq]
+                length = np.int64(flens[t])
+                if length < ETH_HLEN or length > max_len:
+                    gst[G_UNSENDABLE] += 1
+                elif not tx_put(tx8, tx32, tcur, frames, np.int64(t) * stride, length):
+                    break                   # the ring is full: kick, come back
+                pos += 1
+                gst[G_SENT] += 1
+            gst[G_POS] = pos
+        e = tx_kick(tx_fd, kick_buf, tcur)
+        if e != 0:
+            gst[G_ERR] = e
+            return True
+        pending = tx_reap(tx32, tcur)
+        gst[G_PENDING] = pending
+        done = gst[G_STOP] == 1 and pending == 0
+        if done and gst[G_TX_DONE_TSC] == 0:
+            gst[G_TX_DONE_TSC] = now
+        if now >= slice_end:
+            return done
