@@ -108,10 +108,13 @@ def _bind(s, ns, ifname, proto):
 
 
 def read_stats(s):
-    """PACKET_STATISTICS: (packets, drops). The kernel resets them on read."""
+    """PACKET_STATISTICS: (packets, drops, freezes). The kernel resets them on
+    read. Freezes (TPACKET_V3 only, else 0) count the times the ring was full
+    and the kernel stopped filling it until the reader gave a block back."""
     raw = s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
     packets, drops = struct.unpack_from("II", raw)
-    return packets, drops
+    freezes = struct.unpack_from("I", raw, 8)[0] if len(raw) >= 12 else 0
+    return packets, drops, freezes
 
 
 class RxRing:

@@ -197,7 +197,7 @@ class NetBackend:
         for s, _ in self.kernel_socks:
             af.read_stats(s)                                  # zero the kernel's counters
         wire0 = {name: labnet.link_stats(ns, ifn)["tx_dropped"] for ns, ifn, name, _ in self.wires}
-        retried = {}
+        retried, freezes = {}, {}
         kernel = {name: 0 for _, name in self.kernel_socks}
 
         start = now_tsc()
@@ -227,7 +227,9 @@ class NetBackend:
 
         def drops():
             for s, name in self.kernel_socks:
-                kernel[name] += af.read_stats(s)[1]
+                _, dropped, frozen = af.read_stats(s)
+                kernel[name] += dropped
+                freezes[name] = freezes.get(name, 0) + frozen
             d = {}
             for ns, ifn, name, lost in self.wires:
                 n = labnet.link_stats(ns, ifn)["tx_dropped"] - wire0[name]
@@ -312,6 +314,7 @@ class NetBackend:
                  "rate": self.rate, "dut_polls": int(nst[N_POLLS]), "dut_kicks": int(nst[N_KICKS]),
                  "dut_busy_iterations": int(nst[N_BUSY_ITER]),
                  "kernel_tx_retries": {k: int(v) for k, v in retried.items()},
+                 "kernel_ring_freezes": {k.replace("_full", ""): int(v) for k, v in freezes.items()},
                  "gen_cpu_percent": 100.0 * cpu.get("gen", (0.0, 1.0))[0] / max(cpu.get("gen", (0, 1.0))[1], 1e-9)}
         return Result(backend=self.backend, graph=g.name, knobs=k.as_dict(), sent=int(gst[gen.G_SENT]),
                       forwarded=int(gst[gen.G_RX]), dropped=d, seconds=wall, tsc_hz=hz,
