@@ -85,7 +85,7 @@ class PortError(OSError):
     """A port could not be opened; the message says which and why."""
 
 
-def _socket(ns, ifname):
+def packet_socket(ns, ifname):
     """A raw packet socket in namespace `ns`, bound to nothing yet (protocol 0:
     it receives nothing until bind names the interface)."""
     labnet.check_ifname(ifname)
@@ -102,7 +102,8 @@ def _socket(ns, ifname):
     return s
 
 
-def _bind(s, ns, ifname, proto):
+def bind(s, ns, ifname, proto):
+    """Bind s to ifname for protocol proto (ETH_P_ALL: receive every frame; 0: none)."""
     with labnet.in_netns(ns):
         s.bind((ifname, proto))
 
@@ -125,7 +126,7 @@ class RxRing:
             raise PortError(f"RX ring geometry {block_size}x{block_nr}: block size must be a "
                             f"multiple of {mmap.PAGESIZE}, count 1..4096")
         self.ns, self.ifname = ns, ifname
-        self.sock = s = _socket(ns, ifname)
+        self.sock = s = packet_socket(ns, ifname)
         try:
             s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
             s.setsockopt(SOL_PACKET, PACKET_RESERVE, RX_RESERVE)
@@ -138,7 +139,7 @@ class RxRing:
             s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             self.map = mmap.mmap(s.fileno(), block_size * block_nr, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
-            _bind(s, ns, ifname, ETH_P_ALL)
+            bind(s, ns, ifname, ETH_P_ALL)
         except BaseException:
             s.close()
             raise
@@ -178,7 +179,7 @@ class TxRing:
                 frame_size *= 2
         if frame_nr is None:            # about 1 MiB of ring, at least 64 slots
             frame_nr = max(64, (1 << 20) // frame_size)
-        self.sock = s = _socket(ns, ifname)
+        self.sock = s = packet_socket(ns, ifname)
         try:
             s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
             if qdisc_bypass:
@@ -194,7 +195,7 @@ class TxRing:
             s.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
             self.map = mmap.mmap(s.fileno(), frame_size * frame_nr, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
-            _bind(s, ns, ifname, 0)       # protocol 0: transmit only, receive nothing
+            bind(s, ns, ifname, 0)       # protocol 0: transmit only, receive nothing
         except BaseException:
             s.close()
             raise

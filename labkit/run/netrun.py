@@ -29,9 +29,12 @@ import socket
 import threading
 import time
 
+from contextlib import ExitStack
+
 import numpy as np
 
 from ..graph.compile import generate, load_source, make_frames
+from ..memory.layouts import LINE_SHIFT
 from ..nic import afpacket as af
 from ..nic import generator as gen
 from ..nic import labnet
@@ -61,7 +64,8 @@ class NetBackend:
         self.tables = tables
         self.gen_batch, self.rate = gen_batch, rate
         self.capture_path, self.capture_max = capture_path, (capture_max if capture_path else 0)
-        self.notes, self._close = [], []
+        self.notes = []
+        self._stack = ExitStack()          # everything opened, closed in reverse order
         try:
             self._open(traffic_for)
         except BaseException:
@@ -71,9 +75,7 @@ class NetBackend:
     # -- set-up --------------------------------------------------------------------
     def _open(self, traffic_for):
         b, k = self.backend, self.knobs
-        session = labnet.session(tap=(b == "tap"))
-        session.__enter__()
-        self._close.append(lambda: session.__exit__(None, None, None))
+        self._stack.enter_context(labnet.session(tap=(b == "tap")))
         gns, dns = labnet.gen_ns(), labnet.dut_ns()
         gen_tx_if, gen_rx_if = (labnet.TAP, labnet.TAP) if b == "tap" else (labnet.GEN_TX, labnet.GEN_RX)
         self.gen_tx = self._own(af.TxRing(gns, gen_tx_if, qdisc_bypass=k.qdisc_bypass))
@@ -90,7 +92,7 @@ class NetBackend:
         if b == "tap":
             self.port = "tap"
             fd = labnet.open_tap()
-            self._close.append(lambda: os.close(fd))
+            self._stack.callback(os.close, fd)
             self.rx_fd = self.tx_fd = fd
             max_link = self.gen_tx.max_frame
         elif k.copy:
@@ -118,28 +120,24 @@ class NetBackend:
             max_link = min(self.gen_tx.max_frame, self.dut_tx.max_frame)
         self.max_link = max_link
         self.traffic = traffic_for(max_link)
-        shift = 0 if self.port == "ring" else 6
+        shift = 0 if self.port == "ring" else LINE_SHIFT     # ring handles are byte offsets
         src = generate(self.g, k, handle_shift=shift) + "\n\n" + net_loop_source(self.g, k, self.port)
         self.mod = load_source(src, f"{self.g.name}_{self.port}")
         self.frames = make_frames(self.g, k.batch, k.layout)
 
     def _own(self, ring):
-        self._close.append(ring.close)
+        self._stack.callback(ring.close)
         return ring
 
     def _own_sock(self, ns, ifname, proto):
-        s = af._socket(ns, ifname)
-        self._close.append(s.close)
+        s = self._stack.enter_context(af.packet_socket(ns, ifname))
         s.setblocking(False)
-        af._bind(s, ns, ifname, proto)
+        af.bind(s, ns, ifname, proto)
         return s
 
     def close(self):
-        while self._close:
-            try:
-                self._close.pop()()
-            except OSError:
-                pass
+        """Close ports and sockets; take the lab network down if we built it."""
+        self._stack.close()
 
     # -- the run ---------------------------------------------------------------------
     def run(self, seconds, packets, progress):
