@@ -415,6 +415,12 @@ def cmd_run(args):
         t.add_row(f"drop: {reason}", f"{count:,}")
     t.add_row("Mpps", f"{res.pps / 1e6:.3f}")
     t.add_row("TSC cycles/packet", f"{res.cycles_per_packet:.1f}")
+    if res.cpu_percent is not None:              # a real NIC: the polling thread's cost, the generator
+        t.add_row("DUT thread CPU", f"{res.cpu_percent:.0f}%")
+        t.add_row("generator Mpps", f"{res.extra['gen_tx_pps'] / 1e6:.3f}")
+        for link, n in sorted(res.extra.get("kernel_tx_retries", {}).items()):
+            if n:
+                t.add_row(f"kernel TX retries: {link}", f"{n:,}")
     console.print(t)
     _notes(res.notes)
     return _finish(res)
