@@ -5,6 +5,7 @@
     labkit trace    the first packets' path through the graph, like VPP's packet trace
     labkit demo     the tour: every technique's knob off, then on
     labkit net      the lab network (namespaces, veth pairs, TAP): up, down, status
+    labkit rss      RSS: a flow's Toeplitz hash and the queue it lands on
     labkit bench    delegated to labkit.bench
 
 User errors (a bad flag, a knob out of range, a missing capture) exit 2 with
@@ -177,6 +178,21 @@ def _length_options(p):
                    help="measure until N packets were sent")
 
 
+def _rss_parser(sub):
+    """`labkit rss hash`: the options (labkit.rss does the work, imported only when it runs)."""
+    p = sub.add_parser("rss", help="RSS: the Toeplitz hash of a flow and the queue it lands on")
+    p.add_argument("action", choices=("hash",), help="hash: print the flow's 32-bit RSS hash")
+    p.add_argument("--src", required=True, metavar="IP", help="source IPv4 address")
+    p.add_argument("--dst", required=True, metavar="IP", help="destination IPv4 address")
+    p.add_argument("--sport", metavar="N", help="source port (TCP/UDP; give --dport too)")
+    p.add_argument("--dport", metavar="N", help="destination port (TCP/UDP; give --sport too)")
+    p.add_argument("--key", default="default", metavar="HEX|default|symmetric",
+                   help="Toeplitz key, at least 16 bytes (default: the RSS specification's key)")
+    p.add_argument("--queues", metavar="N",
+                   help="also print which of N queues the flow lands on (round-robin 128-entry RETA)")
+    return p
+
+
 def build_parser():
     parser = Parser(prog="labkit", description="A teaching data plane: every acceleration technique is a knob.")
     parser.add_argument("--version", action="version", version=f"labkit {__version__}")
@@ -211,6 +227,8 @@ def build_parser():
     p.add_argument("action", choices=("up", "down", "status"))
     p.add_argument("--tap", action="store_true", help="up: also make the TAP device lk-tap0")
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+
+    _rss_parser(sub)
 
     sub.add_parser("bench", help="benchmarks (see `labkit bench --help`)", add_help=False)
     return parser
@@ -592,6 +610,11 @@ def cmd_net(args):
     return 0
 
 
+def cmd_rss(args):
+    from labkit import rss
+    return rss.main(args)
+
+
 def cmd_bench(argv):
     import importlib
     try:
@@ -601,7 +624,8 @@ def cmd_bench(argv):
     return bench.main(argv)
 
 
-COMMANDS = {"run": cmd_run, "runtime": cmd_runtime, "trace": cmd_trace, "demo": cmd_demo, "net": cmd_net}
+COMMANDS = {"run": cmd_run, "runtime": cmd_runtime, "trace": cmd_trace, "demo": cmd_demo, "net": cmd_net,
+            "rss": cmd_rss}
 
 
 def _one_line(text):
