@@ -1,11 +1,12 @@
-# Two commands on a fresh Linux machine with python3: `make demo`, `make test`.
+# Two commands on a fresh Linux machine with python3: `make demo`, `make test`
+# (and `make lab` for the notebooks).
 # Everything goes into .venv; it is (re)installed only when pyproject.toml changes.
 
 PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench lab clean
 
 demo: $(STAMP)
 	$(VENV)/bin/labkit demo
@@ -15,6 +16,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/labkit bench
+
+# JupyterLab at the tour notebook (prints the URL to open; Ctrl-C stops it)
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/00_tour.ipynb
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
