@@ -6,6 +6,7 @@
     labkit demo     the tour: every technique's knob off, then on
     labkit net      the lab network (namespaces, veth pairs, TAP): up, down, status
     labkit rss      RSS: a flow's Toeplitz hash and the queue it lands on
+    labkit grade    grade exercise notebooks with the solutions' check cells (nbval)
     labkit bench    delegated to labkit.bench
 
 User errors (a bad flag, a knob out of range, a missing capture) exit 2 with
@@ -229,6 +230,8 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
 
     _rss_parser(sub)
+    from labkit import grade              # light: the standard library only, until it runs
+    grade.add_parser(sub)
 
     sub.add_parser("bench", help="benchmarks (see `labkit bench --help`)", add_help=False)
     return parser
@@ -610,6 +613,11 @@ def cmd_net(args):
     return 0
 
 
+def cmd_grade(args):
+    from labkit import grade
+    return grade.main(args)
+
+
 def cmd_rss(args):
     from labkit import rss
     return rss.main(args)
@@ -625,7 +633,7 @@ def cmd_bench(argv):
 
 
 COMMANDS = {"run": cmd_run, "runtime": cmd_runtime, "trace": cmd_trace, "demo": cmd_demo, "net": cmd_net,
-            "rss": cmd_rss}
+            "rss": cmd_rss, "grade": cmd_grade}
 
 
 def _one_line(text):
