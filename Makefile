@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lab clean
+.PHONY: demo test bench lab notebooks clean
 
 demo: $(STAMP)
 	$(VENV)/bin/labkit demo
@@ -20,6 +20,10 @@ bench: $(STAMP)
 # JupyterLab at the tour notebook (prints the URL to open; Ctrl-C stops it)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/00_tour.ipynb
+
+# Re-run the notebooks and store what they measured (as root: on veth)
+notebooks: $(STAMP)
+	$(VENV)/bin/python scripts/execute_notebooks.py
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \

@@ -1,0 +1,408 @@
+"""The notebooks and the dashboard they are built on (labkit.widgets).
+
+* nbval runs every notebook top to bottom in quick mode (LABKIT_QUICK=1) and
+  compares the cells whose output is deterministic (the cycle budget, a
+  packet's trace, the technique table); cells that measure carry
+  ``# NBVAL_IGNORE_OUTPUT``. Once on the backend this machine gives (veth as
+  root) and once as a student without root sees it (LABKIT_BACKEND=memory).
+* The stored notebooks: small, no widget state, and each static figure shows
+  exactly the numbers its cell recorded (layout.meta) and printed.
+* The dashboard: with a fake Lab (fast, deterministic) and a few quick runs on
+  the in-memory NIC: runs recorded, figures match them, quick mode, Stop,
+  errors from the measuring thread.
+
+No test asserts a rate or a time.
+"""
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from labkit import Knobs
+from labkit.run.result import NodeRuntime, Result
+from labkit import widgets
+from labkit.widgets import Dashboard, check_figure, table_text
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
+EXPECTED = ["00_tour.ipynb", "01_polling.ipynb", "02_io_batching.ipynb", "03_zero_copy.ipynb"]
+MAX_BYTES = 300 * 1024
+PLOTLY = "application/vnd.plotly.v1+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("execute_notebooks", ROOT / "scripts" / "execute_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _figures(nb):
+    """[(cell, plotly JSON, the cell's printed text)] of every static figure."""
+    out = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        text = "".join("".join(o["text"]) if isinstance(o["text"], list) else o["text"]
+                       for o in cell.get("outputs", []) if o["output_type"] == "stream")
+        for o in cell.get("outputs", []):
+            if PLOTLY in o.get("data", {}):
+                out.append((cell, o["data"][PLOTLY], text))
+    return out
+
+
+# -- nbval: the notebooks run top to bottom -----------------------------------------------
+
+def _netns_left(prefix):
+    return [ns for ns in (f"{prefix}-gen", f"{prefix}-dut") if os.path.exists(f"/var/run/netns/{ns}")]
+
+
+@pytest.mark.parametrize("backend", ["auto", "memory"])
+def test_notebooks_run_under_nbval(backend):
+    prefix = f"labkit-nbv{os.getpid()}-{backend[:3]}"
+    env = dict(os.environ, LABKIT_QUICK="1", LABKIT_NET_PREFIX=prefix,
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                         if p]))
+    env.pop("LABKIT_BACKEND", None)
+    if backend == "memory":
+        env["LABKIT_BACKEND"] = "memory"          # as a student without root sees the notebooks
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
+           "--nbval-cell-timeout=900", *map(str, NOTEBOOKS)]
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    finally:
+        left = _netns_left(prefix)
+        if left:
+            from labkit.nic import labnet
+            labnet.down(prefix)
+    assert r.returncode == 0, f"nbval failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    assert not left, f"the notebooks left network namespaces behind: {left}"
+
+
+# -- the stored notebooks -------------------------------------------------------------------
+
+def test_the_course_notebooks_are_there():
+    assert [p.name for p in NOTEBOOKS][:len(EXPECTED)] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_notebook_is_small_clean_and_executed(path):
+    assert path.stat().st_size < MAX_BYTES, f"{path.name} is {path.stat().st_size // 1024} KB; keep it under 300 KB"
+    nb = json.loads(path.read_text())
+    assert "widgets" not in nb["metadata"], "widget state is stored: execute with scripts/execute_notebooks.py"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "backend_banner()" in "".join(code[0]["source"]), "the first code cell shows the backend banner"
+    for cell in code:
+        assert cell.get("execution_count") is not None, f"cell {cell['id']} was not executed"
+        for o in cell.get("outputs", []):
+            assert o["output_type"] != "error", f"cell {cell['id']} stored an error"
+            data = o.get("data", {})
+            assert WIDGET_VIEW not in data, f"cell {cell['id']} stores a widget view (no state to show it)"
+            assert "application/javascript" not in data
+            assert len(data.get("text/html", "")) < 20_000, f"cell {cell['id']} stores a big HTML output"
+    import nbformat
+    stored = nbformat.reads(path.read_text(), as_version=4)
+    assert _load_script().clean(nbformat.reads(path.read_text(), as_version=4)) == stored, \
+        "the stored notebook is not clean: run scripts/execute_notebooks.py --clean-only"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_static_figures_show_what_was_measured(path):
+    figures = _figures(json.loads(path.read_text()))
+    assert figures, f"{path.name} has no static figure"
+    for cell, fig, text in figures:
+        meta = check_figure(fig)                       # the figure's data are the recorded numbers
+        assert table_text(meta) in text, f"cell {cell['id']}: the printed numbers are not the figure's"
+        assert meta["date"] and meta["machine"]["cpu"]
+        assert not meta["quick"], f"cell {cell['id']}: stored from a quick run; store full measurements"
+        rows = meta["rows"]
+        assert rows and all(r["conserved"] and r["pool_ok"] for r in rows)
+        spec = meta["spec"]
+        points = {(r["value"], r["x"]) for r in rows}
+        assert len(rows) == len(points) * spec["repeats"], "every point measured `repeats` times"
+
+
+def test_a_hand_edited_figure_is_caught():
+    _, fig, _ = _figures(json.loads(NOTEBOOKS[0].read_text()))[0]
+    check_figure(fig)
+    edited = json.loads(json.dumps(fig))
+    trace = next(t for t in edited["data"] if t.get("y") and t["y"][0] is not None)
+    trace["y"][0] = trace["y"][0] * 1.5 + 1
+    with pytest.raises(AssertionError, match="differs from the recorded"):
+        check_figure(edited)
+    edited = json.loads(json.dumps(fig))
+    edited["layout"]["meta"]["labkit"]["rows"][0]["mpps"] *= 2
+    with pytest.raises(AssertionError):
+        check_figure(edited)
+    del edited["layout"]["meta"]
+    with pytest.raises(AssertionError, match="no layout.meta"):
+        check_figure(edited)
+
+
+def test_clean_strips_widget_state_and_views():
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+    nb = new_notebook(cells=[new_code_cell("dash", outputs=[
+        new_output("execute_result", data={WIDGET_VIEW: {"model_id": "x"}, "text/plain": "labkit dashboard"},
+                   execution_count=1),
+        new_output("display_data", data={WIDGET_VIEW: {"model_id": "y"}})])])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    nb.cells[0].metadata["execution"] = {"iopub.status.busy": "2025"}
+    out = _load_script().clean(nb)
+    assert "widgets" not in out.metadata and "execution" not in out.cells[0].metadata
+    assert [o["data"] for o in out.cells[0].outputs] == [{"text/plain": "labkit dashboard"}]
+    nbformat.validate(out)
+
+
+# -- the dashboard, with a fake Lab ------------------------------------------------------------
+
+class FakeLab:
+    """Stands in for labkit.Lab: every run returns a Result whose cycles per
+    packet are (10 x value-index + run number), so medians are known."""
+
+    def __init__(self, log, gate=None, fail_on=None, **kw):
+        self.log, self.gate, self.fail_on, self.kw = log, gate, fail_on, kw
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def run(self, seconds=None, packets=None, progress=None):
+        n = len(self.log)
+        self.log.append({"seconds": seconds, **self.kw})
+        if progress is not None:
+            progress(0.0)
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.fail_on is not None and n == self.fail_on:
+            raise OSError(5, "the fake port failed")
+        cycles = 100 + n
+        k = self.kw["knobs"]
+        return Result(backend=self.kw["backend"], graph=self.kw["graph"], knobs=k.as_dict(), sent=1000,
+                      forwarded=990, dropped={"ip4_ttl": 10}, seconds=0.001 * (n + 1), tsc_hz=2e9,
+                      dut_cycles=1000 * cycles, runtime=[NodeRuntime("eth-input", 10, 1000, 1000 * cycles)],
+                      cpu_percent=50.0 + n, extra={"gen_tx_pps": 1e6, "dut_polls": 7, "dut_kicks": 3})
+
+
+def fake(log, **kw):
+    return lambda **lab_kw: FakeLab(log, **kw, **lab_kw)
+
+
+@pytest.fixture(autouse=True)
+def _not_quick(monkeypatch):
+    monkeypatch.delenv("LABKIT_QUICK", raising=False)
+    monkeypatch.delenv("LABKIT_BACKEND", raising=False)
+
+
+def test_a_sweep_records_every_run_and_the_figure_matches():
+    log = []
+    d = Dashboard("batch", [1, 4, 16], backend="memory", repeats=3, seconds=0.5, lab_factory=fake(log),
+                  panels=("mpps", "cycles", "cpu"))
+    d.run()
+    assert len(d.results) == 9 and len(log) == 9
+    # round-robin: every value once, then again
+    assert [r["value"] for r in d.results] == [1, 4, 16] * 3
+    assert [e["knobs"].batch for e in log] == [1, 4, 16] * 3
+    assert all(e["seconds"] == 0.5 for e in log)
+    for r in d.results:
+        assert r["conserved"] and r["pool_ok"] and r["sent"] == 1000 and r["dropped"] == 10
+    fig = d.figure()
+    assert len(fig.data) == 3 * 2                              # per panel: the medians and each run
+    median, runs = fig.data[2], fig.data[3]                     # the cycles panel
+    cyc = {v: [r["cycles_per_packet"] for r in d.results if r["value"] == v] for v in (1, 4, 16)}
+    assert list(median.x) == [1, 4, 16]
+    assert list(median.y) == [statistics.median(cyc[v]) for v in (1, 4, 16)]
+    assert sorted(runs.y) == sorted(sum(cyc.values(), []))
+    assert d.medians("cycles") == {v: statistics.median(cyc[v]) for v in (1, 4, 16)}
+    assert d.median(4, metric="cpu") == statistics.median(r["cpu_percent"] for r in d.results if r["value"] == 4)
+    assert fig.layout.xaxis.type == "log"                       # 1..16: a log axis
+    meta = check_figure(json.loads(fig.to_json()))
+    assert meta["rows"] == d.results and meta["spec"]["knob"] == "batch"
+    assert d.status.startswith("done: 9 runs")
+    table = d.table()
+    assert table.splitlines()[1].split()[:2] == ["batch", "runs"] and "yes" in table
+
+
+def test_a_choice_is_drawn_as_bars_and_over_draws_lines():
+    d = Dashboard("copy", backend="memory", repeats=1, lab_factory=fake([]))
+    assert d.values == [True, False] and d.spec["labels"] == ["copy", "zero-copy"]
+    d.run()
+    fig = d.figure()
+    assert fig.data[0].type == "bar" and list(fig.data[0].x) == ["copy", "zero-copy"]
+    check_figure(json.loads(fig.to_json()))
+
+    log = []
+    d = Dashboard("poll", ["wait", "busy"], over=("rate", [1_000, None]), backend="memory", repeats=2,
+                  lab_factory=fake(log), panels=("cpu", "mpps"))
+    d.run()
+    assert d.spec["over_labels"] == ["1k", "max"]
+    assert [(e["knobs"].poll, e["rate"]) for e in log[:4]] == [("wait", 1000), ("wait", None), ("busy", 1000),
+                                                               ("busy", None)]
+    fig = d.figure()
+    assert len(fig.data) == 2 * 2 * 2                          # 2 series x 2 panels x (medians, runs)
+    assert fig.data[0].name == "wait in poll()" and list(fig.data[0].x) == ["1k", "max"]
+    assert set(d.medians()) == {("wait", 1000), ("wait", None), ("busy", 1000), ("busy", None)}
+    check_figure(json.loads(fig.to_json()))
+
+
+def test_quick_mode_makes_runs_short_and_few(monkeypatch):
+    monkeypatch.setenv("LABKIT_QUICK", "1")
+    log = []
+    d = Dashboard("batch", [1, 256], backend="memory", repeats=5, seconds=3, lab_factory=fake(log))
+    d.run()
+    assert {e["seconds"] for e in log} == {widgets.QUICK_SECONDS}
+    assert len(log) == 2 * widgets.QUICK_REPEATS
+    assert d.meta()["quick"] is True and d.spec["repeats"] == widgets.QUICK_REPEATS
+
+
+def test_stop_ends_the_sweep_between_runs():
+    gate, log = threading.Event(), []
+    d = Dashboard("batch", [1, 4, 16], backend="memory", repeats=2, lab_factory=fake(log, gate=gate))
+    th = d.start()
+    while not log:                       # the first run has started (and waits at the gate)
+        th.join(0.01)
+    assert d.start() is None and "already running" in d.status
+    d.stop()
+    gate.set()
+    th.join(10)
+    assert not th.is_alive()
+    assert len(d.results) == 1 and len(log) == 1          # the run in flight finished; no other started
+    assert d.status.startswith("stopped after 1 of 6 runs")
+    assert not d.errors
+
+
+def test_stop_in_the_middle_of_a_real_run_drains_and_records_nothing():
+    d = Dashboard("batch", [64], backend="memory", graph="l2fwd", repeats=1, seconds=60)
+    th = d.start()
+    while "%" not in d.status and th.is_alive():          # measuring (progress is reported)
+        th.join(0.05)
+    d.stop()
+    th.join(60)
+    assert not th.is_alive() and not d.errors
+    assert d.results == [] and "stopped" in d.status
+
+
+def test_stop_in_the_middle_of_a_veth_run_drains_and_leaves_no_namespace(monkeypatch):
+    from labkit.nic import labnet
+    why = labnet.why_not()
+    if why is not None:
+        pytest.skip(f"needs the lab network: {why}")
+    prefix = f"labkit-nbs{os.getpid()}"
+    monkeypatch.setenv("LABKIT_NET_PREFIX", prefix)
+    d = Dashboard("batch", [64], backend="veth", graph="l2fwd", repeats=1, seconds=60)
+    th = d.start()
+    while "%" not in d.status and th.is_alive():
+        th.join(0.05)
+    d.stop()
+    th.join(60)
+    assert not th.is_alive() and not d.errors, d.error_traceback
+    assert d.results == [] and "stopped" in d.status
+    assert not _netns_left(prefix)
+
+
+def test_an_error_in_the_thread_is_shown_kept_and_raised():
+    d = Dashboard("batch", [1, 4], backend="memory", repeats=2, lab_factory=fake([], fail_on=1))
+    with pytest.raises(OSError, match="fake port failed"):
+        d.run()
+    assert len(d.results) == 1
+    assert d.status.startswith("error: OSError") and "fake port failed" in d.status
+    assert "Traceback" in d.error_traceback and isinstance(d.errors[-1], OSError)
+    # started from a button (no run() to raise it): still in the status line and in .errors
+    d = Dashboard("batch", [1, 4], backend="memory", repeats=1, lab_factory=fake([], fail_on=0))
+    d.widget
+    d._ui["sweep"].click()
+    d._thread.join(10)
+    assert len(d.errors) == 1 and "fake port failed" in d._ui["status"].value
+    d.report()                                             # nothing measured: says why, does not raise
+
+
+def test_the_buttons_measure_on_a_thread_and_update_the_live_figure():
+    log = []
+    d = Dashboard("batch", [1, 4, 16], backend="memory", repeats=2, lab_factory=fake(log))
+    d.widget
+    ui = d._ui
+    ui["pick"].value = 4
+    ui["start"].click()                                    # Start: the value the knob shows
+    d._thread.join(10)
+    assert [r["value"] for r in d.results] == [4, 4]
+    ui["sweep"].click()                                    # Sweep: every value
+    d._thread.join(10)
+    assert len(d.results) == 2 + 6
+    live, static = ui["fig"], d.figure()
+    for a, b in zip(live.data, static.data):
+        assert list(a.x) == list(b.x) and list(a.y) == list(b.y)
+    assert "done" in ui["status"].value and ui["progress"].value == 1.0
+    ui["clear"].click()
+    assert d.results == [] and all(not t.y for t in live.data if t.type == "scatter")
+    bundle = d._repr_mimebundle_()
+    assert WIDGET_VIEW in bundle and bundle["text/plain"].startswith("labkit dashboard: batch")
+
+
+def test_report_displays_the_static_figure_and_prints_its_numbers(monkeypatch, capsys):
+    shown = []
+    import IPython.display
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append((obj, raw)))
+    d = Dashboard("batch", [1, 4], backend="memory", repeats=2, lab_factory=fake([]))
+    d.run()
+    d.report()
+    (bundle, raw), = shown
+    assert raw and set(bundle) == {PLOTLY, "text/plain"}
+    meta = check_figure(bundle[PLOTLY])
+    assert capsys.readouterr().out.strip() == table_text(meta)
+    assert len(json.dumps(bundle)) < 50_000                # plotly JSON, not plotly.js
+
+
+def test_quick_runs_on_the_in_memory_nic(monkeypatch):
+    monkeypatch.setenv("LABKIT_QUICK", "1")
+    d = Dashboard("batch", [1, 256], backend="memory", graph="l2fwd", panels=("mpps", "cycles", "vector"))
+    d.run()
+    assert len(d.results) == 2 * widgets.QUICK_REPEATS and not d.errors
+    for r in d.results:
+        assert r["backend"] == "memory" and r["conserved"] and r["pool_ok"] and r["sent"] > 0
+        assert r["cpu_percent"] is None and r["nic_cycles_per_packet"] is not None
+    assert all(r["vector"] == 1 for r in d.results if r["value"] == 1)
+    check_figure(json.loads(d.figure().to_json()))
+    assert len(d.raw) == len(d.results) and "runtime" in d.raw[0]
+
+
+def test_the_backend_banner_says_which_nic_and_why(monkeypatch):
+    from labkit.nic import labnet
+    monkeypatch.setattr(labnet, "why_not", lambda tap=False: "not root and no CAP_NET_ADMIN")
+    assert widgets.pick_backend("auto") == ("memory", "veth is not available here: not root and no CAP_NET_ADMIN")
+    text = repr(widgets.backend_banner())
+    assert text.startswith("Backend: in-memory NIC (veth is not available here: not root")
+    assert "**Backend: in-memory NIC" in widgets.backend_banner()._repr_markdown_()
+    with pytest.raises(ValueError, match="not available here: not root"):
+        widgets.pick_backend("veth")
+    monkeypatch.setattr(labnet, "why_not", lambda tap=False: None)
+    assert widgets.pick_backend("auto")[0] == "veth"
+    assert "Backend: veth" in repr(widgets.backend_banner())
+    monkeypatch.setenv("LABKIT_BACKEND", "memory")
+    assert widgets.pick_backend("auto")[0] == "memory"
+    assert widgets.pick_backend("memory")[0] == "memory"
+
+
+def test_bad_arguments_fail_at_once_not_in_the_thread():
+    with pytest.raises(ValueError, match="unknown knob"):
+        Dashboard("turbo", [1])
+    with pytest.raises(ValueError, match="knob batch=0"):
+        Dashboard("batch", [0, 1], backend="memory")
+    with pytest.raises(ValueError, match="unknown panel"):
+        Dashboard("batch", [1], backend="memory", panels=("speed",))
+    with pytest.raises(ValueError, match="give the values"):
+        Dashboard("size", backend="memory")
+    with pytest.raises(ValueError, match="over="):
+        Dashboard("batch", [1], over=("batch", [2]), backend="memory")
+    assert Dashboard("poll", backend="memory").values == ["wait", "busy"]
+    assert Dashboard("batch", backend="memory").values == list(widgets.BATCH_SWEEP)
+    assert Knobs().poll == "busy"
