@@ -160,6 +160,15 @@ def _lab_options(p):
         k.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=KNOB_HELP[name])
     k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
     k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
+    w = p.add_argument_group("several cores (in-memory NIC)")
+    w.add_argument("--workers", type=_int_between(1, 64, "1 to 64 workers, one per queue"), metavar="N",
+                   help="run-to-completion workers, one per RSS queue of the multi-queue NIC (default: 1)")
+    w.add_argument("--sync", choices=("spsc", "lock"),
+                   help="RSS in the NIC onto lock-free rings, or a dispatcher thread and locked queues")
+    w.add_argument("--counters", choices=("padded", "packed"),
+                   help="per-worker counters on their own cache line, or all on one (false sharing)")
+    w.add_argument("--rss-key", dest="rss_key", choices=("default", "symmetric"),
+                   help="Toeplitz key: the RSS specification's, or symmetric (both directions, one queue)")
     n = p.add_argument_group("real NIC (veth, tap)")
     n.add_argument("--poll", choices=("busy", "wait"),
                    help="busy-poll the RX ring, or sleep in poll() until frames come (default: busy)")
@@ -241,7 +250,7 @@ def build_parser():
 
 def _knobs(args):
     changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "unroll", "layout", "poll",
-                                                      "qdisc_bypass")
+                                                      "qdisc_bypass", "sync", "counters")
                if getattr(args, name) is not None}
     return Knobs().with_(**changes)          # KnobError says which knob and what to use
 
@@ -286,7 +295,8 @@ def _make_lab(args):
         return lab.Lab(backend=backend, graph=args.graph, knobs=knobs,
                        size=args.size, flows=args.flows, mix=args.mix, malformed=args.malformed,
                        pcap_in=args.pcap, pcap_out=args.out, seed=args.seed,
-                       rate=getattr(args, "rate", None), gen_batch=getattr(args, "gen_batch", None))
+                       rate=getattr(args, "rate", None), gen_batch=getattr(args, "gen_batch", None),
+                       workers=getattr(args, "workers", None) or 1, rss_key=getattr(args, "rss_key", None) or "default")
 
 
 # -- output helpers -------------------------------------------------------------
@@ -443,6 +453,12 @@ def cmd_run(args):
             if n:
                 t.add_row(f"kernel TX retries: {link}", f"{n:,}")
     console.print(t)
+    if len(res.extra.get("workers", [])) > 1:     # several cores: one row per RSS queue
+        w = _table("queue", "handled", "Mpps", "TSC cyc/pkt", "CPU", "rx_queue_full")
+        for q in res.extra["workers"]:
+            w.add_row(str(q["queue"]), f"{q['handled']:,}", f"{q['mpps']:.3f}", f"{q['cycles_per_packet']:.1f}",
+                      f"{q['cpu_percent']:.0f}%", f"{q['dropped'].get('rx_queue_full', 0):,}")
+        console.print(w)
     _notes(res.notes)
     return _finish(res)
 

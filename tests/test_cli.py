@@ -156,7 +156,8 @@ def test_run_knob_flags_reach_the_lab():
                  "--layout", "aos", "--copy", "--no-mempool", "--no-hugepages")
     assert r["batch"] == 32
     assert r["knobs"] == {"batch": 32, "jit": True, "copy": True, "mempool": False, "hugepages": False,
-                          "prefetch": False, "unroll": 2, "layout": "aos", "poll": "busy", "qdisc_bypass": True}
+                          "prefetch": False, "unroll": 2, "layout": "aos", "poll": "busy", "qdisc_bypass": True,
+                          "sync": "spsc", "counters": "padded"}
     assert r["conserved"] and r["pool_ok"]
 
 

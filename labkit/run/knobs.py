@@ -25,6 +25,8 @@ class Knobs:
     layout: str = "soa"       # packet vector: structure of arrays ("soa") or array of structures ("aos")
     poll: str = "busy"        # veth/tap: busy-poll the RX ring ("busy") or sleep in poll() until frames come ("wait")
     qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
+    sync: str = "spsc"        # workers > 1: RSS in the NIC onto lock-free rings ("spsc"), or a dispatcher thread and locked queues ("lock")
+    counters: str = "padded"  # workers > 1: each worker's per-packet counters on its own cache line ("padded"), or all on one ("packed")
 
     def __post_init__(self):
         def bad(name, value, want):
@@ -40,6 +42,10 @@ class Knobs:
             bad("layout", self.layout, 'use "soa" or "aos"')
         if self.poll not in ("busy", "wait"):
             bad("poll", self.poll, 'use "busy" (poll-mode driver) or "wait" (sleep in poll())')
+        if self.sync not in ("spsc", "lock"):
+            bad("sync", self.sync, 'use "spsc" (RSS in the NIC, lock-free rings) or "lock" (dispatcher thread, spinlocked queues)')
+        if self.counters not in ("padded", "packed"):
+            bad("counters", self.counters, 'use "padded" (a cache line per worker) or "packed" (all on one line: false sharing)')
 
     def with_(self, **changes):
         """A copy with some knobs changed (validated)."""
@@ -70,3 +76,10 @@ TECHNIQUES = {
 }
 # Knobs that only a real NIC (veth, tap) has.
 NET_KNOBS = ("poll", "qdisc_bypass")
+# Multi-core techniques: they show only with several workers (Lab(workers=N), N > 1),
+# so they are not in TECHNIQUES (whose rows run on one worker).
+WORKER_TECHNIQUES = {
+    "cache-line padding": ("counters", "packed", "workers"),
+    "lock-free rings": ("sync", "lock", "workers"),
+}
+WORKER_KNOBS = ("sync", "counters")

@@ -5,6 +5,11 @@ or not), the NIC and its rings, the tables (FIB, adjacencies, ACL), the
 traffic, and the compiled graph+loop for its knobs. ``run()`` can be called
 several times; each run starts from empty rings and ends with every buffer
 back in the pool.
+
+``workers=N`` (N > 1, in-memory NIC) runs N workers, one per queue of the
+multi-queue NIC with RSS (``labkit.run.workers``); ``workers=1`` is the
+single loop. ``multiqueue=True`` runs even one worker on the multi-queue NIC,
+and so does ``Knobs(sync="lock")`` (a dispatcher thread feeds the workers).
 """
 from functools import lru_cache
 
@@ -14,13 +19,14 @@ from ..graph.acl import Acl
 from ..graph.compile import generate, load_source, make_frames, resolve
 from ..graph.fib import Fib
 from ..graph.nodes import GRAPHS
+from ..memory.layouts import MAX_FRAME_DEFAULT
 from ..memory.mempool import make_pool
 from ..memory.region import alloc_region
 from ..memory.ring import Ring
 from ..nic import memory as nicmem
 from ..nic.pcap import PcapWriter, load_traffic
 from ..nic.traffic import make_traffic
-from .knobs import NET_KNOBS, Knobs, KnobError
+from .knobs import NET_KNOBS, WORKER_KNOBS, Knobs, KnobError
 from .loop import loop_source
 from .measure import now_tsc, tsc_hz
 from .result import NodeRuntime, Result
@@ -42,11 +48,27 @@ def _fib(n_routes, seed, hugepages):
     return Fib.random(n_routes=n_routes, seed=seed, alloc=alloc)
 
 
+def _workers_arg(workers, queues):
+    """workers=N or queues=N (one worker per queue): the same number."""
+    def ok(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= 64
+    if not ok(workers):
+        raise LabError(f"workers={workers!r}: use a whole number of workers from 1 to 64")
+    if queues is not None:
+        if not ok(queues):
+            raise LabError(f"queues={queues!r}: use a whole number of queues from 1 to 64")
+        if workers != 1 and workers != queues:
+            raise LabError(f"workers={workers} and queues={queues}: one worker per queue, give one of them")
+        return int(queues)
+    return int(workers)
+
+
 class Lab:
     def __init__(self, backend="memory", graph="ip4", knobs=None, size=64, flows=1024,
                  mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1,
                  routes=100_000, pool_size=POOL_SIZE, ring_size=RING_SIZE, capture_max=1_000_000,
-                 rate=None, gen_batch=None):
+                 rate=None, gen_batch=None, workers=1, queues=None, rss_key="default", multiqueue=None,
+                 dispatcher=None):
         if backend not in BACKENDS:
             raise LabError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
         if rate is not None and not (isinstance(rate, (int, float)) and not isinstance(rate, bool)
@@ -60,11 +82,27 @@ class Lab:
         self.knobs = knobs = knobs if knobs is not None else Knobs()
         if not isinstance(knobs, Knobs):
             raise KnobError("knobs must be a labkit.Knobs")
+        n_workers = _workers_arg(workers, queues)
+        if multiqueue is None:    # several workers, or a dispatcher thread (sync="lock"), need it
+            multiqueue = n_workers > 1 or dispatcher is True or knobs.sync == "lock"
+        if multiqueue and backend != "memory":
+            what = f"workers={n_workers}" if n_workers > 1 else "the multi-queue NIC (multiqueue, dispatcher, sync='lock')"
+            raise LabError(f"{what} runs on the in-memory NIC only; use backend='memory'")
+        if not multiqueue and (n_workers > 1 or dispatcher):
+            raise LabError("workers > 1 and dispatcher=True need the multi-queue NIC: leave multiqueue unset")
         self.backend, self.graph_name = backend, graph
         self.notes = []
-        self.pool = make_pool(knobs.mempool, pool_size, hugepages=knobs.hugepages)
-        if self.pool.note:
-            self.notes.append(self.pool.note)
+        self.workers = None
+        self.max_frame = MAX_FRAME_DEFAULT
+        self.pool = None
+        if not multiqueue:
+            self.pool = make_pool(knobs.mempool, pool_size, hugepages=knobs.hugepages)
+            self.max_frame = self.pool.max_frame
+            self.pools = [self.pool]
+            if rss_key != "default":
+                self.notes.append("rss_key applies to the multi-queue NIC (workers=N), not to one queue")
+            if self.pool.note:
+                self.notes.append(self.pool.note)
         self.graph = resolve(graph)
         self.tables = {}
         fib = None
@@ -100,7 +138,21 @@ class Lab:
         if rate is not None or gen_batch is not None:
             self.notes.append("rate and gen_batch apply to the veth and tap generator; the in-memory NIC "
                               "offers frames as fast as the data plane takes them")
-        self.traffic = traffic_for(self.pool.max_frame)
+        self.traffic = traffic_for(self.max_frame)
+        if multiqueue:
+            from .workers import Workers
+            try:
+                self.workers = Workers(self.graph, knobs, self.tables, self.traffic, n_workers, pool_size, ring_size,
+                                       capture_max=capture_max if pcap_out else 0, rss_key=rss_key,
+                                       dispatcher=dispatcher)
+            except ValueError as e:
+                raise LabError(str(e)) from None
+            self.pools = self.workers.pools
+            self.notes += self.workers.notes
+            return
+        for name in WORKER_KNOBS:
+            if getattr(knobs, name) != getattr(Knobs(), name):
+                self.notes.append(f"knob {name} applies to several workers (workers=N), not to one")
         self.rx, self.tx = Ring(ring_size), Ring(ring_size)
         src = generate(self.graph, knobs) + "\n\n" + loop_source(self.graph, knobs)
         self.mod = load_source(src, graph)
@@ -132,6 +184,11 @@ class Lab:
             raise LabError("this Lab is closed; make a new one")
         if self.net is not None:
             return self.net.run(seconds, packets, progress)
+        if self.workers is not None:
+            wall = self.workers.run(seconds, packets, progress)
+            if self.pcap_out:
+                self.workers.write_capture(self.pcap_out)
+            return self.workers.result(self.backend, self.graph_name, self.notes, wall)
         hz = tsc_hz()
         g, m, k = self.graph, self.mod, self.knobs
         counters = np.zeros(len(g.reasons), np.int64)
@@ -201,7 +258,7 @@ class Lab:
         """The first n packets' path through the graph (see labkit.run.trace)."""
         if not isinstance(n, (int, np.integer)) or not 1 <= n <= 10_000:
             raise LabError(f"trace count {n!r}: use a whole number from 1 to 10000")
-        return _trace(self.graph, self.tables, self.traffic, self.pool.max_frame, n)
+        return _trace(self.graph, self.tables, self.traffic, self.max_frame, n)
 
     def close(self):
         """Release everything; on veth/tap, close the ports (and take the lab
@@ -209,7 +266,8 @@ class Lab:
         self.closed = True
         if self.net is not None:
             self.net.close()
-        self.pool = self.rx = self.tx = None
+        self.pool = self.rx = self.tx = self.workers = None
+        self.pools = []
 
     def __enter__(self):
         return self

@@ -79,6 +79,6 @@ class Result:
 
 # Drops that happen before the data plane sees the frame (no descriptor, no
 # buffer; on veth and TAP: the DUT's RX ring was full, or no link carries the
-# frame): they count in `sent` and in conservation, but the data plane spent
-# no cycles on them.
-NIC_SIDE_DROPS = ("mempool_empty", "rx_frame_too_long", "dut_rx_ring_full", "gen_unsendable")
+# frame; with several workers: the frame's queue was full): they count in
+# `sent` and in conservation, but the data plane spent no cycles on them.
+NIC_SIDE_DROPS = ("mempool_empty", "rx_frame_too_long", "dut_rx_ring_full", "gen_unsendable", "rx_queue_full")

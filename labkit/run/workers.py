@@ -1,0 +1,839 @@
+"""Workers: RSS across queues and cores, one run-to-completion worker per queue.
+
+``Lab(graph=..., workers=N)`` runs the graph on N workers over the
+multi-queue in-memory NIC (``labkit.nic.multiqueue``). Each worker is the
+single-queue loop of ``labkit.run.loop`` for its own queue: it frees what its
+queue transmitted, refills its RX ring from its own pool, takes a vector,
+runs the graph, posts the rest on its TX ring. Nothing on that path is
+shared with another worker, so nothing is locked.
+
+Threads, not processes. Each worker is a numba ``nogil`` function called
+from its own Python thread: numba releases the GIL for the whole slice, so
+the threads run on all cores at once, and they share one address space: the
+wire and the traffic templates, the tables (the 32 MiB FIB) exist once, the
+dispatcher (sync="lock") writes into every worker's pool, and Python reads
+every worker's counters directly, without copies or IPC.
+Processes would need every arena, ring, table and counter in shared memory
+mapped at agreed places (what DPDK's multi-process mode does with huge
+pages), and would compile every kernel once per process. DPDK's lcores are
+threads for the same reasons.
+
+Pools: one pool per worker. A worker allocates from and frees to its own
+pool and the device refills queue q only from pool q, so a buffer never
+changes hands between cores and the free stack needs no lock and no atomic.
+The alternative is DPDK's: one shared pool (a lock-free multi-producer ring)
+with a per-lcore cache of buffers in front of it, which lets a busy queue use
+buffers an idle one does not need; a per-worker pool is that design with the
+cache made the whole pool. It costs memory (N arenas) and is the simplest
+thing that cannot contend.
+
+Who plays the NIC: each worker runs its own queue's part of the device on
+its own core, as the single-queue loop does (the cycles counted apart as
+NIC cycles). A device thread would need a core of its own: on a two-core
+machine two workers and a device would share two cores, and "two workers"
+would measure the scheduler. What the queues share is the wire (a counter
+moved by compare-and-swap, see ``labkit.nic.multiqueue``): the queue whose
+ring has room pulls the next frames off it, and each queue posts the frames
+the hash gave it or, when its ring is full, counts them ``rx_queue_full``.
+
+On a shared machine a worker's thread waits for a core now and then; TSC
+cycles count that wait, so each worker also reports its thread's CPU time
+(``cpu_percent``) and CPU time per packet (``cpu_cycles_per_packet``, in TSC
+cycles), which the other load does not inflate. ``run(threads=False)`` runs
+the workers in turn on the calling thread (tests: a queue certainly overflows).
+
+Conservation, over all workers: every frame that arrived on the wire is
+posted on exactly one queue or counted by the device (``rx_queue_full``,
+``mempool_empty``, ``rx_frame_too_long``), and every posted frame is
+forwarded or dropped by a reason in that worker's counters, so
+``sent == forwarded + sum(drops)`` summed over the workers; after the run
+every buffer is back in its own pool.
+
+Counters and false sharing (knob ``counters``). Each worker counts packets
+and bytes it received and transmitted, one packet at a time. By default
+("padded") each worker's counters are one row of an int64 array of shape
+[N, 8 * COUNTER_LINES], 64-byte aligned, so no two workers write the same
+cache line. "packed" puts all workers' counters on ONE cache line,
+interleaved (counter j of worker w at j * N + w): the workers never touch
+the same counter, but every write takes the line away from the other core.
+Every other per-worker array (vectors, state, drop counters, runtime) is
+allocated on cache lines of its own.
+
+Dispatcher variants (knob ``sync``). "spsc" is the above: the device's RSS
+puts each frame on its worker's lock-free single-producer single-consumer
+ring. "lock" is the software alternative: a NIC without RSS and a dispatcher
+thread that takes the frames off the wire, computes the Toeplitz hash in
+software, and hands each frame to its worker through a queue guarded by a
+spinlock (a compare-and-swap on a lock word, taken by the dispatcher to
+post and by the worker to take). The worker gives the dispatcher empty
+buffers from its own pool through a fill ring (AF_XDP's design), so buffers
+still never change pools. ``Lab(dispatcher=True)`` with ``sync="spsc"`` runs
+the same dispatcher with lock-free rings: the difference between the two is
+the lock alone. The dispatcher is a thread of its own: with N workers it
+needs N + 1 cores.
+"""
+import os
+import threading
+import time
+
+import numpy as np
+from numba import njit
+
+from ..graph.compile import generate, load_source, make_frames
+from ..memory.intrinsics import load_acquire, rdtsc, store_release
+from ..memory.layouts import CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, aligned_zeros
+from ..memory.bytes import wr32le
+from ..memory.mempool import make_pool
+from ..memory.ring import Ring, ring_count, ring_dequeue, ring_enqueue
+from ..nic import multiqueue as mq
+from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lock, spin_unlock
+from ..rss import DEFAULT_KEY, hash_ipv4_frames, make_tables
+from ..nic.memory import DUT_CYC, FWD, MEMPOOL_EMPTY, NIC_CYC, RX_FRAME_TOO_LONG, SENT
+from ..nic.pcap import PcapWriter
+from .measure import now_tsc, tsc_hz
+from .result import NIC_SIDE_DROPS, NodeRuntime, Result
+
+SLICE_S = 0.05            # each worker returns to Python this often
+RR_SLICE_S = 0.0005       # a worker's turn when they run one after another (threads=False)
+MAX_WORKERS = 64
+COUNTER_LINES = 1         # cache lines per worker's row of hot counters
+HOT = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")   # per worker, bumped per packet
+RX_PKTS, RX_BYTES, TX_PKTS, TX_BYTES = range(len(HOT))
+LOCK_STRIDE = CACHE_LINE // 8   # one lock word per cache line
+
+
+# --- state on cache lines of its own ---------------------------------------------------
+
+def own_lines(shape, dtype):
+    """Zeros of shape/dtype starting on a cache line, with the last line to itself."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape)) * dt.itemsize
+    raw = aligned_zeros(-(-max(n, 1) // CACHE_LINE) * CACHE_LINE)
+    return raw[:n].view(dt).reshape(shape)
+
+
+def rehome(a):
+    """A copy of array a on cache lines of its own."""
+    out = own_lines(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+def hot_counters(n, packed):
+    """(array, offset of worker w's counter 0, step between its counters).
+
+    padded: int64 [n, 8 * COUNTER_LINES], row w is worker w's, each row on its
+    own cache line(s). packed: all workers' counters interleaved on one line
+    (counter j of worker w at j * n + w; more than one line only past 2 workers).
+    """
+    if packed:
+        a = own_lines((-(-len(HOT) * n // 8) * 8,), np.int64)
+        return a, list(range(n)), n
+    a = own_lines((n, 8 * COUNTER_LINES), np.int64)
+    assert a.ctypes.data % CACHE_LINE == 0 and a.strides[0] % CACHE_LINE == 0
+    return a, [w * 8 * COUNTER_LINES for w in range(n)], 1
+
+
+# --- the generated worker loop -----------------------------------------------------------
+
+def worker_source(g, knobs, mode):
+    """run_slice for one worker. mode "device": the worker runs its queue's part of
+    the device (RSS in the NIC); "dispatch": a dispatcher thread feeds its RX ring
+    (locked when knobs.sync == "lock") and the worker keeps the fill ring full."""
+    aos = knobs.layout == "aos"
+    alloc, free = ("stack_alloc", "stack_free") if knobs.mempool else ("heap_alloc", "heap_free")
+    tbl = "".join(", " + t for t in g.tables)
+    locked = mode == "dispatch" and knobs.sync == "lock"
+    mqf = ("mq_rx_dma", "mq_tx_collect", "mq_pending", "stop_wire", "spin_lock", "spin_unlock", "link_up")
+    imports = [
+        "from labkit.memory.mempool import " + alloc + ", " + free,
+        "from labkit.memory.ring import ring_enqueue, ring_dequeue, ring_dequeue_aos, ring_count",
+        "from labkit.memory.layouts import DATA_OFF, LINE_SHIFT",
+        "from labkit.memory.intrinsics import load_acquire, store_release",
+        "from labkit.nic.multiqueue import " + ", ".join(mqf) + ", WIRE, DONE, STOP_BIT, IDLE_CYC",
+        "from labkit.nic.memory import DUT_CYC, NIC_CYC, MEMPOOL_EMPTY, TX_FULL",
+    ]
+    if not knobs.jit:
+        for f in (alloc, free, "ring_enqueue", "ring_dequeue", "ring_dequeue_aos", "ring_count") + mqf:
+            imports.append(f"{f} = {f}.py_func")
+    if aos:
+        deq = "ring_dequeue_aos(rx_desc, rx_cur, frames_x[0], batch)"
+        rx_h, rx_l = "frames_x[0][i]['handle']", "frames_x[0][i]['length']"
+    else:
+        deq = "ring_dequeue(rx_desc, rx_cur, frames_h[0], frames_l[0], tmp_hash, batch)"
+        rx_h, rx_l = "frames_h[0, i]", "frames_l[0, i]"
+    if locked:
+        rx = ["        spin_lock(locks, lock_i)",
+              f"        n = {deq}",
+              "        spin_unlock(locks, lock_i)"]
+    else:
+        rx = [f"        n = {deq}"]
+    copy_rx, copy_tx = [], []
+    if knobs.copy:
+        # as labkit.run.loop: a fresh buffer per frame on the way in and out
+        copy_rx = [
+            f"        m = {alloc}(pa, pb, tmp_h, n)",
+            "        for i in range(n):",
+            f"            old = np.int64({rx_h}) << LINE_SHIFT",
+            f"            free_h[i] = {rx_h}",
+            "            if i < m:",
+            "                new = np.int64(tmp_h[i]) << LINE_SHIFT",
+            f"                ln = np.int64({rx_l})",
+            "                for j in range(DATA_OFF + ln):",
+            "                    arena[new + j] = arena[old + j]",
+            f"                {rx_h} = tmp_h[i]",
+            f"        {free}(pa, pb, free_h, n)",
+            "        if m < n:",
+            "            counters[MEMPOOL_EMPTY] += n - m",
+            "            n = m",
+        ]
+        copy_tx = [
+            f"            m = {alloc}(pa, pb, tmp_h, n_tx)",
+            "            for i in range(n_tx):",
+            "                if i < m:",
+            "                    old = np.int64(tx_h[i]) << LINE_SHIFT",
+            "                    new = np.int64(tmp_h[i]) << LINE_SHIFT",
+            "                    ln = np.int64(tx_l[i])",
+            "                    for j in range(DATA_OFF, DATA_OFF + ln):",
+            "                        arena[new + j] = arena[old + j]",
+            "                free_h[i] = tx_h[i]",
+            "                tx_h[i] = tmp_h[i]",
+            f"            {free}(pa, pb, free_h, n_tx)",
+            "            if m < n_tx:",
+            "                counters[MEMPOOL_EMPTY] += n_tx - m",
+            "                n_tx = m",
+        ]
+    if mode == "device":
+        refill = [
+            "        if t0 >= stop_tsc and (load_acquire(ws, WIRE) & STOP_BIT) == 0:",
+            "            stop_wire(ws)",
+            "        if not up:",
+            "            up = link_up(ws, n_queues, nst)",
+            "        if mq_pending(ws, budget, plist, nseq, nst):",
+            "            want = min(ring_size - ring_count(rx_cur), tmp_h.size)",
+            "            if want > 0:",
+            f"                got = {alloc}(pa, pb, tmp_h, want)",
+            "                t2 = rdtsc()",
+            "                used = mq_rx_dma(arena, tmp_h, got, want, frames, flens, seq, plist, q, ws, budget,",
+            "                                 claim_max, max_frame, rx_desc, rx_cur, tmp_l, tmp_hash, bases,",
+            "                                 rss_tables, reta, nst, counters, qfull, up)",
+            "                nic += rdtsc() - t2",
+            "                if used < got:",
+            f"                    {free}(pa, pb, tmp_h[used:], got - used)",
+        ]
+        finished = "not mq_pending(ws, budget, plist, nseq, nst)"
+    else:
+        refill = [
+            "        if not up:",
+            "            up = link_up(ws, n_queues, nst)",
+            "        room = fill_desc.size - ring_count(fill_cur)",
+            "        if room > 0 and load_acquire(ws, DONE) == 0:",
+            f"            got = {alloc}(pa, pb, tmp_h, min(room, tmp_h.size))",
+            "            if got > 0:",
+            "                ring_enqueue(fill_desc, fill_cur, tmp_h, tmp_l, tmp_hash, got)",
+        ]
+        finished = "load_acquire(ws, DONE) != 0"
+    bump = lambda idx, v: f"store_release(wc, {idx}, load_acquire(wc, {idx}) + {v})"
+    body = [
+        "@JIT",
+        "def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_cur, locks, lock_i,",
+        "              frames, flens, seq, plist, q, n_queues, ws, budget, claim_max, max_frame, rss_tables, reta,",
+        "              cap_data, cap_len, cap_wire, nst, stop_tsc, slice_end_tsc, batch,",
+        "              frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, bases,",
+        f"              counters, qfull, stats, wc, wo, wstep{tbl}):",
+        '    """One worker, until the slice ends (False) or its queue is drained for good (True)."""',
+        "    ring_size = rx_desc.size",
+        "    nseq = seq.size",
+        "    c_rx, c_rxb, c_tx, c_txb = wo, wo + wstep, wo + 2 * wstep, wo + 3 * wstep",
+        "    up = False",
+        "    while True:",
+        "        t0 = rdtsc()",
+        "        k = mq_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len,",
+        "                          cap_wire, nst, counters)",
+        "        t1 = rdtsc()",
+        "        nic = t1 - t0",
+        "        if k > 0:",
+        f"            {free}(pa, pb, tmp_h, k)",
+        *refill,
+        "        nst[NIC_CYC] += nic",
+        *rx,
+        "        if n == 0:",
+        "            t2 = rdtsc()",
+        "            nst[DUT_CYC] += t2 - t0 - nic",
+        "            nst[IDLE_CYC] += t2 - t0 - nic",
+        # (`finished` first: once DONE is seen, the dispatcher has posted its last frame)
+        f"            if {finished} and ring_count(rx_cur) == 0 and ring_count(tx_cur) == 0:",
+        "                return True",
+        "            if t2 >= slice_end_tsc:",
+        "                return False",
+        "            continue",
+        "        for i in range(n):       # per-packet counters: the false-sharing knob's subject",
+        f"            {bump('c_rx', 1)}",
+        f"            {bump('c_rxb', f'np.int64({rx_l})')}",
+        *copy_rx,
+        "        counts[0] = n",
+        f"        n_tx, n_free = dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, counters, stats{tbl})",
+        "        if n_free > 0:",
+        f"            {free}(pa, pb, free_h, n_free)",
+        "        if n_tx > 0:",
+        *copy_tx,
+        "            s = ring_enqueue(tx_desc, tx_cur, tx_h, tx_l, tmp_hash, n_tx)",
+        "            for i in range(s):",
+        f"                {bump('c_tx', 1)}",
+        f"                {bump('c_txb', 'np.int64(tx_l[i])')}",
+        "            if s < n_tx:",
+        "                counters[TX_FULL] += n_tx - s",
+        f"                {free}(pa, pb, tx_h[s:], n_tx - s)",
+        "        t2 = rdtsc()",
+        "        nst[DUT_CYC] += t2 - t0 - nic",
+        "        if t2 >= slice_end_tsc:",
+        "            return False",
+    ]
+    return "\n".join(imports) + "\n\n\n" + "\n".join(body) + "\n"
+
+
+# --- the software dispatcher (sync="lock", or dispatcher=True) ------------------------------
+
+# dispatcher state dnst (int64): its wire cursor and its cycles
+D_WIRE, D_POS, D_NIC_CYC, D_CPU_CYC, D_IDLE_CYC = 0, 1, 2, 3, 4
+
+
+@njit(nogil=True, cache=True)
+def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, rx_curs, fill_descs, fill_curs,
+                     stash, n_stash, locks, locked, ws, budget, stop_tsc, slice_end_tsc, batch, max_frame,
+                     dnst, qsent, counters, qfull, b_t, b_base, b_len, b_h, room, stage_h, stage_l, stage_hash,
+                     n_stage, scratch_l, scratch_h):
+    """Take up to `batch` frames off the wire, hash them in software, and hand
+    each to its worker's RX ring (under the ring's lock when `locked`), in a
+    buffer the worker posted on its fill ring. Runs until the slice ends
+    (False) or the run is over and DONE is posted (True)."""
+    n_q = len(rx_descs)
+    nseq = seq.size
+    stride = frames.shape[1]
+    mask = reta.size - 1
+    while True:
+        t0 = rdtsc()
+        wire = dnst[D_WIRE]
+        if t0 >= stop_tsc or wire >= budget or (load_acquire(ws, WIRE) & STOP_BIT) != 0:
+            store_release(ws, DONE, 1)
+            return True
+        if load_acquire(ws, READY) < n_q:      # the link is up once every worker polls
+            t1 = rdtsc()
+            dnst[D_CPU_CYC] += t1 - t0
+            dnst[D_IDLE_CYC] += t1 - t0
+            if t0 >= slice_end_tsc:
+                return False
+            continue
+        best = 0
+        for q in range(n_q):
+            if locked:
+                spin_lock(locks, q * LOCK_STRIDE)
+            r = rx_descs[q].size - ring_count(rx_curs[q])
+            if locked:
+                spin_unlock(locks, q * LOCK_STRIDE)
+            room[q] = r
+            best = max(best, r)
+            n_stage[q] = 0
+        if best == 0:                          # every worker's ring is full: wait, as a closed loop
+            t1 = rdtsc()
+            dnst[D_CPU_CYC] += t1 - t0
+            dnst[D_IDLE_CYC] += t1 - t0
+            if t0 >= slice_end_tsc:
+                return False
+            continue
+        nb = min(batch, best, budget - wire)
+        pos = dnst[D_POS]
+        for k in range(nb):                    # the frames on the wire, and their software hash
+            t = seq[pos]
+            pos += 1
+            if pos == nseq:
+                pos = 0
+            b_t[k] = t
+            b_base[k] = np.int64(t) * stride - DATA_OFF
+            b_len[k] = min(np.int64(flens[t]), stride)
+        dnst[D_POS] = pos
+        hash_ipv4_frames(tables, tflat, b_base, b_len, nb, b_h)
+        t1 = rdtsc()
+        for k in range(nb):                    # "DMA" into the worker's buffers (NIC work)
+            h = b_h[k]
+            q = reta[h & mask]
+            qsent[q] += 1
+            t = b_t[k]
+            length = np.int64(flens[t])
+            if length > max_frame or length > stride:
+                counters[RX_FRAME_TOO_LONG] += 1
+                continue
+            if n_stage[q] >= room[q]:
+                counters[qfull] += 1
+                continue
+            if n_stash[q] == 0:
+                n_stash[q] = ring_dequeue(fill_descs[q], fill_curs[q], stash[q], scratch_l, scratch_h,
+                                          stash.shape[1])
+                if n_stash[q] == 0:
+                    counters[MEMPOOL_EMPTY] += 1
+                    continue
+            n_stash[q] -= 1
+            hd = stash[q, n_stash[q]]
+            arena = arenas[q]
+            base = np.int64(hd) << LINE_SHIFT
+            for b in range(length):
+                arena[base + DATA_OFF + b] = frames[t, b]
+            p = wire + k
+            wr32le(arena, base + META_WIRE_OFF, p & 0xFFFFFFFF)
+            wr32le(arena, base + META_WIRE_OFF + 4, p >> 32)
+            wr32le(arena, base + META_HASH_OFF, h)
+            arena[base + META_RXQ_OFF] = q & 0xFF
+            arena[base + META_RXQ_OFF + 1] = (q >> 8) & 0xFF
+            m = n_stage[q]
+            stage_h[q, m] = hd
+            stage_l[q, m] = length
+            stage_hash[q, m] = h
+            n_stage[q] = m + 1
+        t2 = rdtsc()
+        for q in range(n_q):                   # hand over: one lock per queue per burst
+            m = n_stage[q]
+            if m > 0:
+                if locked:
+                    spin_lock(locks, q * LOCK_STRIDE)
+                s = ring_enqueue(rx_descs[q], rx_curs[q], stage_h[q], stage_l[q], stage_hash[q], m)
+                if locked:
+                    spin_unlock(locks, q * LOCK_STRIDE)
+                assert s == m                  # only the dispatcher posts: the room it saw is still there
+        dnst[D_WIRE] = wire + nb
+        t3 = rdtsc()
+        dnst[D_NIC_CYC] += t2 - t1
+        dnst[D_CPU_CYC] += (t1 - t0) + (t3 - t2)
+        if t3 >= slice_end_tsc:
+            return False
+
+
+# --- one worker's private state ---------------------------------------------------------
+
+class _Worker:
+    def __init__(self, q, g, knobs, pool, ring_size, n_reasons, capture_max, max_frame, stride):
+        self.q = q
+        self.pool = pool
+        self.frames = tuple(rehome(a) for a in make_frames(g, knobs.batch, knobs.layout))
+        b = knobs.batch
+        self.tx_h, self.tx_l, self.free_h = (own_lines((b,), np.uint32) for _ in range(3))
+        self.tmp_h, self.tmp_l, self.tmp_hash = (own_lines((ring_size,), np.uint32) for _ in range(3))
+        self.bases = own_lines((ring_size,), np.int64)
+        self.nst = own_lines((mq.MQ_NST_SIZE,), np.int64)
+        self.counters = own_lines((n_reasons,), np.int64)
+        self.stats = own_lines((len(g.nodes), 3), np.int64)
+        self.cap_len = own_lines((capture_max,), np.uint32)
+        self.cap_wire = own_lines((capture_max,), np.int64)
+        self.cap_data = own_lines((capture_max * min(stride, max_frame),), np.uint8)
+        self.fill = Ring(ring_size)        # dispatcher mode: empty buffers for the dispatcher
+
+    def reset(self):
+        for a in (self.nst, self.counters, self.stats):
+            a[...] = 0
+        self.frames[3][...] = 0
+
+
+class Workers:
+    """N workers over a MultiQueueNic; ``run()`` returns a Result summed over them
+    with per-worker numbers in ``extra["workers"]``."""
+
+    def __init__(self, graph, knobs, tables, traffic, n, pool_size, ring_size, capture_max=0,
+                 rss_key="default", reta=None, dispatcher=None, pin=False):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_WORKERS:
+            raise ValueError(f"workers={n!r}: use 1..{MAX_WORKERS} workers")
+        self.g, self.knobs, self.n = graph, knobs, int(n)
+        self.tables = [tables[name] for name in graph.tables]
+        self.traffic = traffic
+        self.dispatcher = (knobs.sync == "lock") if dispatcher is None else bool(dispatcher)
+        self.locked = knobs.sync == "lock"
+        if self.locked and not self.dispatcher:
+            raise ValueError('sync="lock" is the dispatcher design: use dispatcher=True (or leave it None)')
+        self.pin = pin
+        self.nic = mq.MultiQueueNic(self.n, traffic, ring_size, rss_key, reta)
+        self.pools = [make_pool(knobs.mempool, pool_size, hugepages=knobs.hugepages) for _ in range(self.n)]
+        self.notes = sorted({p.note for p in self.pools if p.note})
+        self.max_frame = self.pools[0].max_frame
+        self.reasons = list(graph.reasons) + ["rx_queue_full"]
+        self.qfull = len(graph.reasons)
+        self.capture_max = int(capture_max)
+        mode = "dispatch" if self.dispatcher else "device"
+        src = generate(graph, knobs) + "\n\n" + worker_source(graph, knobs, mode)
+        self.mod = load_source(src, f"{graph.name}_workers")
+        self.w = [_Worker(q, graph, knobs, self.pools[q], ring_size, len(self.reasons), self.capture_max,
+                          self.max_frame, traffic.stride) for q in range(self.n)]
+        self.wc, self.wo, self.wstep = hot_counters(self.n, knobs.counters == "packed")
+        self.locks = own_lines((self.n * LOCK_STRIDE,), np.int64)
+        self.claim_max = 4 * ring_size * self.n
+        if self.dispatcher:
+            b = knobs.batch
+            self.d_arenas = tuple(p.arena for p in self.pools)
+            self.d_tflat = np.ascontiguousarray(traffic.frames).reshape(-1)
+            self.dnst = own_lines((8,), np.int64)
+            self.d_qsent = own_lines((self.n,), np.int64)
+            self.d_counters = own_lines((len(self.reasons),), np.int64)
+            self.d_b = (own_lines((b,), np.int64), own_lines((b,), np.int64), own_lines((b,), np.int64),
+                        own_lines((b,), np.uint32))
+            self.d_room = own_lines((self.n,), np.int64)
+            self.d_stage = (own_lines((self.n, b), np.uint32), own_lines((self.n, b), np.uint32),
+                            own_lines((self.n, b), np.uint32))
+            self.d_n_stage = own_lines((self.n,), np.int64)
+            self.d_stash = own_lines((self.n, ring_size), np.uint32)
+            self.d_n_stash = own_lines((self.n,), np.int64)
+            self.d_scratch = (own_lines((ring_size,), np.uint32), own_lines((ring_size,), np.uint32))
+        self.last_wall = 0.0
+        self.cpu = [0.0] * (self.n + self.dispatcher)
+
+    # -- the calls ---------------------------------------------------------------------------
+    def _worker_call(self, w, budget, stop_tsc):
+        nic, m, k = self.nic, self.mod, self.knobs
+        t, pool, q = self.traffic, w.pool, w.q
+        fh, fl, fx, counts = w.frames
+        fn = m.run_slice
+
+        def call(slice_end):
+            return fn(pool.arena, pool.a, pool.b, nic.rx[q].desc, nic.rx[q].cur, nic.tx[q].desc, nic.tx[q].cur,
+                      w.fill.desc, w.fill.cur, self.locks, q * LOCK_STRIDE,
+                      t.frames, t.lengths, t.seq, nic.positions[q], q, self.n, nic.ws, budget, self.claim_max,
+                      self.max_frame, nic.tables, nic.reta_table,
+                      w.cap_data, w.cap_len, w.cap_wire, w.nst, stop_tsc, slice_end, k.batch,
+                      fh, fl, fx, counts, w.tx_h, w.tx_l, w.free_h, w.tmp_h, w.tmp_l, w.tmp_hash, w.bases,
+                      w.counters, self.qfull, w.stats, self.wc.reshape(-1), self.wo[q], self.wstep, *self.tables)
+        return call
+
+    def _dispatcher_call(self, budget, stop_tsc):
+        nic, t = self.nic, self.traffic
+        fn = dispatcher_slice if self.knobs.jit else dispatcher_slice.py_func
+        rx_descs = tuple(r.desc for r in nic.rx)
+        rx_curs = tuple(r.cur for r in nic.rx)
+        fill_descs = tuple(w.fill.desc for w in self.w)
+        fill_curs = tuple(w.fill.cur for w in self.w)
+
+        def call(slice_end):
+            return fn(self.d_arenas, t.frames, t.lengths, t.seq, self.d_tflat, nic.tables, nic.reta_table,
+                      rx_descs, rx_curs, fill_descs, fill_curs, self.d_stash, self.d_n_stash, self.locks,
+                      self.locked, nic.ws, budget, stop_tsc, slice_end, self.knobs.batch, self.max_frame,
+                      self.dnst, self.d_qsent, self.d_counters, self.qfull, *self.d_b, self.d_room,
+                      *self.d_stage, self.d_n_stage, *self.d_scratch)
+        return call
+
+    def _reset(self):
+        self.nic.reset()
+        self.wc[...] = 0
+        for w in self.w:
+            w.reset()
+            assert len(w.fill) == 0
+            w.fill.cur[:] = 0
+        if self.dispatcher:
+            for a in (self.dnst, self.d_qsent, self.d_counters, self.d_n_stash, self.d_n_stage):
+                a[...] = 0
+
+    def _return_fill_buffers(self):
+        """Dispatcher mode, after the threads are joined: the empty buffers on the
+        fill rings and in the dispatcher's stash go back to their pools."""
+        if not self.dispatcher:
+            return
+        for q, w in enumerate(self.w):
+            k = int(self.d_n_stash[q])
+            if k:
+                w.pool.free(w.pool.a, w.pool.b, self.d_stash[q, :k].copy(), k)
+                self.d_n_stash[q] = 0
+            h = np.zeros(w.fill.size, np.uint32)
+            n = ring_dequeue(w.fill.desc, w.fill.cur, h, np.zeros(w.fill.size, np.uint32),
+                             np.zeros(w.fill.size, np.uint32), w.fill.size)
+            if n:
+                w.pool.free(w.pool.a, w.pool.b, h, n)
+
+    def _prefill(self):
+        """Dispatcher mode: each driver posts empty buffers before the link comes up."""
+        if not self.dispatcher:
+            return
+        for w in self.w:
+            h = np.zeros(w.fill.size, np.uint32)
+            got = w.pool.alloc(w.pool.a, w.pool.b, h, w.fill.size)
+            z = np.zeros(w.fill.size, np.uint32)
+            assert ring_enqueue(w.fill.desc, w.fill.cur, h, z, z, got) == got
+
+    # -- a run -----------------------------------------------------------------------------------
+    def run(self, seconds=None, packets=None, progress=None, threads=True):
+        """One run; returns its wall time (``result()`` then says what it measured).
+
+        threads=False runs the workers (and the dispatcher) one after another,
+        in short slices, on the calling thread: the queue of a worker that is
+        not running overflows while another one pulls the wire, as on a machine
+        with fewer cores than workers. Tests use it to make overflow certain."""
+        hz = tsc_hz()
+        budget = int(packets) if packets is not None else int(mq.WIRE_MASK)
+        self._reset()
+        # Compile (or load the cache) with nothing to send, before the clock starts.
+        calls = [self._worker_call(w, 0, 0) for w in self.w]
+        if self.dispatcher:
+            self._dispatcher_call(0, 0)(0)
+        for c in calls:
+            c(0)
+        self._return_fill_buffers()
+        self._reset()
+        self._prefill()
+        start = now_tsc()
+        stop = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
+        calls = [self._worker_call(w, budget, stop) for w in self.w]
+        names = [f"worker {q}" for q in range(self.n)]
+        if self.dispatcher:
+            calls.append(self._dispatcher_call(budget, stop))
+            names.append("dispatcher")
+        errors = []
+        self.cpu = [0.0] * len(calls)
+        if not threads:
+            return self._run_in_turn(calls, start, hz)
+        go = threading.Barrier(len(calls) + 1)
+        slice_ticks = int(SLICE_S * hz)
+        cpus = sorted(os.sched_getaffinity(0)) if self.pin and hasattr(os, "sched_getaffinity") else []
+
+        def body(i, call):
+            try:
+                if cpus:
+                    os.sched_setaffinity(0, {cpus[i % len(cpus)]})   # this thread only
+                go.wait()
+                c0 = time.thread_time()
+                while not call(now_tsc() + slice_ticks):
+                    pass
+                self.cpu[i] = time.thread_time() - c0
+            except BaseException as e:                # noqa: BLE001  (re-raised in the caller)
+                errors.append((names[i], e))
+                mq.stop_wire(self.nic.ws)             # the others drain and finish
+                if names[i] == "dispatcher":
+                    self.nic.ws[mq.DONE] = 1
+
+        threads = [threading.Thread(target=body, args=(i, c), name=f"labkit {names[i]}", daemon=True)
+                   for i, c in enumerate(calls)]
+        for th in threads:
+            th.start()
+        go.wait()
+        try:
+            for th in threads:
+                while th.is_alive():
+                    th.join(SLICE_S)
+                    if progress is not None:
+                        if packets is not None:
+                            progress(min(1.0, (int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK)) / packets))
+                        else:
+                            progress(min(1.0, (now_tsc() - start) / (stop - start)))
+        except KeyboardInterrupt:
+            mq.stop_wire(self.nic.ws)                 # stop offering; every worker drains its queue
+            for th in threads:
+                th.join()
+            self._return_fill_buffers()
+            raise
+        wall = (now_tsc() - start) / hz
+        self._return_fill_buffers()
+        if errors:
+            name, e = errors[0]
+            raise RuntimeError(f"{name} failed: {e!r}") from e
+        self.last_wall = wall
+        return wall
+
+    def _run_in_turn(self, calls, start, hz):
+        ticks = int(RR_SLICE_S * hz)
+        done = [False] * len(calls)
+        try:
+            while not all(done):
+                for i, call in enumerate(calls):
+                    if not done[i]:
+                        c0 = time.thread_time()
+                        done[i] = call(now_tsc() + ticks)
+                        self.cpu[i] += time.thread_time() - c0
+        finally:
+            if not all(done):                     # an error or Ctrl-C: stop offering, drain
+                mq.stop_wire(self.nic.ws)
+                while not all(done):
+                    for i, call in enumerate(calls):
+                        if not done[i]:
+                            done[i] = call(now_tsc() + ticks)
+            self._return_fill_buffers()
+        wall = (now_tsc() - start) / hz
+        self.last_wall = wall
+        return wall
+
+    # -- what a run measured --------------------------------------------------------------------
+    def hot(self, q):
+        """Worker q's per-packet counters, by name (HOT)."""
+        flat = self.wc.reshape(-1)
+        return {name: int(flat[self.wo[q] + j * self.wstep]) for j, name in enumerate(HOT)}
+
+    def result(self, backend, graph_name, notes, wall):
+        g = self.g
+        reasons = self.reasons
+        total = np.zeros(len(reasons), np.int64)
+        per = []
+        stats = np.zeros((len(g.nodes), 3), np.int64)
+        sent = fwd = dut = nic_c = 0
+        for w in self.w:
+            total += w.counters
+            stats += w.stats
+            dropped = {r: int(c) for r, c in zip(reasons, w.counters) if c}
+            handled = int(w.nst[FWD]) + sum(v for r, v in dropped.items() if r not in NIC_SIDE_DROPS)
+            q_sent = int(w.nst[SENT])
+            if self.dispatcher:
+                q_sent = int(self.d_qsent[w.q])
+            row = {"queue": w.q, "sent": q_sent, "forwarded": int(w.nst[FWD]), "dropped": dropped,
+                   "handled": handled, "dut_cycles": int(w.nst[DUT_CYC]), "nic_cycles": int(w.nst[NIC_CYC]),
+                   "cycles_per_packet": int(w.nst[DUT_CYC]) / handled if handled else 0.0,
+                   # the same without the polls that found nothing (waiting for the dispatcher)
+                   "busy_cycles_per_packet": int(w.nst[DUT_CYC] - w.nst[mq.IDLE_CYC]) / handled if handled else 0.0,
+                   "mpps": handled / wall / 1e6 if wall > 0 else 0.0,
+                   "rss_mismatch": int(w.nst[mq.RSS_BAD]),
+                   # CPU time the worker's thread got: on a shared machine TSC cycles also
+                   # count the time it waited for a core; CPU cycles per packet do not.
+                   "cpu_percent": 100.0 * self.cpu[w.q] / wall if wall > 0 else 0.0,
+                   "cpu_cycles_per_packet": self.cpu[w.q] * tsc_hz() / handled if handled else 0.0,
+                   "pool_ok": w.pool.n_free == w.pool.capacity, **self.hot(w.q)}
+            per.append(row)
+            sent += q_sent
+            fwd += int(w.nst[FWD])
+            dut += int(w.nst[DUT_CYC])
+            nic_c += int(w.nst[NIC_CYC])
+        extra = {"workers": per, "queues": self.n, "sync": self.knobs.sync,
+                 "counters": self.knobs.counters, "dispatcher": self.dispatcher, "rss_key": self.nic.rss_key}
+        if self.dispatcher:
+            total += self.d_counters
+            dut += int(self.dnst[D_CPU_CYC])
+            nic_c += int(self.dnst[D_NIC_CYC])
+            extra["dispatcher_cycles"] = int(self.dnst[D_CPU_CYC])
+            extra["dispatcher_idle_cycles"] = int(self.dnst[D_IDLE_CYC])
+            # per frame it took off the wire: software hash, hand-over (and locks)
+            extra["dispatcher_busy_cycles_per_packet"] = \
+                int(self.dnst[D_CPU_CYC] - self.dnst[D_IDLE_CYC]) / max(sent, 1)
+            extra["dispatcher_cpu_percent"] = 100.0 * self.cpu[-1] / wall if wall > 0 else 0.0
+            extra["dispatcher_dropped"] = {r: int(c) for r, c in zip(reasons, self.d_counters) if c}
+            sent_wire = int(self.dnst[D_WIRE])
+        else:
+            sent_wire = int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK)
+        extra["wire"] = sent_wire
+        dropped = {r: int(c) for r, c in zip(reasons, total) if c}
+        runtime = [NodeRuntime(n.name, int(s[0]), int(s[1]), int(s[2])) for n, s in zip(g.nodes, stats)]
+        notes = list(notes)
+        lost = sum(int(w.nst[mq.CAP_LOST]) for w in self.w)
+        if lost:
+            notes.append(f"capture: {lost} forwarded frames not written (each queue holds at most "
+                         f"{self.capture_max})")
+        if sent != sent_wire:
+            notes.append(f"workers: the queues took {sent} frames but {sent_wire} arrived on the wire")
+        return Result(backend=backend, graph=graph_name, knobs=self.knobs.as_dict(), sent=sent_wire,
+                      forwarded=fwd, dropped=dropped, seconds=wall, tsc_hz=tsc_hz(), dut_cycles=dut,
+                      nic_cycles=nic_c, runtime=runtime, notes=notes,
+                      pool_ok=all(p.n_free == p.capacity for p in self.pools), extra=extra)
+
+    def capture(self, q):
+        """Queue q's forwarded frames of the last run (with capture on): a list of
+        (wire position, frame bytes) in the order q transmitted them."""
+        w = self.w[q]
+        n = int(w.nst[mq.CAP_N])
+        lengths = w.cap_len[:n].astype(np.int64)
+        offs = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        return [(int(w.cap_wire[i]), w.cap_data[offs[i]:offs[i] + lengths[i]].tobytes()) for i in range(n)]
+
+    def write_capture(self, path):
+        """Every queue's forwarded frames in one pcap, in wire order."""
+        frames = sorted((f for q in range(self.n) for f in self.capture(q)), key=lambda x: x[0])
+        with PcapWriter(path) as wr:
+            for _, b in frames:
+                wr.write(b)
+
+
+
+
+# --- the software Toeplitz hash, per frame ---------------------------------------------------------
+
+def measure_toeplitz(n=256, reps=2000, key=DEFAULT_KEY, traffic=None):
+    """TSC cycles per frame of the software Toeplitz hash over IPv4 frames in an
+    arena (``hash_ipv4_frames``, 4-tuple), median of 5 timings of `reps` bursts."""
+    from ..nic.traffic import make_traffic
+    t = traffic if traffic is not None else make_traffic(flows=n)
+    tables = make_tables(key, 12)
+    arena = np.ascontiguousarray(t.frames).reshape(-1)
+    k = min(n, t.frames.shape[0])
+    bases = np.arange(k, dtype=np.int64) * t.stride - DATA_OFF
+    lengths = np.minimum(t.lengths[:k].astype(np.int64), t.stride)
+    out = np.zeros(k, np.uint32)
+    _hash_reps(tables, arena, bases, lengths, k, out, 1)
+    samples = []
+    for _ in range(5):
+        t0 = now_tsc()
+        _hash_reps(tables, arena, bases, lengths, k, out, reps)
+        samples.append((now_tsc() - t0) / (reps * k))
+    return float(np.median(samples))
+
+
+@njit(nogil=True, cache=True)
+def _hash_reps(tables, arena, bases, lengths, n, out, reps):
+    for _ in range(reps):
+        hash_ipv4_frames(tables, arena, bases, lengths, n, out)
+
+
+# --- measuring (not a test): python -m labkit.run.workers ---------------------------------------
+
+MEASURE_CONFIGS = {
+    "1 loop (single-queue path)": dict(workers=1),
+    "1 worker (multi-queue NIC)": dict(workers=1, multiqueue=True),
+    "2 workers": dict(workers=2),
+    "2 workers, counters packed": dict(workers=2, counters="packed"),
+    "1 worker, dispatcher, spsc": dict(workers=1, dispatcher=True),
+    "1 worker, dispatcher, lock": dict(workers=1, sync="lock"),
+    "2 workers, dispatcher, spsc": dict(workers=2, dispatcher=True),
+    "2 workers, dispatcher, lock": dict(workers=2, sync="lock"),
+}
+
+
+def measure(configs=None, runs=5, seconds=1.0, graph="ip4", say=print):
+    """Median of `runs` interleaved runs of each configuration (default traffic):
+    Mpps, TSC cycles/packet (per worker), CPU cycles/packet (per worker: the
+    thread's CPU time, which a busy machine does not inflate), and the share
+    of frames lost to full queues."""
+    from .knobs import Knobs
+    from .lab import Lab
+    configs = MEASURE_CONFIGS if configs is None else configs
+    labs = {}
+    for name, c in configs.items():
+        c = dict(c)
+        knobs = Knobs(**{k: c.pop(k) for k in ("sync", "counters") if k in c})
+        labs[name] = Lab(graph=graph, knobs=knobs, **c)
+    rows = {name: [] for name in configs}
+    for r in range(runs):
+        for name, lab in labs.items():
+            res = lab.run(seconds=seconds)
+            ws = res.extra.get("workers", [])
+            rows[name].append(dict(
+                mpps=res.pps / 1e6, cyc=res.cycles_per_packet,
+                worker_cyc=[w["cycles_per_packet"] for w in ws],
+                worker_busy_cyc=[w["busy_cycles_per_packet"] for w in ws],
+                worker_nic_cyc=[w["nic_cycles"] / w["handled"] if w["handled"] else 0.0 for w in ws],
+                disp_busy=res.extra.get("dispatcher_busy_cycles_per_packet", float("nan")),
+                worker_cpu_cyc=[w["cpu_cycles_per_packet"] for w in ws],
+                worker_cpu=[w["cpu_percent"] for w in ws],
+                qfull=res.dropped.get("rx_queue_full", 0) / res.sent if res.sent else 0.0,
+                ok=res.conserved and res.pool_ok))
+            say(f"run {r + 1}/{runs} {name}: {res.pps / 1e6:.2f} Mpps")
+    for lab in labs.values():
+        lab.close()
+    med = lambda xs: float(np.median(xs)) if len(xs) else float("nan")
+    out = {}
+    for name, rs in rows.items():
+        k = len(rs[0]["worker_cyc"])
+        out[name] = dict(
+            mpps=med([x["mpps"] for x in rs]), cycles_per_packet=med([x["cyc"] for x in rs]),
+            worker_cycles=[med([x["worker_cyc"][i] for x in rs]) for i in range(k)],
+            worker_busy_cycles=[med([x["worker_busy_cyc"][i] for x in rs]) for i in range(k)],
+            worker_nic_cycles=[med([x["worker_nic_cyc"][i] for x in rs]) for i in range(k)],
+            dispatcher_busy_cycles=med([x["disp_busy"] for x in rs]),
+            worker_cpu_cycles=[med([x["worker_cpu_cyc"][i] for x in rs]) for i in range(k)],
+            worker_cpu_percent=[med([x["worker_cpu"][i] for x in rs]) for i in range(k)],
+            rx_queue_full=med([x["qfull"] for x in rs]), all_ok=all(x["ok"] for x in rs),
+            mpps_runs=[round(x["mpps"], 2) for x in rs])
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    quick = "--quick" in sys.argv
+    res = measure(runs=2 if quick else 5, seconds=0.3 if quick else 1.0, say=lambda s: print(s, file=sys.stderr))
+    res["toeplitz software TSC cycles/frame"] = measure_toeplitz()
+    print(json.dumps(res, indent=1))
