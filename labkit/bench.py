@@ -1,5 +1,7 @@
 """``labkit bench [--quick] [--json] [--runs N]``: the data plane's numbers, side by side.
 
+(``labkit bench veth ...`` is the real-NIC benchmark: ``labkit.netbench``.)
+
 Everything is measured in one process, configurations interleaved round by
 round (so a noisy neighbour hurts all of them alike), and each number is the
 median over ``--runs`` rounds. Four sections:
@@ -204,29 +206,33 @@ def _targets(graphs, jit, cres):
     return rows
 
 
-def _print(res, out=sys.stdout):
+def print_table(title, cols, rows, out=sys.stdout):
+    """A titled table with right-aligned columns (rich when installed, else plain text)."""
     try:
         from rich import box
         from rich.console import Console
         from rich.table import Table
     except ImportError:           # plain text
-        Table = None
-
-    def table(title, cols, rows):
-        if Table is None:
-            print(f"\n{title}", file=out)
-            w = [max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(str(c))
-                 for i, c in enumerate(cols)]
-            print("  ".join(str(c).rjust(w[i]) for i, c in enumerate(cols)), file=out)
-            for r in rows:
-                print("  ".join(str(x).rjust(w[i]) for i, x in enumerate(r)), file=out)
-            return
-        t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-        for c in cols:
-            t.add_column(c, justify="right")
+        print(f"\n{title}", file=out)
+        w = [max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(str(c))
+             for i, c in enumerate(cols)]
+        print("  ".join(str(c).rjust(w[i]) for i, c in enumerate(cols)), file=out)
         for r in rows:
-            t.add_row(*[str(x) for x in r])
-        Console(file=out, highlight=False, width=120).print(t)
+            print("  ".join(str(x).rjust(w[i]) for i, x in enumerate(r)), file=out)
+        return
+    con = Console(file=out, highlight=False, width=120)
+    con.print("\n" + title, soft_wrap=True)   # (a table's own title wraps to the table's width)
+    t = Table(box=box.SIMPLE_HEAD)
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    con.print(t)
+
+
+def _print(res, out=sys.stdout):
+    def table(title, cols, rows):
+        print_table(title, cols, rows, out)
 
     m = res["meta"]
     print(f"labkit bench: {m['runs']} runs per number (medians), TSC {m['tsc_hz'] / 1e9:.3f} GHz, "
@@ -293,9 +299,15 @@ def run(quick=False, runs=None, progress=None):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["veth"]:              # the ring driver on veth, against C tools and the kernel
+        from . import netbench
+        return netbench.main(argv[1:])
     p = argparse.ArgumentParser(prog="labkit bench", description=(
         "Measure the data plane side by side in one run: cycles per packet and Mpps by "
-        "vector size, JIT vs pure Python, numba vs C kernels; medians of --runs."))
+        "vector size, JIT vs pure Python, numba vs C kernels; medians of --runs. "
+        "`labkit bench veth --help`: the ring driver on veth against netsniff-ng, trafgen "
+        "and the kernel's bridge (root)."))
     p.add_argument("--quick", action="store_true", help="vector sizes 1, 32, 256 and 3 runs (under a minute)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     p.add_argument("--runs", type=int, default=None, metavar="N",

@@ -231,7 +231,9 @@ def test_demo_json_has_a_row_per_technique():
             assert r["skipped"].startswith("needs a real NIC")
             continue
         assert r["backend"] == "memory"
-        assert r["off_mpps"] > 0 and r["on_mpps"] > 0 and r["speedup"] > 0
+        # (a 0.05 s pure-Python run on a loaded machine may finish no vector: off may be 0)
+        assert r["on_mpps"] > 0 and r["off_mpps"] >= 0
+        assert r["speedup"] is None or r["speedup"] > 0
 
 
 def test_demo_human_says_which_backend_and_why():
