@@ -580,8 +580,8 @@ def cmd_demo(args):
         t.columns[1].justify = t.columns[2].justify = "left"
         for r in rows:
             knob = f"{r['knob']}={r['off']}"
-            if "skipped" in r:
-                t.add_row(r["technique"], knob, "", "", "", "", r["skipped"])
+            if "skipped" in r:                   # (the JSON row says why in full)
+                t.add_row(r["technique"], knob, "-", "", "", "", "needs veth (root)")
                 continue
             nic_ = r["backend"] + (f" @{r['rate'] // 1000}k pps" if r.get("rate") else "")
             cpu = "" if r["off_cpu_percent"] is None else \

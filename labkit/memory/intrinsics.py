@@ -14,7 +14,6 @@
 Each has a pure-Python fallback with the same meaning, used when the caller
 runs with the JIT off (``Knobs(jit=False)``).
 """
-import time
 
 from llvmlite import ir
 from numba import types
@@ -88,11 +87,20 @@ def _prefetch(typingctx, arr, idx):
 # Python-level versions (the "JIT off" twins). numba compiles the overloads.
 
 def rdtsc():
-    """TSC cycles; in pure Python, perf_counter_ns scaled by the calibrated TSC rate."""
-    return int(time.perf_counter_ns() * _PY_TSC_PER_NS[0])
+    """TSC cycles. The pure-Python twin reads the real TSC too, through a tiny
+    compiled function: every clock of a run (deadlines set with the TSC, the
+    loop's own readings) must share one time base, JIT on or off."""
+    if not _tsc_reader:
+        from numba import njit
+        _tsc_reader.append(njit(cache=True)(_read_tsc))
+    return int(_tsc_reader[0]())
 
 
-_PY_TSC_PER_NS = [1.0]  # set by labkit.run.measure.calibrate_tsc()
+def _read_tsc():
+    return _rdtsc()
+
+
+_tsc_reader = []
 
 
 def load_acquire(a, i):

@@ -9,7 +9,7 @@ import time
 
 from numba import njit
 
-from ..memory.intrinsics import rdtsc, _PY_TSC_PER_NS
+from ..memory.intrinsics import rdtsc
 
 _hz = []
 
@@ -30,7 +30,6 @@ def tsc_hz():
             t1, c1 = time.perf_counter_ns(), _tsc()
             rates.append((c1 - c0) * 1e9 / (t1 - t0))
         _hz.append(sorted(rates)[1])
-        _PY_TSC_PER_NS[0] = _hz[0] / 1e9
     return _hz[0]
 
 
