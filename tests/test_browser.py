@@ -76,7 +76,10 @@ def _selftest_notebooks(d):
        "go.Figure(go.Bar(y=[1, 2])).show()")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: playwright's sync API keeps an asyncio loop
+# running in this thread until it stops, and pyroute2 (the lab network tests
+# that run after this module) cannot start its own loop while one runs.
+@pytest.fixture(scope="module")
 def lab():
     why = smoke.missing_requirements()
     if why:
@@ -98,7 +101,7 @@ def lab():
     assert not left, f"lab namespaces left behind: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(lab):
     b = smoke.Browser()
     try:
