@@ -17,9 +17,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/labkit bench
 
-# JupyterLab at the tour notebook (prints the URL to open; Ctrl-C stops it)
+# JupyterLab at the tour notebook (Ctrl-C stops it). It opens a browser at the
+# tour when it can; otherwise open the address it prints and then the tour.
+# As root (sudo make lab: the notebooks then measure on veth) Jupyter wants --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/00_tour.ipynb
+	@echo "make lab: JupyterLab on this folder; the course starts at notebooks/00_tour.ipynb"
+	$(VENV)/bin/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) --ServerApp.root_dir=. notebooks/00_tour.ipynb
 
 # Re-run the notebooks and store what they measured (as root: on veth)
 notebooks: $(STAMP)
