@@ -617,8 +617,7 @@ def cmd_net(args):
     if not st.get("up"):
         print("lab network: down" + (f" ({why})" if why else ""))
         return 0
-    t = _table("namespace", "interface", "state", "mac", "mtu", "rx packets", "tx packets",
-               "rx dropped", "tx dropped", "ingress drop")
+    t = _table("namespace", "link", "state", "mac", "mtu", "rx", "tx", "rx drop", "tx drop", "IP off")
     t.columns[1].justify = t.columns[3].justify = "left"
     for ns, links in st["namespaces"].items():
         for name, ln in links.items():
@@ -626,6 +625,7 @@ def cmd_net(args):
                       f"{ln['tx_packets']:,}", f"{ln['rx_dropped']:,}", f"{ln['tx_dropped']:,}",
                       "yes" if ln.get("ingress_drop") else "no")
     _console().print(t)
+    _say("rx/tx: packets; IP off: the ingress drop that keeps the kernel's IP stack off lab traffic")
     return 0
 
 
