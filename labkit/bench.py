@@ -206,6 +206,19 @@ def _targets(graphs, jit, cres):
     return rows
 
 
+def jsonable(o):
+    """Results as plain JSON: string keys, numpy scalars as numbers, NaN as null."""
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v) for v in o]
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float) and o != o:
+        return None
+    return o
+
+
 def print_table(title, cols, rows, out=sys.stdout):
     """A titled table with right-aligned columns (rich when installed, else plain text)."""
     try:
@@ -323,17 +336,7 @@ def main(argv=None):
         return 130
     prog.done()
     if args.json:
-        def conv(o):
-            if isinstance(o, dict):
-                return {str(k): conv(v) for k, v in o.items()}
-            if isinstance(o, (list, tuple)):
-                return [conv(v) for v in o]
-            if isinstance(o, (np.floating, np.integer)):
-                return o.item()
-            if isinstance(o, float) and o != o:
-                return None
-            return o
-        json.dump(conv(res), sys.stdout, indent=2)
+        json.dump(jsonable(res), sys.stdout, indent=2)
         print()
     else:
         _print(res)

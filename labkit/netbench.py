@@ -64,7 +64,7 @@ from contextlib import contextmanager
 import numpy as np
 from numba import njit
 
-from .bench import print_table
+from .bench import jsonable as _jsonable, print_table
 from .memory.intrinsics import rdtsc
 from .nic import labnet
 from .nic.afpacket import rx_burst, rx_release
@@ -903,18 +903,6 @@ def _print(res, out=sys.stdout):
           [[t["target"], ratio(t["value"]), t["limit"],
             "not measured" if t["met"] is None else ("met" if t["met"] else "not met")]
            for t in res["targets"]])
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, float) and o != o:
-        return None
-    return o
 
 
 def main(argv=None):

@@ -64,6 +64,23 @@ def nic_rx_dma(arena, handles, got, want, frames, flens, seq, max_frame,
     return used
 
 
+@njit(nogil=True, cache=True, inline="always")
+def capture(arena, h, length, cap_data, cap_len, nst):
+    """Append buffer h's frame to the capture; returns its slot, or -1 (and
+    counts CAP_LOST) when the capture is full."""
+    n, off = nst[CAP_N], nst[CAP_BYTES]
+    if n >= cap_len.size or off + length > cap_data.size:
+        nst[CAP_LOST] += 1
+        return -1
+    base = (h << LINE_SHIFT) + DATA_OFF
+    for j in range(length):
+        cap_data[off + j] = arena[base + j]
+    cap_len[n] = length
+    nst[CAP_N] = n + 1
+    nst[CAP_BYTES] = off + length
+    return n
+
+
 @njit(nogil=True, cache=True)
 def nic_tx_collect(arena, tx_desc, tx_cur, out_h, tmp_l, tmp_hash, max_frame,
                    cap_data, cap_len, nst, counters):
@@ -79,14 +96,6 @@ def nic_tx_collect(arena, tx_desc, tx_cur, out_h, tmp_l, tmp_hash, max_frame,
         nst[FWD] += 1
         nst[FWD_BYTES] += length
         if cap_len.size > 0:
-            n, off = nst[CAP_N], nst[CAP_BYTES]
-            if n < cap_len.size and off + length <= cap_data.size:
-                base = (h << LINE_SHIFT) + DATA_OFF
-                for j in range(length):
-                    cap_data[off + j] = arena[base + j]
-                cap_len[n] = length
-                nst[CAP_N] = n + 1
-                nst[CAP_BYTES] = off + length
-            else:
-                nst[CAP_LOST] += 1
+            capture(arena, h, length, cap_data, cap_len, nst)
     return k
+

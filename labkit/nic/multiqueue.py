@@ -60,7 +60,7 @@ from ..memory.intrinsics import load_acquire, store_release
 from ..memory.layouts import CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_OFF, META_RXQ_OFF, aligned_zeros
 from ..memory.ring import Ring, ring_enqueue, ring_dequeue
 from ..rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, hash_ipv4_frames, make_tables
-from .memory import (CAP_BYTES, CAP_LOST, CAP_N, FWD, FWD_BYTES, MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, SENT,
+from .memory import (capture, FWD, FWD_BYTES, MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, SENT,
                      TX_BAD_DESCRIPTOR)
 
 # The frame's wire position, in the metadata's padding (after the hash field).
@@ -328,17 +328,9 @@ def mq_tx_collect(arena, tx_desc, tx_cur, out_h, tmp_l, tmp_hash, max_frame,
         nst[FWD] += 1
         nst[FWD_BYTES] += length
         if cap_len.size > 0:
-            n, off = nst[CAP_N], nst[CAP_BYTES]
-            if n < cap_len.size and off + length <= cap_data.size:
-                base = (h << LINE_SHIFT) + DATA_OFF
-                for j in range(length):
-                    cap_data[off + j] = arena[base + j]
-                cap_len[n] = length
+            n = capture(arena, h, length, cap_data, cap_len, nst)
+            if n >= 0:
                 cap_wire[n] = read_wire(arena, h)
-                nst[CAP_N] = n + 1
-                nst[CAP_BYTES] = off + length
-            else:
-                nst[CAP_LOST] += 1
     return k
 
 

@@ -88,7 +88,7 @@ from ..memory.ring import Ring, ring_count, ring_dequeue, ring_enqueue
 from ..nic import multiqueue as mq
 from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lock, spin_unlock
 from ..rss import DEFAULT_KEY, hash_ipv4_frames, make_tables
-from ..nic.memory import DUT_CYC, FWD, MEMPOOL_EMPTY, NIC_CYC, RX_FRAME_TOO_LONG, SENT
+from ..nic.memory import CAP_LOST, CAP_N, DUT_CYC, FWD, MEMPOOL_EMPTY, NIC_CYC, RX_FRAME_TOO_LONG, SENT
 from ..nic.pcap import PcapWriter
 from .measure import now_tsc, tsc_hz
 from .result import NIC_SIDE_DROPS, NodeRuntime, Result
@@ -710,7 +710,7 @@ class Workers:
         dropped = {r: int(c) for r, c in zip(reasons, total) if c}
         runtime = [NodeRuntime(n.name, int(s[0]), int(s[1]), int(s[2])) for n, s in zip(g.nodes, stats)]
         notes = list(notes)
-        lost = sum(int(w.nst[mq.CAP_LOST]) for w in self.w)
+        lost = sum(int(w.nst[CAP_LOST]) for w in self.w)
         if lost:
             notes.append(f"capture: {lost} forwarded frames not written (each queue holds at most "
                          f"{self.capture_max})")
@@ -725,7 +725,7 @@ class Workers:
         """Queue q's forwarded frames of the last run (with capture on): a list of
         (wire position, frame bytes) in the order q transmitted them."""
         w = self.w[q]
-        n = int(w.nst[mq.CAP_N])
+        n = int(w.nst[CAP_N])
         lengths = w.cap_len[:n].astype(np.int64)
         offs = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         return [(int(w.cap_wire[i]), w.cap_data[offs[i]:offs[i] + lengths[i]].tobytes()) for i in range(n)]
