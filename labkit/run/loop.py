@@ -25,6 +25,46 @@ DPDK poll-mode driver refills its ring inside rx_burst), and the graph.
 """
 
 
+def copy_lines(alloc, free, rx_h, rx_l):
+    """Source lines of copy mode (the loop's RX step, then its TX step): as
+    recv()/send() do, every frame is copied into a fresh buffer on the way in
+    and on the way out, and the original is freed. rx_h and rx_l name the
+    vector's handle and length of packet i (SoA or AoS)."""
+    copy_rx = [
+        "        m = " + alloc + "(pa, pb, tmp_h, n)",
+        "        for i in range(n):",
+        f"            old = np.int64({rx_h}) << LINE_SHIFT",
+        "            free_h[i] = " + rx_h,
+        "            if i < m:",
+        "                new = np.int64(tmp_h[i]) << LINE_SHIFT",
+        f"                ln = np.int64({rx_l})",
+        "                for j in range(DATA_OFF + ln):   # memcpy: slice assignment would need NRT",
+        "                    arena[new + j] = arena[old + j]",
+        f"                {rx_h} = tmp_h[i]",
+        "        " + free + "(pa, pb, free_h, n)",
+        "        if m < n:",
+        "            counters[MEMPOOL_EMPTY] += n - m",
+        "            n = m",
+    ]
+    copy_tx = [
+        "            m = " + alloc + "(pa, pb, tmp_h, n_tx)",
+        "            for i in range(n_tx):",
+        "                if i < m:",
+        "                    old = np.int64(tx_h[i]) << LINE_SHIFT",
+        "                    new = np.int64(tmp_h[i]) << LINE_SHIFT",
+        "                    ln = np.int64(tx_l[i])",
+        "                    for j in range(DATA_OFF, DATA_OFF + ln):",
+        "                        arena[new + j] = arena[old + j]",
+        "                free_h[i] = tx_h[i]",
+        "                tx_h[i] = tmp_h[i]",
+        "            " + free + "(pa, pb, free_h, n_tx)",
+        "            if m < n_tx:",
+        "                counters[MEMPOOL_EMPTY] += n_tx - m",
+        "                n_tx = m",
+    ]
+    return copy_rx, copy_tx
+
+
 def loop_source(g, knobs):
     aos = knobs.layout == "aos"
     alloc, free = ("stack_alloc", "stack_free") if knobs.mempool else ("heap_alloc", "heap_free")
@@ -47,43 +87,7 @@ def loop_source(g, knobs):
         rx = ["        n = ring_dequeue(rx_desc, rx_cur, frames_h[0], frames_l[0], tmp_hash, batch)"]
         rx_h = "frames_h[0, i]"
     rx_l = "frames_x[0][i]['length']" if aos else "frames_l[0, i]"
-    copy_rx = []
-    copy_tx = []
-    if knobs.copy:
-        # Copy mode: as recv()/send() do, every frame is copied into a fresh
-        # buffer on the way in and on the way out; the original is freed.
-        copy_rx = [
-            "        m = " + alloc + "(pa, pb, tmp_h, n)",
-            "        for i in range(n):",
-            f"            old = np.int64({rx_h}) << LINE_SHIFT",
-            "            free_h[i] = " + rx_h,
-            "            if i < m:",
-            "                new = np.int64(tmp_h[i]) << LINE_SHIFT",
-            f"                ln = np.int64({rx_l})",
-            "                for j in range(DATA_OFF + ln):   # memcpy: slice assignment would need NRT",
-            "                    arena[new + j] = arena[old + j]",
-            f"                {rx_h} = tmp_h[i]",
-            "        " + free + "(pa, pb, free_h, n)",
-            "        if m < n:",
-            "            counters[MEMPOOL_EMPTY] += n - m",
-            "            n = m",
-        ]
-        copy_tx = [
-            "            m = " + alloc + "(pa, pb, tmp_h, n_tx)",
-            "            for i in range(n_tx):",
-            "                if i < m:",
-            "                    old = np.int64(tx_h[i]) << LINE_SHIFT",
-            "                    new = np.int64(tmp_h[i]) << LINE_SHIFT",
-            "                    ln = np.int64(tx_l[i])",
-            "                    for j in range(DATA_OFF, DATA_OFF + ln):",
-            "                        arena[new + j] = arena[old + j]",
-            "                free_h[i] = tx_h[i]",
-            "                tx_h[i] = tmp_h[i]",
-            "            " + free + "(pa, pb, free_h, n_tx)",
-            "            if m < n_tx:",
-            "                counters[MEMPOOL_EMPTY] += n_tx - m",
-            "                n_tx = m",
-        ]
+    copy_rx, copy_tx = copy_lines(alloc, free, rx_h, rx_l) if knobs.copy else ([], [])
     body = [
         "@JIT",
         "def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, frames, flens, seq, max_frame,",

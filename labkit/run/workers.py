@@ -80,6 +80,7 @@ import numpy as np
 from numba import njit
 
 from ..graph.compile import generate, load_source, make_frames
+from .loop import copy_lines
 from ..memory.intrinsics import load_acquire, rdtsc, store_release
 from ..memory.layouts import CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, aligned_zeros
 from ..memory.bytes import wr32le
@@ -168,41 +169,8 @@ def worker_source(g, knobs, mode):
               "        spin_unlock(locks, lock_i)"]
     else:
         rx = [f"        n = {deq}"]
-    copy_rx, copy_tx = [], []
-    if knobs.copy:
-        # as labkit.run.loop: a fresh buffer per frame on the way in and out
-        copy_rx = [
-            f"        m = {alloc}(pa, pb, tmp_h, n)",
-            "        for i in range(n):",
-            f"            old = np.int64({rx_h}) << LINE_SHIFT",
-            f"            free_h[i] = {rx_h}",
-            "            if i < m:",
-            "                new = np.int64(tmp_h[i]) << LINE_SHIFT",
-            f"                ln = np.int64({rx_l})",
-            "                for j in range(DATA_OFF + ln):",
-            "                    arena[new + j] = arena[old + j]",
-            f"                {rx_h} = tmp_h[i]",
-            f"        {free}(pa, pb, free_h, n)",
-            "        if m < n:",
-            "            counters[MEMPOOL_EMPTY] += n - m",
-            "            n = m",
-        ]
-        copy_tx = [
-            f"            m = {alloc}(pa, pb, tmp_h, n_tx)",
-            "            for i in range(n_tx):",
-            "                if i < m:",
-            "                    old = np.int64(tx_h[i]) << LINE_SHIFT",
-            "                    new = np.int64(tmp_h[i]) << LINE_SHIFT",
-            "                    ln = np.int64(tx_l[i])",
-            "                    for j in range(DATA_OFF, DATA_OFF + ln):",
-            "                        arena[new + j] = arena[old + j]",
-            "                free_h[i] = tx_h[i]",
-            "                tx_h[i] = tmp_h[i]",
-            f"            {free}(pa, pb, free_h, n_tx)",
-            "            if m < n_tx:",
-            "                counters[MEMPOOL_EMPTY] += n_tx - m",
-            "                n_tx = m",
-        ]
+    # as labkit.run.loop: a fresh buffer per frame on the way in and out
+    copy_rx, copy_tx = copy_lines(alloc, free, rx_h, rx_l) if knobs.copy else ([], [])
     if mode == "device":
         refill = [
             "        if t0 >= stop_tsc and (load_acquire(ws, WIRE) & STOP_BIT) == 0:",
