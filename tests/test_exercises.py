@@ -17,7 +17,9 @@ from labkit.nic.afpacket import (BLK_FIRST, BLK_NUM_PKTS, BLK_STATUS, C_BNR, C_B
                                  P3_SNAPLEN, RX_MACOFF, TP_STATUS_KERNEL, TP_STATUS_USER, rx_burst, rx_release)
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ["01_polling", "02_io_batching", "03_zero_copy"]
+# every solution, by name; the first three ship since issue 5, the rest with later techniques
+NAMES = sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb"))
+FIRST = ["01_polling", "02_io_batching", "03_zero_copy"]
 
 
 def _nb(path):
@@ -35,8 +37,8 @@ def _env():
 # ---- the notebooks as files ------------------------------------------------------
 
 def test_each_exercise_has_its_solution_with_the_same_checks():
+    assert NAMES[:len(FIRST)] == FIRST
     assert sorted(p.stem for p in (ROOT / "exercises").glob("*.ipynb")) == NAMES
-    assert sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb")) == NAMES
     for name in NAMES:
         exe, sol = _nb(ROOT / "exercises" / f"{name}.ipynb"), _nb(ROOT / "solutions" / f"{name}.ipynb")
         for nb in (exe, sol):
