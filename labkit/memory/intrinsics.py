@@ -7,6 +7,9 @@
   with acquire/release ordering on an element of a 1-D integer array. A spin
   loop on a ring cursor needs the acquire load, or LLVM may hoist a plain load
   out of the loop and spin forever on a stale value.
+- ``cas(a, i, expected, new)``: compare-and-swap on an element of a 1-D
+  integer array (x86 ``lock cmpxchg``, a full barrier); returns the old value.
+  The workers' wire cursor and spinlocks are built on it.
 - ``prefetch(a, i)``: a software prefetch of the cache line holding ``a[i]``
   (``llvm.prefetch``: read, high locality). It is a hint: no fault, no effect
   on results.
@@ -14,6 +17,8 @@
 Each has a pure-Python fallback with the same meaning, used when the caller
 runs with the JIT off (``Knobs(jit=False)``).
 """
+
+import threading
 
 from llvmlite import ir
 from numba import types
@@ -64,6 +69,21 @@ def _store_release(typingctx, arr, idx, val):
 
 
 @intrinsic
+def _cas(typingctx, arr, idx, expected, new):
+    if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aty, _, ety, nty = signature.args
+        ptr = _element_pointer(context, builder, aty, args[0], args[1])
+        exp = context.cast(builder, args[2], ety, aty.dtype)
+        val = context.cast(builder, args[3], nty, aty.dtype)
+        pair = builder.cmpxchg(ptr, exp, val, "acq_rel", "acquire")
+        return builder.extract_value(pair, 0)
+    return arr.dtype(arr, idx, expected, new), codegen
+
+
+@intrinsic
 def _prefetch(typingctx, arr, idx):
     if not isinstance(arr, types.Array):
         return None
@@ -111,6 +131,19 @@ def store_release(a, i, v):
     a[i] = v
 
 
+_PY_CAS_LOCK = threading.Lock()
+
+
+def cas(a, i, expected, new):
+    """Atomically: ``old = a[i]; if old == expected: a[i] = new``; returns old.
+    The pure-Python twin takes a lock."""
+    with _PY_CAS_LOCK:
+        old = a[i]
+        if old == expected:
+            a[i] = new
+        return old
+
+
 def prefetch(a, i):
     return None
 
@@ -133,3 +166,8 @@ def _ov_store_release(a, i, v):
 @overload(prefetch, inline="always")
 def _ov_prefetch(a, i):
     return lambda a, i: _prefetch(a, i)
+
+
+@overload(cas, inline="always")
+def _ov_cas(a, i, expected, new):
+    return lambda a, i, expected, new: _cas(a, i, expected, new)

@@ -35,12 +35,16 @@ BUF_META = np.dtype([
     ("rx_queue", "<u2"),
     ("flags", "<u2"),
     ("hash", "<u4"),        # flow hash (NIC RSS or software)
-    ("_pad", "u1", 52),
+    ("_pad0", "u1", 4),
+    ("wire_seq", "<u8"),    # the frame's position on the wire (multi-queue NIC): flow order is checkable
+    ("_pad", "u1", 40),
 ])
 assert BUF_META.itemsize == CACHE_LINE
 META_ADJ_OFF = META_OFF + BUF_META.fields["adj_index"][1]
 META_RXQ_OFF = META_OFF + BUF_META.fields["rx_queue"][1]
 META_HASH_OFF = META_OFF + BUF_META.fields["hash"][1]
+META_WIRE_OFF = META_OFF + BUF_META.fields["wire_seq"][1]
+assert META_WIRE_OFF == 16
 
 # --- wire headers (network byte order) ---------------------------------------
 ETH_HDR = np.dtype([("dst", "u1", 6), ("src", "u1", 6), ("ethertype", ">u2")])

@@ -41,30 +41,25 @@ queues share is the wire:
   checked against the queue (``nst[RSS_BAD]`` must stay 0).
 
 The metadata gets the hash (``META_HASH_OFF``), the queue (``META_RXQ_OFF``)
-and the frame's wire position (``META_WIRE_OFF``, 8 bytes in the metadata's
-padding), so a test can check that each flow's frames left in wire order.
+and the frame's wire position (``META_WIRE_OFF``, the ``wire_seq`` field of
+``BUF_META``), so a test can check that each flow's frames left in wire order.
 
-Also here: ``cas`` (compare-and-swap, LLVM ``cmpxchg``) and ``fetch_or``,
-numba intrinsics the shared wire and the spinlock of ``labkit.run.workers``
-need (``labkit.memory.intrinsics`` has acquire/release loads and stores only).
+Also here: ``fetch_or`` and the spinlock of ``labkit.run.workers``, built on
+``cas`` (compare-and-swap, in ``labkit.memory.intrinsics``).
 """
-import threading
 
 import numpy as np
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba import njit
 
 from ..memory.bytes import wr32le
-from ..memory.intrinsics import load_acquire, store_release
-from ..memory.layouts import CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_OFF, META_RXQ_OFF, aligned_zeros
+from ..memory.intrinsics import cas, load_acquire, store_release
+from ..memory.layouts import (CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, META_WIRE_OFF,
+                              aligned_zeros)
 from ..memory.ring import Ring, ring_enqueue, ring_dequeue
 from ..rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, hash_ipv4_frames, make_tables
 from .memory import (capture, FWD, FWD_BYTES, MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, SENT,
                      TX_BAD_DESCRIPTOR)
 
-# The frame's wire position, in the metadata's padding (after the hash field).
-META_WIRE_OFF = META_OFF + 16
 RETA_SIZE = 128
 
 # ws: the shared wire state, one cache line per word that moves
@@ -84,45 +79,7 @@ MQ_NST_SIZE = 16   # two cache lines of int64
 KEYS = {"default": DEFAULT_KEY, "symmetric": SYMMETRIC_KEY}
 
 
-# --- compare-and-swap ------------------------------------------------------------
-
-def _element_pointer(context, builder, aty, a, i):
-    ary = context.make_array(aty)(context, builder, a)
-    return cgutils.get_item_pointer(context, builder, aty, ary, [i])
-
-
-@intrinsic
-def _cas(typingctx, arr, idx, expected, new):
-    if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        aty, _, ety, nty = signature.args
-        ptr = _element_pointer(context, builder, aty, args[0], args[1])
-        exp = context.cast(builder, args[2], ety, aty.dtype)
-        val = context.cast(builder, args[3], nty, aty.dtype)
-        pair = builder.cmpxchg(ptr, exp, val, "acq_rel", "acquire")
-        return builder.extract_value(pair, 0)
-    return arr.dtype(arr, idx, expected, new), codegen
-
-
-_PY_CAS_LOCK = threading.Lock()
-
-
-def cas(a, i, expected, new):
-    """Atomically: ``old = a[i]; if old == expected: a[i] = new``; returns old.
-    (x86: ``lock cmpxchg``, a full barrier.) The pure-Python twin takes a lock."""
-    with _PY_CAS_LOCK:
-        old = a[i]
-        if old == expected:
-            a[i] = new
-        return old
-
-
-@overload(cas, inline="always")
-def _ov_cas(a, i, expected, new):
-    return lambda a, i, expected, new: _cas(a, i, expected, new)
-
+# --- atomics ------------------------------------------------------------------
 
 @njit(nogil=True, cache=True)
 def fetch_or(a, i, bits):
