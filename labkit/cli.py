@@ -21,7 +21,7 @@ import signal
 import sys
 
 from labkit import __version__
-from labkit.run.knobs import Knobs, KnobError, TECHNIQUES
+from labkit.run.knobs import Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -305,7 +305,7 @@ def _console(stderr=False):
     from rich.console import Console
     stream = sys.stderr if stderr else sys.stdout
     # Piped into a file, rich would assume 80 columns and wrap the tables.
-    wide = None if stream.isatty() or "COLUMNS" in os.environ else 120
+    wide = None if stream.isatty() or "COLUMNS" in os.environ else 132
     return Console(stderr=stderr, highlight=False, width=wide)
 
 
@@ -513,20 +513,49 @@ def cmd_trace(args):
 DEMO_RATE = {"polling": 100_000}
 
 
+# Multi-core rows of the demo (in-memory NIC): what each compares, as Lab arguments
+# for the technique off and on. One worker on the multi-queue NIC, not the single
+# loop, so that "RSS across 2 cores" changes the number of cores and nothing else.
+DEMO_WORKERS = {
+    "RSS across 2 cores": ("workers", 1, 2, dict(workers=1, multiqueue=True), dict(workers=2)),
+}
+DEMO_WORKER_LAB = {             # WORKER_TECHNIQUES: the Lab both states run on
+    "cache-line padding": dict(workers=2),
+    "lock-free rings": dict(workers=1, dispatcher=True),
+}
+
+
+def _demo_plan(nic):
+    """[(technique, knob, off, on, where, off Lab args, on Lab args)]: every row of the demo."""
+    plan = []
+    for technique, (knob, off, where) in TECHNIQUES.items():
+        backend = "memory" if where == "memory" or nic == "memory" else nic
+        plan.append((technique, knob, off, getattr(Knobs(), knob), where,
+                     dict(backend=backend, knobs=Knobs().with_(**{knob: off})), dict(backend=backend, knobs=Knobs())))
+    for technique, (knob, off, on, off_lab, on_lab) in DEMO_WORKERS.items():
+        plan.append((technique, knob, off, on, "workers", dict(backend="memory", **off_lab),
+                     dict(backend="memory", **on_lab)))
+    for technique, (knob, off, _) in WORKER_TECHNIQUES.items():
+        lab = DEMO_WORKER_LAB.get(technique, dict(workers=2))
+        plan.append((technique, knob, off, getattr(Knobs(), knob), "workers",
+                     dict(backend="memory", knobs=Knobs().with_(**{knob: off}), **lab),
+                     dict(backend="memory", knobs=Knobs(), **lab)))
+    return plan
+
+
 def _demo_rows(args, lab_mod, seconds, nic):
-    """Each technique: its knob off, then on (the defaults), on the backend
-    where it shows: the in-memory NIC for compute and memory techniques, the
-    real NIC `nic` (veth or tap) for I/O ones. Returns (rows, notes)."""
-    todo = list(TECHNIQUES.items())
+    """Each technique: off, then on (the defaults), on the backend where it
+    shows: the in-memory NIC for compute, memory and multi-core techniques,
+    the real NIC `nic` (veth or tap) for I/O ones. Returns (rows, notes)."""
+    todo = _demo_plan(nic)
     rows, notes = [], []
     traffic = dict(size=64, flows=1024, mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1)
     _before_first_run()
     with _Progress(not args.json, "demo") as bar:
-        for i, (technique, (knob, off_value, where)) in enumerate(todo):
-            row = {"technique": technique, "knob": knob, "off": off_value,
-                   "on": getattr(Knobs(), knob), "where": where}
+        for i, (technique, knob, off_value, on_value, where, off_lab, on_lab) in enumerate(todo):
+            row = {"technique": technique, "knob": knob, "off": off_value, "on": on_value, "where": where}
             rows.append(row)
-            backend = "memory" if where == "memory" or nic == "memory" else nic
+            backend = on_lab["backend"]
             if where == "veth" and backend == "memory":
                 row["skipped"] = "needs a real NIC: --backend veth, as root"
                 continue
@@ -534,14 +563,13 @@ def _demo_rows(args, lab_mod, seconds, nic):
             rate = DEMO_RATE.get(technique) if backend != "memory" else None
             if rate:
                 row["rate"] = rate
-            for j, (state, knobs) in enumerate((("off", Knobs().with_(**{knob: off_value})), ("on", Knobs()))):
-                bar.step(f"{technique}: {knob}={getattr(knobs, knob)} ({state}) on {backend}, "
-                         f"{i + 1} of {len(todo)}")
+            for j, (state, value, lab_args) in enumerate((("off", off_value, off_lab), ("on", on_value, on_lab))):
+                bar.step(f"{technique}: {knob}={value} ({state}) on {backend}, {i + 1} of {len(todo)}")
                 base = (2 * i + j) / (2 * len(todo))
 
                 def progress(done, base=base):
                     bar.advance(base + done / (2 * len(todo)))
-                with lab_mod.Lab(backend=backend, graph=args.graph, knobs=knobs, rate=rate, **traffic) as lab:
+                with lab_mod.Lab(graph=args.graph, rate=rate, **lab_args, **traffic) as lab:
                     res = lab.run(seconds=seconds, progress=progress)
                 notes.extend(n for n in res.notes if not n.startswith("rate and gen_batch"))
                 notes.extend(_broken(res))
@@ -564,7 +592,7 @@ def cmd_demo(args):
     if not args.json:
         real = f"real NIC: {nic}: {BACKEND_WHY[nic]}" if nic != "memory" else \
             "no real NIC (I/O techniques need veth, as root)"
-        _say(f"labkit demo: compute and memory techniques on the {BACKEND_WHY['memory']}; {real}; "
+        _say(f"labkit demo: compute, memory and multi-core techniques on the {BACKEND_WHY['memory']}; {real}; "
              f"graph {args.graph}; {seconds:g} s per run, each technique off then on")
     if note:
         _say(f"note: {note}")
@@ -581,7 +609,7 @@ def cmd_demo(args):
         for r in rows:
             knob = f"{r['knob']}={r['off']}"
             if "skipped" in r:                   # (the JSON row says why in full)
-                t.add_row(r["technique"], knob, "-", "", "", "", "needs veth (root)")
+                t.add_row(r["technique"], knob, "-", "", "", "", "needs veth")
                 continue
             nic_ = r["backend"] + (f" @{r['rate'] // 1000}k pps" if r.get("rate") else "")
             cpu = "" if r["off_cpu_percent"] is None else \

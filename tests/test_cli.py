@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from labkit import cli
-from labkit.run.knobs import TECHNIQUES
+from labkit.run.knobs import TECHNIQUES, WORKER_TECHNIQUES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,9 +224,13 @@ def test_demo_json_has_a_row_per_technique():
     p = labkit("demo", "--backend", "memory", "--json", "--seconds", "0.05", extra_env={"LABKIT_QUICK": "1"})
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)
-    assert [r["technique"] for r in rows] == list(TECHNIQUES)
+    assert [r["technique"] for r in rows] == [*TECHNIQUES, *cli.DEMO_WORKERS, *WORKER_TECHNIQUES]
     for r in rows:
-        assert r["knob"] == TECHNIQUES[r["technique"]][0]
+        if r["technique"] in TECHNIQUES:
+            assert r["knob"] == TECHNIQUES[r["technique"]][0]
+        else:                                    # multi-core rows: several workers on the in-memory NIC
+            assert r["where"] == "workers"
+            assert r["knob"] == {**WORKER_TECHNIQUES, **cli.DEMO_WORKERS}[r["technique"]][0]
         if r["where"] == "veth":                 # I/O techniques need a real NIC
             assert r["skipped"].startswith("needs a real NIC")
             continue
@@ -243,7 +247,7 @@ def test_demo_human_says_which_backend_and_why():
     assert p.returncode == 0, p.stderr
     assert "in-memory NIC (no root needed)" in p.stderr
     assert "speed-up" in p.stdout
-    for technique in TECHNIQUES:
+    for technique in [*TECHNIQUES, *cli.DEMO_WORKERS, *WORKER_TECHNIQUES]:
         assert technique in p.stdout
 
 
