@@ -189,11 +189,12 @@ def _length_options(p):
 
 
 def _rss_parser(sub):
-    """`labkit rss hash`: the options (labkit.rss does the work, imported only when it runs)."""
+    """`labkit rss hash|bench`: the options (labkit.rss does the work, imported only when it runs)."""
     p = sub.add_parser("rss", help="RSS: the Toeplitz hash of a flow and the queue it lands on")
-    p.add_argument("action", choices=("hash",), help="hash: print the flow's 32-bit RSS hash")
-    p.add_argument("--src", required=True, metavar="IP", help="source IPv4 address")
-    p.add_argument("--dst", required=True, metavar="IP", help="destination IPv4 address")
+    p.add_argument("action", choices=("hash", "bench"),
+                   help="hash: print the flow's 32-bit RSS hash; bench: what the hash costs, three ways")
+    p.add_argument("--src", metavar="IP", help="source IPv4 address (hash)")
+    p.add_argument("--dst", metavar="IP", help="destination IPv4 address (hash)")
     p.add_argument("--sport", metavar="N", help="source port (TCP/UDP; give --dport too)")
     p.add_argument("--dport", metavar="N", help="destination port (TCP/UDP; give --sport too)")
     p.add_argument("--key", default="default", metavar="HEX|default|symmetric",

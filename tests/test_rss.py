@@ -96,6 +96,42 @@ def test_tables_are_the_reference_per_byte(kd, seed):
         assert int(tables[i, v]) == rss.toeplitz(key, lone)
 
 
+@SETTINGS
+@given(key_and_data())
+def test_compiled_bit_by_bit_equals_reference(kd):
+    key, data = kd
+    out = np.zeros(1, np.uint32)
+    rss.toeplitz_bits_batch(np.frombuffer(key, np.uint8), np.frombuffer(data, np.uint8).reshape(1, -1),
+                            np.array([len(data)]), out)
+    assert int(out[0]) == rss.toeplitz(key, data)
+
+
+def test_compiled_bit_by_bit_rejects_a_short_key():
+    with pytest.raises(ValueError, match="key 4 bytes longer"):
+        rss.toeplitz_bits_batch(np.zeros(15, np.uint8), np.zeros((1, 12), np.uint8), np.array([12]),
+                                np.zeros(1, np.uint32))
+
+
+def test_measure_hash_times_three_versions_that_agree(monkeypatch):
+    costs = rss.measure_hash(n=64, reps=2)
+    assert list(costs) == ["reference (Python, bit by bit)", "bit by bit (numba)", "table-driven (numba)"]
+    assert all(c > 0 for c in costs.values())
+
+    def wrong(tables, data, lengths, out):          # a broken fast version is caught, not timed
+        out[:] = 1
+    monkeypatch.setattr(rss, "toeplitz_batch", wrong)
+    with pytest.raises(AssertionError, match="disagree"):
+        rss.measure_hash(n=64, reps=2)
+
+
+def test_cli_bench_prints_each_version(capsys):
+    assert rss.main(cli(action="bench")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Toeplitz hash of an IPv4 4-tuple")
+    assert [ln.split("  ")[1].strip() for ln in out[1:]] == list(rss.measure_hash(n=8, reps=1))
+    assert out[1].endswith(" 1x the reference")
+
+
 def test_batch_equals_scalar_on_rows_of_any_length():
     rng = np.random.default_rng(7)
     key = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
@@ -365,10 +401,10 @@ def test_default_key_spreads_random_flows_evenly():
 
 # --- the command ----------------------------------------------------------------------
 
-def cli(*argv):
+def cli(*argv, action="hash"):
     p = argparse.ArgumentParser(prog="labkit")
     labkit_cli._rss_parser(p.add_subparsers(dest="command", required=True))
-    return p.parse_args(["rss", "hash", *argv])
+    return p.parse_args(["rss", action, *argv])
 
 
 FIRST = ("--src", "66.9.149.187", "--dst", "161.142.100.80")
@@ -404,6 +440,7 @@ def test_cli_symmetric_key_both_directions(capsys):
     (FIRST + ("--key", "nope"), "'nope' is not hex; use 'default', 'symmetric'"),
     (FIRST + ("--queues", "0"), r"n_queues=0: use 1\.\.128"),
     (FIRST + ("--queues", "four"), r"--queues 'four' is not an integer"),
+    (("--src", "1.2.3.4"), "rss hash needs --src and --dst"),
 ])
 def test_cli_bad_input_is_one_line_saying_what_to_use(capsys, argv, msg):
     with pytest.raises(ValueError, match=msg) as e:
