@@ -21,7 +21,7 @@ import signal
 import sys
 
 from labkit import __version__
-from labkit.run.knobs import Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES
+from labkit.run.knobs import MODELS, Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -160,11 +160,16 @@ def _lab_options(p):
         k.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=KNOB_HELP[name])
     k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
     k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
-    w = p.add_argument_group("several cores (in-memory NIC)")
+    w = p.add_argument_group("several cores")
     w.add_argument("--workers", type=_int_between(1, 64, "1 to 64 workers, one per queue"), metavar="N",
-                   help="run-to-completion workers, one per RSS queue of the multi-queue NIC (default: 1)")
+                   help="run-to-completion workers, one per RSS queue of the multi-queue NIC; on veth one per "
+                        "socket of a PACKET_FANOUT group (default: 1)")
     w.add_argument("--sync", choices=("spsc", "lock"),
                    help="RSS in the NIC onto lock-free rings, or a dispatcher thread and locked queues")
+    w.add_argument("--model", choices=MODELS,
+                   help="threading model: run to completion (rtc), or an I/O stage and a worker stage on a core "
+                        "each (pipeline), as lightweight threads on one core (lthreads), or as OS threads on one "
+                        "core (threads) (default: rtc)")
     w.add_argument("--counters", choices=("padded", "packed"),
                    help="per-worker counters on their own cache line, or all on one (false sharing)")
     w.add_argument("--rss-key", dest="rss_key", choices=("default", "symmetric"),
@@ -251,7 +256,7 @@ def build_parser():
 
 def _knobs(args):
     changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "unroll", "layout", "poll",
-                                                      "qdisc_bypass", "sync", "counters")
+                                                      "qdisc_bypass", "sync", "counters", "model")
                if getattr(args, name) is not None}
     return Knobs().with_(**changes)          # KnobError says which knob and what to use
 
@@ -447,18 +452,23 @@ def cmd_run(args):
         t.add_row(f"drop: {reason}", f"{count:,}")
     t.add_row("Mpps", f"{res.pps / 1e6:.3f}")
     t.add_row("TSC cycles/packet", f"{res.cycles_per_packet:.1f}")
+    if res.extra.get("model", "rtc") != "rtc":   # stages: how often one gave way to another
+        t.add_row("model", res.extra["model"])
+        t.add_row("switches/packet", f"{res.extra['switches_per_packet']:.4f}")
     if res.cpu_percent is not None:              # a real NIC: the polling thread's cost, the generator
-        t.add_row("DUT thread CPU", f"{res.cpu_percent:.0f}%")
+        several = len(res.extra.get("workers", [])) > 1
+        t.add_row("DUT threads CPU (sum)" if several else "DUT thread CPU", f"{res.cpu_percent:.0f}%")
         t.add_row("generator Mpps", f"{res.extra['gen_tx_pps'] / 1e6:.3f}")
         for link, n in sorted(res.extra.get("kernel_tx_retries", {}).items()):
             if n:
                 t.add_row(f"kernel TX retries: {link}", f"{n:,}")
     console.print(t)
-    if len(res.extra.get("workers", [])) > 1:     # several cores: one row per RSS queue
-        w = _table("queue", "handled", "Mpps", "TSC cyc/pkt", "CPU", "rx_queue_full")
+    if len(res.extra.get("workers", [])) > 1:     # several cores: one row per RSS queue (or fanout socket)
+        w = _table("queue", "handled", "Mpps", "TSC cyc/pkt", "CPU", "queue full")
         for q in res.extra["workers"]:
+            full = q["dropped"].get("rx_queue_full", 0) + q["dropped"].get("dut_rx_ring_full", 0)
             w.add_row(str(q["queue"]), f"{q['handled']:,}", f"{q['mpps']:.3f}", f"{q['cycles_per_packet']:.1f}",
-                      f"{q['cpu_percent']:.0f}%", f"{q['dropped'].get('rx_queue_full', 0):,}")
+                      f"{q['cpu_percent']:.0f}%", f"{full:,}")
         console.print(w)
     _notes(res.notes)
     return _finish(res)
@@ -519,6 +529,12 @@ DEMO_RATE = {"polling": 100_000}
 # loop, so that "RSS across 2 cores" changes the number of cores and nothing else.
 DEMO_WORKERS = {
     "RSS across 2 cores": ("workers", 1, 2, dict(workers=1, multiqueue=True), dict(workers=2)),
+    # two cores either way: an I/O stage and a worker stage, or two whole workers
+    "run to completion": ("model", "pipeline", "rtc", dict(workers=1, knobs=Knobs(model="pipeline")),
+                          dict(workers=2)),
+    # one core either way: two stages switched by the kernel, or by a generator's yield
+    "lightweight threads": ("model", "threads", "lthreads", dict(workers=1, knobs=Knobs(model="threads")),
+                            dict(workers=1, knobs=Knobs(model="lthreads"))),
 }
 DEMO_WORKER_LAB = {             # WORKER_TECHNIQUES: the Lab both states run on
     "cache-line padding": dict(workers=2),

@@ -157,8 +157,32 @@ def test_run_knob_flags_reach_the_lab():
     assert r["batch"] == 32
     assert r["knobs"] == {"batch": 32, "jit": True, "copy": True, "mempool": False, "hugepages": False,
                           "prefetch": False, "unroll": 2, "layout": "aos", "poll": "busy", "qdisc_bypass": True,
-                          "sync": "spsc", "counters": "padded"}
+                          "sync": "spsc", "counters": "padded", "model": "rtc"}
     assert r["conserved"] and r["pool_ok"]
+
+
+@pytest.mark.parametrize("model", ["pipeline", "lthreads", "threads"])
+def test_run_model_flag_runs_the_stages(model):
+    r = run_json("run", "--packets", "20000", "--model", model)
+    assert r["knobs"]["model"] == model and r["extra"]["model"] == model
+    assert r["sent"] == r["forwarded"] == 20000 and r["conserved"] and r["pool_ok"]
+    assert r["extra"]["dispatcher"] and len(r["extra"]["workers"]) == 1
+    # lightweight and OS threads switch stages after every burst (of at most 256 frames, so at least
+    # 79 per stage); a pipeline's stages never give way, and only OS threads call sched_yield
+    bursts = -(-20000 // 256)
+    if model == "lthreads":
+        assert r["extra"]["switches"] >= 2 * bursts and r["extra"]["yields"] == 0
+    elif model == "threads":
+        assert r["extra"]["yields"] >= 2 * bursts
+    else:
+        assert r["extra"]["yields"] == 0
+
+
+def test_run_workers_prints_a_row_per_queue():
+    p = labkit("run", "--packets", "20000", "--workers", "2")
+    assert p.returncode == 0, p.stderr
+    head = next(ln for ln in p.stdout.splitlines() if ln.strip().startswith("queue"))
+    assert head.split() == ["queue", "handled", "Mpps", "TSC", "cyc/pkt", "CPU", "queue", "full"]
 
 
 def test_run_malformed_mixed_imix_drops_are_counted():

@@ -328,7 +328,7 @@ def test_toeplitz_cycles_are_measured():
 @pytest.mark.parametrize("kw, msg", [
     (dict(workers=0), "workers"), (dict(workers=65), "workers"), (dict(workers=2.0), "workers"),
     (dict(workers=2, queues=3), "one worker per queue"), (dict(queues=0), "queues"),
-    (dict(workers=2, backend="veth"), "in-memory NIC only"),
+    (dict(dispatcher=True, backend="veth"), "in-memory NIC only"),
     (dict(workers=2, rss_key="short"), "rss_key"),
     (dict(multiqueue=False, workers=2), "multi-queue"),
 ])

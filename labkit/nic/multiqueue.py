@@ -74,6 +74,7 @@ WIRE_MASK = STOP_BIT - 1
 RSS_BAD = 11       # frames whose per-frame hash disagreed with their queue: must stay 0
 POLLING = 12       # 1 once this queue's driver has said it polls (ws[READY])
 IDLE_CYC = 13      # the part of DUT_CYC spent in polls that found no packet
+YIELDS = 14        # sched_yield calls of the worker's thread (model="threads", labkit.run.workers)
 MQ_NST_SIZE = 16   # two cache lines of int64
 
 KEYS = {"default": DEFAULT_KEY, "symmetric": SYMMETRIC_KEY}

@@ -3,7 +3,10 @@
 A poll-mode driver's loop is compiled; it has to kick the kernel (``send`` on
 a TX ring), wait for it (``poll``), or, in the classic socket path the
 chapter contrasts with zero-copy, move each frame with ``recv``/``send`` (or
-``read``/``write`` on a TAP device). numba can call ctypes functions, but a
+``read``/``write`` on a TAP device). A stage on an OS thread that has nothing
+to do gives its CPU to another thread with ``sched_yield`` (the "threads"
+model of ``labkit.run.workers``, and the switch-cost measurement of
+``labkit.run.lthreads``). numba can call ctypes functions, but a
 function that does cannot be cached on disk; so these are intrinsics that
 declare libc's symbol and call it, as numba itself calls ``memcpy``. The
 buffer is a numpy uint8 array plus a byte offset, never a raw address.
@@ -80,6 +83,14 @@ def _c_poll(typingctx, pfd, nfds, timeout_ms):
 
 
 @intrinsic
+def _c_sched_yield(typingctx):
+    """int sched_yield(void): the kernel runs another thread of this CPU, if one is ready."""
+    def codegen(context, builder, sig, args):
+        return builder.sext(_call(builder, "sched_yield", _I32, [], []), _I64)
+    return types.int64(), codegen
+
+
+@intrinsic
 def _c_errno(typingctx):
     def codegen(context, builder, sig, args):
         loc = _call(builder, "__errno_location", _I32.as_pointer(), [], [])
@@ -123,6 +134,10 @@ def sys_poll(pfd, nfds, timeout_ms):
     return _py(_libc.poll, _ptr(pfd, 0), ctypes.c_ulong(int(nfds)), int(timeout_ms))
 
 
+def sys_sched_yield():
+    return _py(_libc.sched_yield)
+
+
 def errno():
     """errno of the last failed call (in compiled code: libc's, thread-local)."""
     return _last_errno[0]
@@ -151,6 +166,11 @@ def _ov_write(fd, arr, off, n):
 @overload(sys_poll, inline="always")
 def _ov_poll(pfd, nfds, timeout_ms):
     return lambda pfd, nfds, timeout_ms: _c_poll(pfd, nfds, timeout_ms)
+
+
+@overload(sys_sched_yield, inline="always")
+def _ov_sched_yield():
+    return lambda: _c_sched_yield()
 
 
 @overload(errno, inline="always")

@@ -7,6 +7,10 @@ chapter's Table 1 (Linguaglossa 2020) to the knob that shows it.
 from dataclasses import dataclass, fields, replace, asdict
 
 MAX_BATCH = 256
+# Threading models (labkit.run.workers): run to completion; or an I/O stage and worker
+# stages, one per core ("pipeline"), as lightweight threads of one OS thread ("lthreads"),
+# or as OS threads sharing one CPU ("threads").
+MODELS = ("rtc", "pipeline", "lthreads", "threads")
 
 
 class KnobError(ValueError):
@@ -27,6 +31,7 @@ class Knobs:
     qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
     sync: str = "spsc"        # workers > 1: RSS in the NIC onto lock-free rings ("spsc"), or a dispatcher thread and locked queues ("lock")
     counters: str = "padded"  # workers > 1: each worker's per-packet counters on its own cache line ("padded"), or all on one ("packed")
+    model: str = "rtc"        # threading model: run to completion ("rtc"), or I/O and worker stages on cores of their own ("pipeline"), as lightweight threads on one thread ("lthreads"), or as OS threads on one CPU ("threads")
 
     def __post_init__(self):
         def bad(name, value, want):
@@ -46,6 +51,9 @@ class Knobs:
             bad("sync", self.sync, 'use "spsc" (RSS in the NIC, lock-free rings) or "lock" (dispatcher thread, spinlocked queues)')
         if self.counters not in ("padded", "packed"):
             bad("counters", self.counters, 'use "padded" (a cache line per worker) or "packed" (all on one line: false sharing)')
+        if self.model not in MODELS:
+            bad("model", self.model, 'use "rtc" (run to completion), "pipeline" (a stage per core), '
+                '"lthreads" (lightweight threads on one core) or "threads" (OS threads on one core)')
 
     def with_(self, **changes):
         """A copy with some knobs changed (validated)."""
@@ -82,4 +90,7 @@ WORKER_TECHNIQUES = {
     "cache-line padding": ("counters", "packed", "workers"),
     "lock-free rings": ("sync", "lock", "workers"),
 }
-WORKER_KNOBS = ("sync", "counters")
+# Not a row above: lightweight threads. Their "on" is model="lthreads" and their "off"
+# is OS threads (model="threads"), the same stages on one core switched by the kernel;
+# the default, "rtc", is neither (it has no stages to switch). Notebook 15 compares them.
+WORKER_KNOBS = ("sync", "counters", "model")

@@ -7,9 +7,11 @@ several times; each run starts from empty rings and ends with every buffer
 back in the pool.
 
 ``workers=N`` (N > 1, in-memory NIC) runs N workers, one per queue of the
-multi-queue NIC with RSS (``labkit.run.workers``); ``workers=1`` is the
-single loop. ``multiqueue=True`` runs even one worker on the multi-queue NIC,
-and so does ``Knobs(sync="lock")`` (a dispatcher thread feeds the workers).
+multi-queue NIC with RSS (``labkit.run.workers``); on veth, N workers on N
+AF_PACKET rings in one PACKET_FANOUT_HASH group (``labkit.run.netrun``);
+``workers=1`` is the single loop. ``multiqueue=True`` runs even one worker on
+the multi-queue NIC, and so do ``Knobs(sync="lock")`` (a dispatcher thread
+feeds the workers) and a threading model other than "rtc" (``Knobs(model=...)``).
 """
 from functools import lru_cache
 
@@ -84,12 +86,26 @@ class Lab:
             raise KnobError("knobs must be a labkit.Knobs")
         n_workers = _workers_arg(workers, queues)
         if multiqueue is None:    # several workers, or a dispatcher thread (sync="lock"), need it
-            multiqueue = n_workers > 1 or dispatcher is True or knobs.sync == "lock"
+            # (on veth several workers fan out over AF_PACKET rings instead: labkit.run.netrun)
+            multiqueue = (n_workers > 1 and backend == "memory") or dispatcher is True or knobs.sync == "lock"
+            # a threading model other than run-to-completion runs an I/O stage (the dispatcher)
+            multiqueue = multiqueue or knobs.model != "rtc"
+        if knobs.model != "rtc" and backend != "memory":
+            raise LabError(f"model={knobs.model!r} runs its stages on the in-memory NIC only; use "
+                           "backend='memory' (or model='rtc')")
         if multiqueue and backend != "memory":
-            what = f"workers={n_workers}" if n_workers > 1 else "the multi-queue NIC (multiqueue, dispatcher, sync='lock')"
-            raise LabError(f"{what} runs on the in-memory NIC only; use backend='memory'")
-        if not multiqueue and (n_workers > 1 or dispatcher):
+            raise LabError("the multi-queue NIC (multiqueue, dispatcher, sync='lock') runs on the in-memory NIC "
+                           "only; use backend='memory' (on veth, workers=N fans out over N sockets)")
+        if not multiqueue and (n_workers > 1 and backend == "memory" or dispatcher):
             raise LabError("workers > 1 and dispatcher=True need the multi-queue NIC: leave multiqueue unset")
+        if not multiqueue and knobs.model != "rtc":
+            raise LabError(f"model={knobs.model!r} runs on the multi-queue NIC: leave multiqueue unset")
+        if n_workers > 1 and backend == "tap":
+            raise LabError(f"workers={n_workers} on a TAP device: it has one file descriptor, one queue; "
+                           "use backend='veth' (N sockets in a PACKET_FANOUT group) or workers=1")
+        if n_workers > 1 and backend == "veth" and knobs.copy:
+            raise LabError(f"workers={n_workers} on veth fans out over AF_PACKET rings; copy=True "
+                           "(recv()/send() per frame) runs with workers=1")
         self.backend, self.graph_name = backend, graph
         self.notes = []
         self.workers = None
@@ -128,7 +144,7 @@ class Lab:
             from .netrun import GEN_BATCH, NetBackend
             self.net = NetBackend(backend, self.graph, knobs, self.pool, self.tables, traffic_for,
                                   gen_batch=gen_batch or GEN_BATCH, rate=rate,
-                                  capture_path=pcap_out, capture_max=capture_max)
+                                  capture_path=pcap_out, capture_max=capture_max, workers=n_workers)
             self.traffic = self.net.traffic
             self.notes += self.net.notes
             return

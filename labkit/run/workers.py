@@ -73,6 +73,7 @@ the lock alone. The dispatcher is a thread of its own: with N workers it
 needs N + 1 cores.
 """
 import os
+import resource
 import threading
 import time
 
@@ -91,6 +92,8 @@ from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lo
 from ..rss import DEFAULT_KEY, hash_ipv4_frames, make_tables
 from ..nic.memory import CAP_LOST, CAP_N, DUT_CYC, FWD, MEMPOOL_EMPTY, NIC_CYC, RX_FRAME_TOO_LONG, SENT
 from ..nic.pcap import PcapWriter
+from ..nic.syscalls import sys_sched_yield
+from . import lthreads
 from .measure import now_tsc, tsc_hz
 from .result import NIC_SIDE_DROPS, NodeRuntime, Result
 
@@ -101,6 +104,13 @@ COUNTER_LINES = 1         # cache lines per worker's row of hot counters
 HOT = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")   # per worker, bumped per packet
 RX_PKTS, RX_BYTES, TX_PKTS, TX_BYTES = range(len(HOT))
 LOCK_STRIDE = CACHE_LINE // 8   # one lock word per cache line
+YIELDS = mq.YIELDS              # a worker's sched_yield calls (model="threads"), in its nst
+
+
+def _rusage():
+    """This thread's resource usage (its context switches: ru_nvcsw voluntary,
+    ru_nivcsw preempted); the whole process's where threads have none (macOS)."""
+    return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF))
 
 
 # --- state on cache lines of its own ---------------------------------------------------
@@ -153,6 +163,7 @@ def worker_source(g, knobs, mode):
         "from labkit.memory.intrinsics import load_acquire, store_release",
         "from labkit.nic.multiqueue import " + ", ".join(mqf) + ", WIRE, DONE, STOP_BIT, IDLE_CYC",
         "from labkit.nic.memory import DUT_CYC, NIC_CYC, MEMPOOL_EMPTY, TX_FULL",
+        "from labkit.nic.syscalls import sys_sched_yield",
     ]
     if not knobs.jit:
         for f in (alloc, free, "ring_enqueue", "ring_dequeue", "ring_dequeue_aos", "ring_count") + mqf:
@@ -202,13 +213,17 @@ def worker_source(g, knobs, mode):
         ]
         finished = "load_acquire(ws, DONE) != 0"
     bump = lambda idx, v: f"store_release(wc, {idx}, load_acquire(wc, {idx}) + {v})"
+    # model="threads": after each burst or empty poll, give the CPU to the next stage
+    give_way = ["        if yield_each:",
+                "            sys_sched_yield()",
+                f"            nst[{YIELDS}] += 1"]
     body = [
         "@JIT",
         "def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_cur, locks, lock_i,",
         "              frames, flens, seq, plist, q, n_queues, ws, budget, claim_max, max_frame, rss_tables, reta,",
         "              cap_data, cap_len, cap_wire, nst, stop_tsc, slice_end_tsc, batch,",
         "              frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, bases,",
-        f"              counters, qfull, stats, wc, wo, wstep{tbl}):",
+        f"              counters, qfull, stats, wc, wo, wstep, yield_each{tbl}):",
         '    """One worker, until the slice ends (False) or its queue is drained for good (True)."""',
         "    ring_size = rx_desc.size",
         "    nseq = seq.size",
@@ -234,6 +249,7 @@ def worker_source(g, knobs, mode):
         "                return True",
         "            if t2 >= slice_end_tsc:",
         "                return False",
+        *["    " + line for line in give_way],
         "            continue",
         "        for i in range(n):       # per-packet counters: the false-sharing knob's subject",
         f"            {bump('c_rx', 1)}",
@@ -256,25 +272,35 @@ def worker_source(g, knobs, mode):
         "        nst[DUT_CYC] += t2 - t0 - nic",
         "        if t2 >= slice_end_tsc:",
         "            return False",
+        *give_way,
     ]
     return "\n".join(imports) + "\n\n\n" + "\n".join(body) + "\n"
 
 
 # --- the software dispatcher (sync="lock", or dispatcher=True) ------------------------------
 
-# dispatcher state dnst (int64): its wire cursor and its cycles
-D_WIRE, D_POS, D_NIC_CYC, D_CPU_CYC, D_IDLE_CYC = 0, 1, 2, 3, 4
+# dispatcher state dnst (int64): its wire cursor, its cycles, its sched_yield calls (model="threads")
+D_WIRE, D_POS, D_NIC_CYC, D_CPU_CYC, D_IDLE_CYC, D_YIELDS = 0, 1, 2, 3, 4, 5
+
+
+@njit(nogil=True, cache=True)
+def _give_way(yield_each, dnst):
+    """model="threads": the dispatcher gives the CPU to the next stage after each burst or idle poll."""
+    if yield_each:
+        sys_sched_yield()
+        dnst[D_YIELDS] += 1
 
 
 @njit(nogil=True, cache=True)
 def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, rx_curs, fill_descs, fill_curs,
                      stash, n_stash, locks, locked, ws, budget, stop_tsc, slice_end_tsc, batch, max_frame,
                      dnst, qsent, counters, qfull, b_t, b_base, b_len, b_h, room, stage_h, stage_l, stage_hash,
-                     n_stage, scratch_l, scratch_h):
+                     n_stage, scratch_l, scratch_h, yield_each):
     """Take up to `batch` frames off the wire, hash them in software, and hand
     each to its worker's RX ring (under the ring's lock when `locked`), in a
     buffer the worker posted on its fill ring. Runs until the slice ends
-    (False) or the run is over and DONE is posted (True)."""
+    (False) or the run is over and DONE is posted (True); slice_end_tsc 0:
+    one burst (or one idle poll). yield_each: sched_yield after each."""
     n_q = len(rx_descs)
     nseq = seq.size
     stride = frames.shape[1]
@@ -291,6 +317,7 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
             dnst[D_IDLE_CYC] += t1 - t0
             if t0 >= slice_end_tsc:
                 return False
+            _give_way(yield_each, dnst)
             continue
         best = 0
         for q in range(n_q):
@@ -308,6 +335,7 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
             dnst[D_IDLE_CYC] += t1 - t0
             if t0 >= slice_end_tsc:
                 return False
+            _give_way(yield_each, dnst)
             continue
         nb = min(batch, best, budget - wire)
         pos = dnst[D_POS]
@@ -373,6 +401,7 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
         dnst[D_CPU_CYC] += (t1 - t0) + (t3 - t2)
         if t3 >= slice_end_tsc:
             return False
+        _give_way(yield_each, dnst)
 
 
 # --- one worker's private state ---------------------------------------------------------
@@ -411,10 +440,16 @@ class Workers:
         self.g, self.knobs, self.n = graph, knobs, int(n)
         self.tables = [tables[name] for name in graph.tables]
         self.traffic = traffic
-        self.dispatcher = (knobs.sync == "lock") if dispatcher is None else bool(dispatcher)
+        staged = knobs.sync == "lock" or knobs.model != "rtc"
+        self.dispatcher = staged if dispatcher is None else bool(dispatcher)
         self.locked = knobs.sync == "lock"
         if self.locked and not self.dispatcher:
             raise ValueError('sync="lock" is the dispatcher design: use dispatcher=True (or leave it None)')
+        if knobs.model != "rtc" and not self.dispatcher:
+            raise ValueError(f"model={knobs.model!r} runs an I/O stage (the dispatcher) and worker stages: "
+                             "leave dispatcher unset")
+        # rtc with a dispatcher (dispatcher=True, sync="lock") is the pipeline: one stage per thread
+        self.model = "pipeline" if knobs.model == "rtc" and self.dispatcher else knobs.model
         self.pin = pin
         self.nic = mq.MultiQueueNic(self.n, traffic, ring_size, rss_key, reta)
         self.pools = [make_pool(knobs.mempool, pool_size, hugepages=knobs.hugepages) for _ in range(self.n)]
@@ -449,39 +484,36 @@ class Workers:
             self.d_scratch = (own_lines((ring_size,), np.uint32), own_lines((ring_size,), np.uint32))
         self.last_wall = 0.0
         self.cpu = [0.0] * (self.n + self.dispatcher)
+        self.switches = self.context_switches = 0
 
-    # -- the calls ---------------------------------------------------------------------------
-    def _worker_call(self, w, budget, stop_tsc):
-        nic, m, k = self.nic, self.mod, self.knobs
-        t, pool, q = self.traffic, w.pool, w.q
-        fh, fl, fx, counts = w.frames
-        fn = m.run_slice
-
-        def call(slice_end):
-            return fn(pool.arena, pool.a, pool.b, nic.rx[q].desc, nic.rx[q].cur, nic.tx[q].desc, nic.tx[q].cur,
-                      w.fill.desc, w.fill.cur, self.locks, q * LOCK_STRIDE,
-                      t.frames, t.lengths, t.seq, nic.positions[q], q, self.n, nic.ws, budget, self.claim_max,
-                      self.max_frame, nic.tables, nic.reta_table,
-                      w.cap_data, w.cap_len, w.cap_wire, w.nst, stop_tsc, slice_end, k.batch,
-                      fh, fl, fx, counts, w.tx_h, w.tx_l, w.free_h, w.tmp_h, w.tmp_l, w.tmp_hash, w.bases,
-                      w.counters, self.qfull, w.stats, self.wc.reshape(-1), self.wo[q], self.wstep, *self.tables)
-        return call
-
-    def _dispatcher_call(self, budget, stop_tsc):
-        nic, t = self.nic, self.traffic
-        fn = dispatcher_slice if self.knobs.jit else dispatcher_slice.py_func
-        rx_descs = tuple(r.desc for r in nic.rx)
-        rx_curs = tuple(r.cur for r in nic.rx)
-        fill_descs = tuple(w.fill.desc for w in self.w)
-        fill_curs = tuple(w.fill.cur for w in self.w)
-
-        def call(slice_end):
-            return fn(self.d_arenas, t.frames, t.lengths, t.seq, self.d_tflat, nic.tables, nic.reta_table,
-                      rx_descs, rx_curs, fill_descs, fill_curs, self.d_stash, self.d_n_stash, self.locks,
-                      self.locked, nic.ws, budget, stop_tsc, slice_end, self.knobs.batch, self.max_frame,
-                      self.dnst, self.d_qsent, self.d_counters, self.qfull, *self.d_b, self.d_room,
-                      *self.d_stage, self.d_n_stage, *self.d_scratch)
-        return call
+    # -- the stages ---------------------------------------------------------------------------
+    def _stages(self, budget, stop_tsc, yield_each):
+        """[(name, fn, head, tail)]: each stage's slice is fn(*head, slice_end_tsc, *tail)
+        (slice_end_tsc 0: one burst). The workers, then the dispatcher if there is one."""
+        nic, m, k, t = self.nic, self.mod, self.knobs, self.traffic
+        out = []
+        for w in self.w:
+            pool, q = w.pool, w.q
+            fh, fl, fx, counts = w.frames
+            head = (pool.arena, pool.a, pool.b, nic.rx[q].desc, nic.rx[q].cur, nic.tx[q].desc, nic.tx[q].cur,
+                    w.fill.desc, w.fill.cur, self.locks, q * LOCK_STRIDE,
+                    t.frames, t.lengths, t.seq, nic.positions[q], q, self.n, nic.ws, budget, self.claim_max,
+                    self.max_frame, nic.tables, nic.reta_table,
+                    w.cap_data, w.cap_len, w.cap_wire, w.nst, stop_tsc)
+            tail = (k.batch, fh, fl, fx, counts, w.tx_h, w.tx_l, w.free_h, w.tmp_h, w.tmp_l, w.tmp_hash, w.bases,
+                    w.counters, self.qfull, w.stats, self.wc.reshape(-1), self.wo[q], self.wstep, yield_each,
+                    *self.tables)
+            out.append((f"worker {q}", m.run_slice, head, tail))
+        if self.dispatcher:
+            fn = dispatcher_slice if k.jit else dispatcher_slice.py_func
+            head = (self.d_arenas, t.frames, t.lengths, t.seq, self.d_tflat, nic.tables, nic.reta_table,
+                    tuple(r.desc for r in nic.rx), tuple(r.cur for r in nic.rx),
+                    tuple(w.fill.desc for w in self.w), tuple(w.fill.cur for w in self.w),
+                    self.d_stash, self.d_n_stash, self.locks, self.locked, nic.ws, budget, stop_tsc)
+            tail = (k.batch, self.max_frame, self.dnst, self.d_qsent, self.d_counters, self.qfull, *self.d_b,
+                    self.d_room, *self.d_stage, self.d_n_stage, *self.d_scratch, yield_each)
+            out.append(("dispatcher", fn, head, tail))
+        return out
 
     def _reset(self):
         self.nic.reset()
@@ -524,59 +556,78 @@ class Workers:
     def run(self, seconds=None, packets=None, progress=None, threads=True):
         """One run; returns its wall time (``result()`` then says what it measured).
 
-        threads=False runs the workers (and the dispatcher) one after another,
-        in short slices, on the calling thread: the queue of a worker that is
-        not running overflows while another one pulls the wire, as on a machine
-        with fewer cores than workers. Tests use it to make overflow certain."""
+        The threading model (knob ``model``) says where the stages run: "rtc" and
+        "pipeline", one OS thread per stage (the kernel gives each busy thread a
+        core of its own when there are enough); "lthreads", every stage as a
+        lightweight thread of one OS thread (``labkit.run.lthreads``); "threads",
+        one OS thread per stage, all pinned to one CPU, each calling
+        ``sched_yield`` after every burst. Both one-CPU models switch after
+        every burst, so they differ only in who switches: the program or the kernel.
+
+        threads=False runs the stages one after another, in short slices, on the
+        calling thread: the queue of a worker that is not running overflows while
+        another one pulls the wire, as on a machine with fewer cores than workers.
+        Tests use it to make overflow certain."""
         hz = tsc_hz()
         budget = int(packets) if packets is not None else int(mq.WIRE_MASK)
         self._reset()
         # Compile (or load the cache) with nothing to send, before the clock starts.
-        calls = [self._worker_call(w, 0, 0) for w in self.w]
-        if self.dispatcher:
-            self._dispatcher_call(0, 0)(0)
-        for c in calls:
-            c(0)
+        for _, fn, head, tail in self._stages(0, 0, False):
+            fn(*head, 0, *tail)
         self._return_fill_buffers()
         self._reset()
         self._prefill()
         start = now_tsc()
         stop = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
-        calls = [self._worker_call(w, budget, stop) for w in self.w]
-        names = [f"worker {q}" for q in range(self.n)]
-        if self.dispatcher:
-            calls.append(self._dispatcher_call(budget, stop))
-            names.append("dispatcher")
+        stages = self._stages(budget, stop, threads and self.model == "threads")
+        names = [s[0] for s in stages]
+        self.cpu = [0.0] * len(stages)
+        self.switches = self.context_switches = 0
         errors = []
-        self.cpu = [0.0] * len(calls)
         if not threads:
-            return self._run_in_turn(calls, start, hz)
-        go = threading.Barrier(len(calls) + 1)
-        slice_ticks = int(SLICE_S * hz)
-        cpus = sorted(os.sched_getaffinity(0)) if self.pin and hasattr(os, "sched_getaffinity") else []
-
-        def body(i, call):
+            ticks = int(RR_SLICE_S * hz)
+            calls = [self._timed(i, lambda fn=fn, h=head, t=tail: fn(*h, now_tsc() + ticks, *t))
+                     for i, (_, fn, head, tail) in enumerate(stages)]
             try:
-                if cpus:
-                    os.sched_setaffinity(0, {cpus[i % len(cpus)]})   # this thread only
-                go.wait()
-                c0 = time.thread_time()
-                while not call(now_tsc() + slice_ticks):
-                    pass
-                self.cpu[i] = time.thread_time() - c0
-            except BaseException as e:                # noqa: BLE001  (re-raised in the caller)
-                errors.append((names[i], e))
-                mq.stop_wire(self.nic.ws)             # the others drain and finish
-                if names[i] == "dispatcher":
-                    self.nic.ws[mq.DONE] = 1
+                self._cooperative(calls, names, errors)
+            finally:
+                self._return_fill_buffers()
+            return self._finish(start, hz, errors)
+        slice_ticks = int(SLICE_S * hz)
+        if self.model == "lthreads":          # one OS thread; a stage's slice is one burst
+            calls = [lthreads.bind(fn, head + (0,) + tail) for _, fn, head, tail in stages]
+            works = [lambda: self._cooperative(calls, names, errors)]
+            cpus = [None]
+        else:
+            works = [lambda fn=fn, h=head, t=tail: self._spin(fn, h, t, slice_ticks) for _, fn, head, tail in stages]
+            cpus = self._cpus(len(works))
+        go = threading.Barrier(len(works) + 1)
+        tnames = ["lthreads"] if self.model == "lthreads" else names
+        ctx = [0] * len(works)
 
-        threads = [threading.Thread(target=body, args=(i, c), name=f"labkit {names[i]}", daemon=True)
-                   for i, c in enumerate(calls)]
-        for th in threads:
+        def body(i, work):
+            try:
+                if cpus[i] is not None:
+                    os.sched_setaffinity(0, {cpus[i]})     # this thread only
+                go.wait()
+                c0, r0 = time.thread_time(), _rusage()
+                work()
+                r1 = _rusage()
+                ctx[i] = (r1.ru_nvcsw - r0.ru_nvcsw) + (r1.ru_nivcsw - r0.ru_nivcsw)
+                if self.model == "lthreads":
+                    self._split_cpu(time.thread_time() - c0)
+                else:
+                    self.cpu[i] = time.thread_time() - c0
+            except BaseException as e:                # noqa: BLE001  (re-raised in the caller)
+                self._failed(tnames[i], e, errors)
+
+        ths = [threading.Thread(target=body, args=(i, w), name=f"labkit {tnames[i]}", daemon=True)
+               for i, w in enumerate(works)]
+        for th in ths:
             th.start()
         go.wait()
         try:
-            for th in threads:
+            for th in ths:
                 while th.is_alive():
                     th.join(SLICE_S)
                     if progress is not None:
@@ -585,40 +636,90 @@ class Workers:
                         else:
                             progress(min(1.0, (now_tsc() - start) / (stop - start)))
         except KeyboardInterrupt:
-            mq.stop_wire(self.nic.ws)                 # stop offering; every worker drains its queue
-            for th in threads:
+            mq.stop_wire(self.nic.ws)                 # stop offering; every stage drains
+            for th in ths:
                 th.join()
             self._return_fill_buffers()
             raise
-        wall = (now_tsc() - start) / hz
         self._return_fill_buffers()
+        self.context_switches = sum(ctx)
+        if self.model != "lthreads":
+            self.switches = self.context_switches
+        return self._finish(start, hz, errors)
+
+    def _finish(self, start, hz, errors):
+        wall = (now_tsc() - start) / hz
         if errors:
             name, e = errors[0]
             raise RuntimeError(f"{name} failed: {e!r}") from e
         self.last_wall = wall
         return wall
 
-    def _run_in_turn(self, calls, start, hz):
-        ticks = int(RR_SLICE_S * hz)
+    def _cpus(self, n):
+        """The CPU each stage's thread is pinned to (None: not pinned). model="threads":
+        all on one CPU (the first this process may use); pin=True: one each, in turn."""
+        if not hasattr(os, "sched_getaffinity") or not (self.pin or self.model == "threads"):
+            return [None] * n
+        allowed = sorted(os.sched_getaffinity(0))
+        return [allowed[0] if self.model == "threads" else allowed[i % len(allowed)] for i in range(n)]
+
+    @staticmethod
+    def _spin(fn, head, tail, ticks):
+        """An OS thread's loop: slices until the stage is done."""
+        while not fn(*head, now_tsc() + ticks, *tail):
+            pass
+
+    def _failed(self, name, e, errors):
+        """A stage failed: stop the wire so the others drain and finish (a failed
+        dispatcher posts nothing more: it says so); the run raises it afterwards."""
+        errors.append((name, e))
+        mq.stop_wire(self.nic.ws)
+        if name == "dispatcher":
+            self.nic.ws[mq.DONE] = 1
+
+    def _timed(self, i, call):
+        def timed():
+            c0 = time.thread_time()
+            done = call()
+            self.cpu[i] += time.thread_time() - c0
+            return done
+        return timed
+
+    def _lthread(self, call, name, errors, done, i):
+        """A stage as a lightweight thread: a slice, then yield, until the stage is done.
+        A failure ends this stage only (see _failed)."""
+        try:
+            while not call():
+                yield
+            done[i] = True
+        except Exception as e:                      # noqa: BLE001  (re-raised by run())
+            done[i] = True
+            self._failed(name, e, errors)
+
+    def _cooperative(self, calls, names, errors):
+        """Every stage as a lightweight thread of this OS thread, until all are done.
+        Ctrl-C (which reaches only the main thread) ends the lthread it hits: stop
+        the wire and let fresh lthreads drain the stages (a stage's state is in its
+        arrays, so a new lthread goes on where the old one stopped)."""
         done = [False] * len(calls)
         try:
-            while not all(done):
-                for i, call in enumerate(calls):
-                    if not done[i]:
-                        c0 = time.thread_time()
-                        done[i] = call(now_tsc() + ticks)
-                        self.cpu[i] += time.thread_time() - c0
-        finally:
-            if not all(done):                     # an error or Ctrl-C: stop offering, drain
-                mq.stop_wire(self.nic.ws)
-                while not all(done):
-                    for i, call in enumerate(calls):
-                        if not done[i]:
-                            done[i] = call(now_tsc() + ticks)
-            self._return_fill_buffers()
-        wall = (now_tsc() - start) / hz
-        self.last_wall = wall
-        return wall
+            self.switches += lthreads.run_cooperative(
+                [self._lthread(c, n, errors, done, i) for i, (c, n) in enumerate(zip(calls, names))])
+        except BaseException:
+            mq.stop_wire(self.nic.ws)
+            self.switches += lthreads.run_cooperative(
+                [self._lthread(c, n, errors, done, i) for i, (c, n) in enumerate(zip(calls, names)) if not done[i]])
+            raise
+
+    def _split_cpu(self, cpu_s):
+        """model="lthreads": one thread ran every stage; its CPU time is split between
+        them in proportion to the TSC cycles each counted (timing every switch would
+        cost more than the switch)."""
+        cyc = [int(w.nst[DUT_CYC] + w.nst[NIC_CYC]) for w in self.w]
+        if self.dispatcher:
+            cyc.append(int(self.dnst[D_CPU_CYC] + self.dnst[D_NIC_CYC]))
+        total = sum(cyc)
+        self.cpu = [cpu_s * c / total if total else 0.0 for c in cyc]
 
     # -- what a run measured --------------------------------------------------------------------
     def hot(self, q):
@@ -659,7 +760,8 @@ class Workers:
             dut += int(w.nst[DUT_CYC])
             nic_c += int(w.nst[NIC_CYC])
         extra = {"workers": per, "queues": self.n, "sync": self.knobs.sync,
-                 "counters": self.knobs.counters, "dispatcher": self.dispatcher, "rss_key": self.nic.rss_key}
+                 "counters": self.knobs.counters, "dispatcher": self.dispatcher, "rss_key": self.nic.rss_key,
+                 "model": self.model, **self._switch_counts()}
         if self.dispatcher:
             total += self.d_counters
             dut += int(self.dnst[D_CPU_CYC])
@@ -688,6 +790,16 @@ class Workers:
                       forwarded=fwd, dropped=dropped, seconds=wall, tsc_hz=tsc_hz(), dut_cycles=dut,
                       nic_cycles=nic_c, runtime=runtime, notes=notes,
                       pool_ok=all(p.n_free == p.capacity for p in self.pools), extra=extra)
+
+    def _switch_counts(self):
+        """What the threading model switched: "switches" are the lthreads' resumes
+        (model "lthreads", or a run with threads=False) or else the OS context
+        switches of the stage threads; "yields" the stages' sched_yield calls
+        (model "threads"); per packet that arrived on the wire."""
+        yields = sum(int(w.nst[YIELDS]) for w in self.w) + (int(self.dnst[D_YIELDS]) if self.dispatcher else 0)
+        wire = int(self.dnst[D_WIRE]) if self.dispatcher else int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK)
+        return {"switches": self.switches, "switches_per_packet": self.switches / wire if wire else 0.0,
+                "yields": yields, "context_switches": self.context_switches}
 
     def capture(self, q):
         """Queue q's forwarded frames of the last run (with capture on): a list of
