@@ -30,7 +30,17 @@ made it), against the C tools and the kernel doing the same job:
    thread's CPU%, at full rate and at a fixed rate (100 kpps).
 5. Zero-copy vs copy (the ``copy`` knob: ring vs one ``recv()``/``send()``
    per frame) across frame sizes: rate and TSC cycles per packet.
-6. targets: met or not met, with the ratios.
+6. Fanout (RSS on a real NIC): l2fwd on 1 DUT socket vs 2 in a
+   PACKET_FANOUT_HASH group (``Lab("veth", workers=N)``): frames back at the
+   generator / s, each worker's CPU%, as a ratio. And the flow hash: the
+   kernel's comes with each frame (tp_rxhash), computed in the softirq that
+   delivers it, so it costs the data plane nothing and is not measured apart
+   (its kernel cost is inside the veth numbers); what computing Toeplitz in
+   software would cost per frame is ``labkit.run.workers.measure_toeplitz``.
+   veth does the receiver's kernel work on the *sender's* core, so with a
+   generator and two workers on a 2-CPU machine, fanout may buy nothing:
+   the cores it would spread over are already busy.
+7. targets: met or not met, with the ratios.
 
 Frames in sections 1-4 are 60 bytes (a 64-byte Ethernet frame less its FCS,
 which veth never carries): Ethernet 02:00:00:00:00:02 -> 02:00:00:00:00:01,
@@ -45,7 +55,8 @@ measurement also records the CPU the rest of the machine used meanwhile
 (printed under each table), and ``--quiet-wait S`` waits up to S seconds
 before each measurement for the others to calm down. ``netsniff-ng`` and
 ``trafgen`` missing: one line says how to install them, the labkit-only parts
-run, the comparisons say "not measured".
+run, the comparisons say "not measured". ``--only fanout,copy`` runs only
+those sections.
 """
 import argparse
 import json
@@ -78,6 +89,8 @@ QUICK_GEN_BATCHES = (1, 64, 256)
 COPY_SIZES = (64, 256, 512, 1024, 1500)
 QUICK_COPY_SIZES = (64, 1500)
 FIXED_RATE = 100_000              # pps, the polling section's fixed rate
+FANOUT_WORKERS = (1, 2)           # DUT sockets in the fanout section
+SECTIONS = ("rx", "tx", "forwarding", "polling", "copy", "fanout")
 SECONDS, QUICK_SECONDS = 1.0, 0.3
 RX_RING = (1 << 16, 32)           # block size, block count: labkit.nic.afpacket.RxRing's default
 TARGETS = {
@@ -579,6 +592,25 @@ def m_fwd_labkit(c):
     return res
 
 
+def m_fanout(c, workers):
+    """l2fwd on `workers` DUT sockets (one PACKET_FANOUT_HASH group when > 1)."""
+    from .run.lab import Lab
+    with Lab(backend="veth", graph="l2fwd", size=FRAME, workers=workers) as lab:
+        r = lab.run(seconds=c.seconds)
+    res = _lab_result(r)
+    res["pps"] = res["forwarded_pps"]        # frames back at the generator / s
+    rows = r.extra.get("workers")
+    res["worker_cpu_percent"] = [w["cpu_percent"] for w in rows] if rows else [r.cpu_percent]
+    res["worker_sent"] = [w["sent"] for w in rows] if rows else [r.sent]
+    return res
+
+
+def m_toeplitz(c):
+    """TSC cycles per frame of the software Toeplitz hash (the in-memory NIC's RSS)."""
+    from .run.workers import measure_toeplitz
+    return {"cycles_per_frame": measure_toeplitz(reps=500 if c.seconds < SECONDS else 2000)}
+
+
 def m_fwd_bridge(c):
     gen = _Gen(c.p, c.t, batch=GEN_BATCH)
     try:
@@ -670,7 +702,14 @@ def configurations(quick, have_trafgen, have_netsniff):
         for copy in (False, True):
             out.append(("copy", f"{size} {'copy' if copy else 'zero-copy'}",
                         lambda c, size=size, copy=copy: m_lab(c, size=size, copy=copy)))
+    for n in FANOUT_WORKERS:
+        out.append(("fanout", _fanout_name(n), lambda c, n=n: m_fanout(c, n)))
+    out.append(("fanout", "software Toeplitz", m_toeplitz))
     return out
+
+
+def _fanout_name(n):
+    return f"{n} worker" + ("s" if n > 1 else "")
 
 
 def _summ(rs, keys=("pps", "cpu_percent", "cycles_per_packet")):
@@ -684,8 +723,8 @@ def _not_measured(why):
     return {"not_measured": why}
 
 
-def summarize(raw, quick, have):
-    """Medians and ratios per section from raw {(section, name): [results]}."""
+def summarize(raw, quick, have, sections=SECTIONS):
+    """Medians and ratios per section (of ``sections``) from raw {(section, name): [results]}."""
     def s(section, name, keys=("pps", "cpu_percent", "cycles_per_packet")):
         rs = raw.get((section, name))
         return _summ(rs, keys) if rs else None
@@ -693,31 +732,58 @@ def summarize(raw, quick, have):
     why_tg = f"trafgen not installed ({INSTALL})"
     why_ns = f"netsniff-ng not installed ({INSTALL})"
     res = {}
-    lk = s("rx", "labkit", ("pps", "cpu_percent"))
-    ns = s("rx", "netsniff-ng", ("pps",))
-    res["rx"] = {"labkit": lk or _not_measured(why_tg),
-                 "netsniff-ng": ns or _not_measured(why_tg if not have["trafgen"] else why_ns),
-                 "ratio": _ratio(lk and lk["pps"], ns and ns["pps"])}
-    tg = s("tx", "trafgen", ("pps",))
-    batches = QUICK_GEN_BATCHES if quick else GEN_BATCHES
-    lab_tx = {b: s("tx", f"labkit batch {b}", ("pps", "cpu_percent")) for b in batches}
-    res["tx"] = {"trafgen": tg or _not_measured(why_tg), "labkit": lab_tx,
-                 "ratio": _ratio(lab_tx[GEN_BATCH]["pps"], tg and tg["pps"]),
-                 "ratios": {b: _ratio(v["pps"], tg and tg["pps"]) for b, v in lab_tx.items()}}
-    fl, fb = s("forwarding", "labkit"), s("forwarding", "bridge", ("pps", "gen_cpu_percent"))
-    res["forwarding"] = {"labkit": fl, "bridge": fb, "ratio": _ratio(fl["pps"], fb["pps"])}
-    pol = {}
-    for poll in ("busy", "wait"):
-        pol[poll] = {"full": s("polling", f"{poll} full"),
-                     f"{FIXED_RATE // 1000}k": s("polling", f"{poll} {FIXED_RATE // 1000}k")}
-    res["polling"] = pol
-    cp = {}
-    for size in (QUICK_COPY_SIZES if quick else COPY_SIZES):
-        z, c = s("copy", f"{size} zero-copy"), s("copy", f"{size} copy")
-        cp[size] = {"zero_copy": z, "copy": c, "speedup": _ratio(z["pps"], c["pps"])}
-    res["copy"] = cp
+    if "rx" in sections:
+        lk = s("rx", "labkit", ("pps", "cpu_percent"))
+        ns = s("rx", "netsniff-ng", ("pps",))
+        res["rx"] = {"labkit": lk or _not_measured(why_tg),
+                     "netsniff-ng": ns or _not_measured(why_tg if not have["trafgen"] else why_ns),
+                     "ratio": _ratio(lk and lk["pps"], ns and ns["pps"])}
+    if "tx" in sections:
+        tg = s("tx", "trafgen", ("pps",))
+        batches = QUICK_GEN_BATCHES if quick else GEN_BATCHES
+        lab_tx = {b: s("tx", f"labkit batch {b}", ("pps", "cpu_percent")) for b in batches}
+        res["tx"] = {"trafgen": tg or _not_measured(why_tg), "labkit": lab_tx,
+                     "ratio": _ratio(lab_tx[GEN_BATCH]["pps"], tg and tg["pps"]),
+                     "ratios": {b: _ratio(v["pps"], tg and tg["pps"]) for b, v in lab_tx.items()}}
+    if "forwarding" in sections:
+        fl, fb = s("forwarding", "labkit"), s("forwarding", "bridge", ("pps", "gen_cpu_percent"))
+        res["forwarding"] = {"labkit": fl, "bridge": fb, "ratio": _ratio(fl["pps"], fb["pps"])}
+    if "polling" in sections:
+        res["polling"] = {poll: {"full": s("polling", f"{poll} full"),
+                                 f"{FIXED_RATE // 1000}k": s("polling", f"{poll} {FIXED_RATE // 1000}k")}
+                          for poll in ("busy", "wait")}
+    if "copy" in sections:
+        cp = {}
+        for size in (QUICK_COPY_SIZES if quick else COPY_SIZES):
+            z, c = s("copy", f"{size} zero-copy"), s("copy", f"{size} copy")
+            cp[size] = {"zero_copy": z, "copy": c, "speedup": _ratio(z["pps"], c["pps"])}
+        res["copy"] = cp
+    if "fanout" in sections:
+        res["fanout"] = _fanout_summary(s)
     res["targets"] = _targets(res)
     return res
+
+
+def _fanout_summary(s):
+    """1 vs 2 DUT sockets, each worker's CPU%, and the flow hash's cost."""
+    out = {}
+    for n in FANOUT_WORKERS:
+        d = s("fanout", _fanout_name(n), ("pps", "cpu_percent", "cycles_per_packet", "gen_cpu_percent"))
+        d["worker_cpu_percent"] = [_med([r["worker_cpu_percent"][i] for r in d["runs"]]) for i in range(n)]
+        d["worker_share"] = [_med([r["worker_sent"][i] / max(sum(r["worker_sent"]), 1) for r in d["runs"]])
+                             for i in range(n)]
+        out[f"workers_{n}"] = d
+    one, many = out[f"workers_{FANOUT_WORKERS[0]}"], out[f"workers_{FANOUT_WORKERS[-1]}"]
+    out["ratio"] = _ratio(many["pps"], one["pps"])
+    tz = s("fanout", "software Toeplitz", ("cycles_per_frame",))
+    out["hash"] = {
+        "kernel": "tp_rxhash: computed by the kernel while it delivers the frame (on veth, on the "
+                  "sender's core), read from the frame's header: no data-plane cycles to measure",
+        "software_toeplitz_cycles_per_frame": tz["cycles_per_frame"],
+        # what the software hash would add to one worker's veth packet
+        "software_toeplitz_share": _ratio(tz["cycles_per_frame"], one.get("cycles_per_packet")),
+        "runs": tz["runs"]}
+    return out
 
 
 def _targets(res):
@@ -730,25 +796,32 @@ def _targets(res):
             r["note"] = note
         rows.append(r)
 
-    rx, tx, fw = res["rx"], res["tx"], res["forwarding"]
-    row("RX: labkit ring / netsniff-ng", rx["ratio"], TARGETS["rx_vs_netsniff"],
-        rx["netsniff-ng"].get("not_measured"))
-    row(f"TX: labkit gen_batch {GEN_BATCH} / trafgen", tx["ratio"], TARGETS["tx_vs_trafgen"],
-        tx["trafgen"].get("not_measured"))
-    row("forwarding: labkit l2fwd / Linux bridge", fw["ratio"], TARGETS["fwd_vs_bridge"])
+    if "rx" in res:
+        rx = res["rx"]
+        row("RX: labkit ring / netsniff-ng", rx["ratio"], TARGETS["rx_vs_netsniff"],
+            rx["netsniff-ng"].get("not_measured"))
+    if "tx" in res:
+        tx = res["tx"]
+        row(f"TX: labkit gen_batch {GEN_BATCH} / trafgen", tx["ratio"], TARGETS["tx_vs_trafgen"],
+            tx["trafgen"].get("not_measured"))
+    if "forwarding" in res:
+        row("forwarding: labkit l2fwd / Linux bridge", res["forwarding"]["ratio"], TARGETS["fwd_vs_bridge"])
     return rows
 
 
 def run(quick=False, runs=None, seconds=None, progress=None, p=PREFIX, sections=None, quiet_wait=0.0):
     """Every section; returns the result dict (what --json prints). ``sections``
-    (a set of "rx", "tx", "forwarding", "polling", "copy") limits what is run
-    and returns the raw results instead. ``quiet_wait``: before each
+    (some of SECTIONS) limits what is run and reported. ``quiet_wait``: before each
     measurement, wait up to this many seconds for the rest of the machine to
     go quiet (see wait_quiet)."""
     from .run.measure import tsc_hz
     runs = runs if runs is not None else (3 if quick else 5)
     seconds = seconds if seconds is not None else (QUICK_SECONDS if quick else SECONDS)
     progress = progress or (lambda s: None)
+    sections = tuple(SECTIONS if sections is None else sections)
+    unknown = [x for x in sections if x not in SECTIONS]
+    if unknown or not sections:
+        raise BenchError(f"sections {','.join(unknown) or '(none)'}: use some of {','.join(SECTIONS)}")
     reason = labnet.why_not()
     if reason:
         raise BenchError(reason)
@@ -766,8 +839,7 @@ def run(quick=False, runs=None, seconds=None, progress=None, p=PREFIX, sections=
             labnet.up(tap=False, p=p)
         c = Ctx(p, seconds, tmp, have)
         confs = configurations(quick, have["trafgen"], have["netsniff-ng"])
-        if sections is not None:
-            confs = [x for x in confs if x[0] in sections]
+        confs = [x for x in confs if x[0] in sections]
         raw = {}
         for r in range(runs):
             for section, name, fn in confs:
@@ -795,11 +867,8 @@ def run(quick=False, runs=None, seconds=None, progress=None, p=PREFIX, sections=
                     "rx_ring_bytes": RX_RING[0] * RX_RING[1], "fixed_rate": FIXED_RATE,
                     "cpus": sorted(os.sched_getaffinity(0)), "tools": tools(),
                     "send_cpu": c.send_cpu, "recv_cpu": c.recv_cpu, "targets": TARGETS,
-                    "sections": sorted(sections or [])}}
-    if sections is None:
-        res.update(summarize(raw, quick, have))
-    else:
-        res["raw"] = {f"{s}/{n}": v for (s, n), v in raw.items()}
+                    "sections": list(sections)}}
+    res.update(summarize(raw, quick, have, sections))
     res["meta"]["seconds"] = time.monotonic() - t0
     return res
 
@@ -840,76 +909,104 @@ def _print(res, out=sys.stdout):
     if missing:
         print(f"   {' and '.join(missing)} not installed ({INSTALL}): comparisons not measured", file=out)
 
-    rx = res["rx"]
-    rows = []
-    for name in ("labkit", "netsniff-ng"):
-        d = rx[name]
-        if "not_measured" in d:
-            rows.append([name, "not measured", "-", "-", "-"])
+    if "rx" in res:
+        rx = res["rx"]
+        rows = []
+        for name in ("labkit", "netsniff-ng"):
+            d = rx[name]
+            if "not_measured" in d:
+                rows.append([name, "not measured", "-", "-", "-"])
+            else:
+                med_drop = _med([r["ring_full"] for r in d["runs"]])
+                med_arr = _med([r["arrived"] for r in d["runs"]])
+                rows.append([name, kpps(d), f"{med_drop:.0f}", f"{med_arr:.0f}",
+                             _f(d.get("cpu_percent"), ".0f")])
+        table(f"1. RX on lk-d0, trafgen sending on lk-g0 (labkit / netsniff-ng = {ratio(rx['ratio'])})",
+              ["receiver", "kpps", "ring full", "frames arrived", "CPU%"], rows)
+        noise(rx["labkit"], rx["netsniff-ng"])
+
+    if "tx" in res:
+        tx = res["tx"]
+        rows = []
+        if "not_measured" in tx["trafgen"]:
+            rows.append(["trafgen", "not measured", "-", "-"])
         else:
-            med_drop = _med([r["ring_full"] for r in d["runs"]])
-            med_arr = _med([r["arrived"] for r in d["runs"]])
-            rows.append([name, kpps(d), f"{med_drop:.0f}", f"{med_arr:.0f}",
-                         _f(d.get("cpu_percent"), ".0f")])
-    table(f"1. RX on lk-d0, trafgen sending on lk-g0 (labkit / netsniff-ng = {ratio(rx['ratio'])})",
-          ["receiver", "kpps", "ring full", "frames arrived", "CPU%"], rows)
-    noise(rx["labkit"], rx["netsniff-ng"])
+            d = tx["trafgen"]
+            rows.append(["trafgen", kpps(d), "1.00x", f"{_med([r['link_dropped'] for r in d['runs']]):.0f}"])
+        for b, d in tx["labkit"].items():
+            rows.append([f"labkit, gen_batch {b}", kpps(d), ratio(tx["ratios"][b]),
+                         f"{_med([r['link_dropped'] for r in d['runs']]):.0f}"])
+        table("2. TX on lk-g0 as fast as possible (frames lk-d0 received / s), same CPU",
+              ["sender", "kpps", "vs trafgen", "lk-g0 tx_dropped"], rows)
+        noise(tx["trafgen"], *tx["labkit"].values())
 
-    tx = res["tx"]
-    rows = []
-    if "not_measured" in tx["trafgen"]:
-        rows.append(["trafgen", "not measured", "-", "-"])
-    else:
-        d = tx["trafgen"]
-        rows.append(["trafgen", kpps(d), "1.00x", f"{_med([r['link_dropped'] for r in d['runs']]):.0f}"])
-    for b, d in tx["labkit"].items():
-        rows.append([f"labkit, gen_batch {b}", kpps(d), ratio(tx["ratios"][b]),
-                     f"{_med([r['link_dropped'] for r in d['runs']]):.0f}"])
-    table("2. TX on lk-g0 as fast as possible (frames lk-d0 received / s), same CPU",
-          ["sender", "kpps", "vs trafgen", "lk-g0 tx_dropped"], rows)
-    noise(tx["trafgen"], *tx["labkit"].values())
+    if "forwarding" in res:
+        fw = res["forwarding"]
+        fl, fb = fw["labkit"], fw["bridge"]
+        table(f"3. Forwarding lk-d0 -> lk-d1, labkit's generator (frames back / s) "
+              f"(labkit / bridge = {ratio(fw['ratio'])})",
+              ["forwarder", "kpps", "sent kpps", "DUT CPU%", "generator CPU%"],
+              [["labkit l2fwd (ring)", kpps(fl), _f(_med([r["gen_tx_pps"] / 1e3 for r in fl["runs"]]), ".0f"),
+                _f(fl.get("cpu_percent"), ".0f"), _f(_med([r["gen_cpu_percent"] for r in fl["runs"]]), ".0f")],
+               ["Linux bridge", kpps(fb), _f(_med([r["sent"] / r["seconds"] / 1e3 for r in fb["runs"]]), ".0f"),
+                "(softirq)", _f(fb.get("gen_cpu_percent"), ".0f")]])
+        noise(fl, fb)
 
-    fw = res["forwarding"]
-    fl, fb = fw["labkit"], fw["bridge"]
-    table(f"3. Forwarding lk-d0 -> lk-d1, labkit's generator (frames back / s) "
-          f"(labkit / bridge = {ratio(fw['ratio'])})",
-          ["forwarder", "kpps", "sent kpps", "DUT CPU%", "generator CPU%"],
-          [["labkit l2fwd (ring)", kpps(fl), _f(_med([r["gen_tx_pps"] / 1e3 for r in fl["runs"]]), ".0f"),
-            _f(fl.get("cpu_percent"), ".0f"), _f(_med([r["gen_cpu_percent"] for r in fl["runs"]]), ".0f")],
-           ["Linux bridge", kpps(fb), _f(_med([r["sent"] / r["seconds"] / 1e3 for r in fb["runs"]]), ".0f"),
-            "(softirq)", _f(fb.get("gen_cpu_percent"), ".0f")]])
-    noise(fl, fb)
+    if "polling" in res:
+        pol = res["polling"]
+        rows = []
+        for poll in ("busy", "wait"):
+            for load, d in pol[poll].items():
+                rows.append([poll, load, kpps(d), _f(d.get("cpu_percent"), ".0f"),
+                             _f(d.get("cycles_per_packet"), ".0f")])
+        table("4. Polling: busy-poll vs sleep in poll(), l2fwd", ["poll", "offered", "kpps", "DUT CPU%",
+                                                                 "TSC cyc/pkt"], rows)
+        noise(*[d for v in pol.values() for d in v.values()])
 
-    pol = res["polling"]
-    rows = []
-    for poll in ("busy", "wait"):
-        for load, d in pol[poll].items():
-            rows.append([poll, load, kpps(d), _f(d.get("cpu_percent"), ".0f"),
-                         _f(d.get("cycles_per_packet"), ".0f")])
-    table("4. Polling: busy-poll vs sleep in poll(), l2fwd", ["poll", "offered", "kpps", "DUT CPU%",
-                                                             "TSC cyc/pkt"], rows)
-    noise(*[d for v in pol.values() for d in v.values()])
+    if "copy" in res:
+        rows = []
+        for size, d in res["copy"].items():
+            z, c = d["zero_copy"], d["copy"]
+            rows.append([size, kpps(z), _f(z.get("cycles_per_packet"), ".0f"), kpps(c),
+                         _f(c.get("cycles_per_packet"), ".0f"), ratio(d["speedup"])])
+        table("5. Zero-copy (rings) vs copy (recv()/send() per frame), l2fwd, by Lab size",
+              ["size", "zero-copy kpps", "cyc/pkt", "copy kpps", "cyc/pkt", "speedup"], rows)
+        noise(*[x for d in res["copy"].values() for x in (d["zero_copy"], d["copy"])])
 
-    rows = []
-    for size, d in res["copy"].items():
-        z, c = d["zero_copy"], d["copy"]
-        rows.append([size, kpps(z), _f(z.get("cycles_per_packet"), ".0f"), kpps(c),
-                     _f(c.get("cycles_per_packet"), ".0f"), ratio(d["speedup"])])
-    table("5. Zero-copy (rings) vs copy (recv()/send() per frame), l2fwd, by Lab size",
-          ["size", "zero-copy kpps", "cyc/pkt", "copy kpps", "cyc/pkt", "speedup"], rows)
-    noise(*[x for d in res["copy"].values() for x in (d["zero_copy"], d["copy"])])
+    if "fanout" in res:
+        fo = res["fanout"]
+        rows = []
+        for n in FANOUT_WORKERS:
+            d = fo[f"workers_{n}"]
+            rows.append([f"{n} socket{'s' if n > 1 else ''}", kpps(d),
+                         " + ".join(_f(x, ".0f") for x in d["worker_cpu_percent"]),
+                         " / ".join(_f(100 * x, ".0f") for x in d["worker_share"]),
+                         _f(d.get("gen_cpu_percent"), ".0f"), _f(d.get("cycles_per_packet"), ".0f")])
+        table(f"6. Fanout: l2fwd on 1 vs {FANOUT_WORKERS[-1]} DUT sockets in a PACKET_FANOUT_HASH group, "
+              f"frames back / s ({FANOUT_WORKERS[-1]} / 1 = {ratio(fo['ratio'])})",
+              ["DUT", "kpps", "worker CPU%", "frames %", "generator CPU%", "TSC cyc/pkt"], rows)
+        noise(*[fo[f"workers_{n}"] for n in FANOUT_WORKERS])
+        h = fo["hash"]
+        share = h["software_toeplitz_share"]
+        print(f"   flow hash: the kernel's comes with each frame (tp_rxhash), no data-plane cycles; software "
+              f"Toeplitz costs {_f(h['software_toeplitz_cycles_per_frame'], '.0f')} TSC cycles/frame "
+              f"({_f(share and 100 * share, '.2g')}% of a 1-socket packet on veth)", file=out)
+        print(f"   veth does the receiver's kernel work on the sender's core: the generator and "
+              f"{FANOUT_WORKERS[-1]} workers share {len(m['cpus'])} CPU(s)", file=out)
 
-    table("6. targets", ["target", "measured", "target", "status"],
-          [[t["target"], ratio(t["value"]), t["limit"],
-            "not measured" if t["met"] is None else ("met" if t["met"] else "not met")]
-           for t in res["targets"]])
+    if res["targets"]:
+        table("7. targets", ["target", "measured", "target", "status"],
+              [[t["target"], ratio(t["value"]), t["limit"],
+                "not measured" if t["met"] is None else ("met" if t["met"] else "not met")]
+               for t in res["targets"]])
 
 
 def main(argv=None):
     from .bench import Progress
     p = argparse.ArgumentParser(prog="labkit bench veth", description=(
         "Measure the AF_PACKET ring driver on veth side by side in one run: RX vs netsniff-ng, TX vs "
-        "trafgen, l2fwd vs a Linux bridge, busy-poll vs poll(), zero-copy vs copy; medians of --runs. "
+        "trafgen, l2fwd vs a Linux bridge, busy-poll vs poll(), zero-copy vs copy, 1 vs 2 DUT sockets "
+        "in a fanout group; medians of --runs. "
         "Needs root; builds its own lab network (prefix labkit-bench) and removes it."))
     p.add_argument("--quick", action="store_true", help="3 runs, shorter runs, fewer batch and frame sizes")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
@@ -917,6 +1014,8 @@ def main(argv=None):
                    help="rounds per number, the median is reported (default 5, quick 3)")
     p.add_argument("--seconds", type=float, default=None, metavar="S",
                    help=f"seconds of traffic per measurement (default {SECONDS:g}, quick {QUICK_SECONDS:g})")
+    p.add_argument("--only", default=None, metavar="SECTIONS",
+                   help=f"run only these sections, comma-separated: {','.join(SECTIONS)} (default: all)")
     p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
                    help="on a shared machine: before each measurement wait up to S seconds until other "
                         f"processes use less than {QUIET_OTHERS:g}%% of a CPU (default 0: do not wait)")
@@ -927,6 +1026,12 @@ def main(argv=None):
         p.error(f"--seconds {args.seconds}: use 0.05 to 60")
     if not 0 <= args.quiet_wait <= 600:
         p.error(f"--quiet-wait {args.quiet_wait}: use 0 to 600 seconds")
+    sections = None
+    if args.only is not None:
+        sections = tuple(x.strip() for x in args.only.split(",") if x.strip())
+        bad = [x for x in sections if x not in SECTIONS]
+        if bad or not sections:
+            p.error(f"--only {args.only}: use some of {','.join(SECTIONS)}, comma-separated")
     reason = labnet.why_not()
     if reason:
         print(f"labkit bench veth: cannot build the lab network: {reason}", file=sys.stderr)
@@ -943,7 +1048,7 @@ def main(argv=None):
         else None
     try:
         res = run(quick=args.quick, runs=args.runs, seconds=args.seconds, progress=prog, p=PREFIX,
-                  quiet_wait=args.quiet_wait)
+                  sections=sections, quiet_wait=args.quiet_wait)
     except KeyboardInterrupt:
         prog.done()
         return 130

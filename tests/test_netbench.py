@@ -182,7 +182,7 @@ def _tools_running():
     return out
 
 
-def _quick(monkeypatch, missing_tools=False):
+def _quick(monkeypatch, missing_tools=False, args=()):
     q = f"{P}-q"
     monkeypatch.setattr(nb, "PREFIX", q)
     if missing_tools:
@@ -191,7 +191,7 @@ def _quick(monkeypatch, missing_tools=False):
     running = _tools_running()
     t0 = time.monotonic()
     with redirect_stdout(out):
-        rc = nb.main(["--quick", "--runs", "1", "--seconds", "0.2", "--json"])
+        rc = nb.main(["--quick", "--runs", "1", "--seconds", "0.2", "--json", *args])
     assert rc == 0
     assert time.monotonic() - t0 < 60
     assert not [ns for ns in netns.listnetns() if ns.startswith(q + "-")]     # made, then removed
@@ -222,6 +222,19 @@ def _labkit_sections(res):
     assert all("speedup" in d and d["zero_copy"]["runs"][0]["cycles_per_packet"] >= 0 for d in cp)
     assert sum(r["forwarded"] for d in cp for r in _runs(d["zero_copy"], d["copy"])) > 0
     assert [t["target"].split(":")[0] for t in res["targets"]] == ["RX", "TX", "forwarding"]
+    _fanout_section(res)
+
+
+def _fanout_section(res):
+    fo = res["fanout"]
+    for n in nb.FANOUT_WORKERS:
+        d = fo[f"workers_{n}"]
+        r = d["runs"][0]
+        assert r["sent"] == r["forwarded"] + sum(r["dropped"].values()) or not r["conserved"]
+        assert len(d["worker_cpu_percent"]) == len(r["worker_sent"]) == n
+        assert abs(sum(d["worker_share"]) - 1.0) < 1e-9 or sum(r["worker_sent"]) == 0
+    assert "ratio" in fo
+    assert fo["hash"]["software_toeplitz_cycles_per_frame"] > 0 and "tp_rxhash" in fo["hash"]["kernel"]
 
 
 @pytest.mark.skipif(not HAVE_TRAFGEN, reason=f"trafgen and netsniff-ng not installed ({nb.INSTALL})")
@@ -242,6 +255,23 @@ def test_quick_run_without_the_c_tools(monkeypatch):
     _labkit_sections(res)
     rx, tx, fw = res["targets"]
     assert rx["met"] is None and tx["met"] is None and "not_measured" in res["rx"]["labkit"]
+
+
+def test_only_runs_the_sections_asked_for(monkeypatch):
+    res = _quick(monkeypatch, args=("--only", "fanout"))
+    assert set(res) == {"meta", "fanout", "targets"} and res["targets"] == []
+    assert res["meta"]["sections"] == ["fanout"]
+    _fanout_section(res)
+    out = io.StringIO()
+    nb._print(res, out)
+    assert "6. Fanout" in out.getvalue() and "1. RX" not in out.getvalue()
+
+
+def test_only_with_an_unknown_section_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        nb.main(["--only", "fanout,bogus"])
+    assert e.value.code == 2
+    assert "use some of rx,tx,forwarding,polling,copy,fanout" in capsys.readouterr().err
 
 
 def test_the_neighbours_are_measured():

@@ -37,6 +37,16 @@ frame, the layout is the same as a mempool buffer's (64 bytes of metadata,
 64 of headroom, then the frame at DATA_OFF); a *handle* into a ring is then
 the byte offset of that "buffer" (``handle_shift = 0`` in the generated code
 instead of 64-byte lines).
+
+RSS on a real NIC: several RX rings on one interface can join one
+``PACKET_FANOUT`` group (packet(7)); the kernel then gives each frame to one
+member only. With ``PACKET_FANOUT_HASH`` the member is chosen from the flow
+hash, ``reciprocal_scale(hash, n) = (hash * n) >> 32`` (net/packet/af_packet.c,
+``fanout_demux_hash``), so every frame of a flow lands in the same ring, in
+order: RSS's rule, with the kernel in the NIC's place. ``rxhash=True`` asks
+the kernel to write the frame's flow hash into its header (``tp_rxhash``,
+feature ``TP_FT_REQ_FILL_RXHASH``, ``prb_fill_rxhash``): the "NIC-computed"
+hash a driver finds in its RX descriptor. Without it the field is 0.
 """
 import mmap
 import socket
@@ -53,7 +63,10 @@ from .syscalls import EAGAIN, EINTR, ENOBUFS, MSG_DONTWAIT, errno, sys_send
 SOL_PACKET = 263
 PACKET_RX_RING, PACKET_STATISTICS, PACKET_VERSION = 5, 6, 10
 PACKET_RESERVE, PACKET_TX_RING, PACKET_LOSS = 12, 13, 14
-PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING = 20, 23
+PACKET_FANOUT, PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING = 18, 20, 23
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_UNIQUEID, PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x2000, 0x4000
+TP_FT_REQ_FILL_RXHASH = 0x1       # tpacket_req3.tp_feature_req_word: fill tp_rxhash
 TPACKET_V2, TPACKET_V3 = 1, 2
 ETH_P_ALL = 0x0003
 ETH_HLEN = 14
@@ -121,7 +134,7 @@ def read_stats(s):
 class RxRing:
     """A TPACKET_V3 receive ring on one interface."""
 
-    def __init__(self, ns, ifname, block_size=1 << 16, block_nr=32, timeout_ms=1):
+    def __init__(self, ns, ifname, block_size=1 << 16, block_nr=32, timeout_ms=1, rxhash=False):
         if block_size % mmap.PAGESIZE or block_size < RX_MACOFF + 64 or not 1 <= block_nr <= 4096:
             raise PortError(f"RX ring geometry {block_size}x{block_nr}: block size must be a "
                             f"multiple of {mmap.PAGESIZE}, count 1..4096")
@@ -134,8 +147,8 @@ class RxRing:
             # socket on the same TAP, say): they are not received traffic.
             s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             frame_size = 2048
-            req = struct.pack("7I", block_size, block_nr, frame_size,
-                              block_size // frame_size * block_nr, timeout_ms, 0, 0)
+            req = struct.pack("7I", block_size, block_nr, frame_size, block_size // frame_size * block_nr,
+                              timeout_ms, 0, TP_FT_REQ_FILL_RXHASH if rxhash else 0)
             s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             self.map = mmap.mmap(s.fileno(), block_size * block_nr, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
@@ -152,6 +165,24 @@ class RxRing:
 
     def fileno(self):
         return self.sock.fileno()
+
+    def join_fanout(self, group=None):
+        """Join this ring to the PACKET_FANOUT_HASH group ``group``; with None,
+        make a new group whose id the kernel picks unused (UNIQUEID: no clash
+        with anyone else's group on the interface). Returns the group's id, for
+        the other members. The group ignores frames sent on the interface, as
+        each ring does on its own (the group's flag replaces the socket's)."""
+        flags = PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+        try:
+            if group is None:
+                self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT,
+                                     (PACKET_FANOUT_HASH | flags | PACKET_FANOUT_FLAG_UNIQUEID) << 16)
+                return self.sock.getsockopt(SOL_PACKET, PACKET_FANOUT) & 0xFFFF
+            self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT, ((PACKET_FANOUT_HASH | flags) << 16) | group)
+        except OSError as e:
+            raise PortError(f"cannot join a PACKET_FANOUT group on {self.ifname}: {e.strerror} "
+                            f"(the kernel needs PACKET_FANOUT_FLAG_UNIQUEID, Linux 4.20 or newer)") from None
+        return group
 
     def stats(self):
         return read_stats(self.sock)

@@ -22,35 +22,53 @@ system calls included (idle polling is not; the CPU share shows it).
 ``NIC_CYC`` is the part of them spent in the TX system calls (the kick, or
 send()/write() per frame): that is where the kernel does the "NIC's" work,
 veth's transmit and, on this same core, the peer's receive.
+
+Fanout (``fanout=True``, ring port only): the loop is one of N workers, each
+with its own RX ring in the interface's PACKET_FANOUT group
+(``labkit.nic.afpacket``). It writes what the "NIC" said about each frame
+into the frame's metadata, as the multi-queue in-memory NIC does: the
+kernel's flow hash (``tp_rxhash``) at ``META_HASH_OFF`` and the worker's queue
+``rxq`` at ``META_RXQ_OFF``, so a node can read them. ``capture=True`` also
+keeps each frame the worker transmits, with that hash and queue read back
+from its metadata (``cap_meta``): which worker forwarded which frame, in its
+order, and what the kernel hashed it to.
 """
 # nst: the DUT loop's counters
 (N_RX, N_TX, N_DUT_CYC, N_NIC_CYC, N_STOP, N_ERR, N_LAST_BUSY, N_POLLS, N_BUSY_ITER,
- N_KICKS) = range(10)
+ N_KICKS, N_CAP_N, N_CAP_BYTES, N_CAP_LOST) = range(13)
 NST_SIZE = 16
 
 PORT_KINDS = ("ring", "socket", "tap")
 
 
-def net_loop_source(g, knobs, port):
+def net_loop_source(g, knobs, port, fanout=False, capture=False):
     if port not in PORT_KINDS:
         raise ValueError(f"port kind {port!r}: use one of {PORT_KINDS}")
+    if fanout and port != "ring":
+        raise ValueError(f"fanout needs the ring port, not {port!r}")
+    if capture and not fanout:
+        raise ValueError("the DUT captures as a fanout worker only (otherwise the generator captures)")
     aos = knobs.layout == "aos"
     tbl = "".join(", " + t for t in g.tables)
     alloc, free = ("stack_alloc", "stack_free") if knobs.mempool else ("heap_alloc", "heap_free")
     imports = [
         "from labkit.memory.mempool import " + alloc + ", " + free,
-        "from labkit.memory.layouts import DATA_OFF, LINE_SHIFT",
+        "from labkit.memory.layouts import DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF",
         "from labkit.nic.afpacket import rx_burst, rx_release, tx_put, tx_kick, tx_reap, T_PENDING",
         "from labkit.nic.syscalls import sys_recv, sys_send, sys_read, sys_write, sys_poll, errno, "
         "EAGAIN, EINTR, ENOBUFS, MSG_DONTWAIT, MSG_TRUNC",
         "from labkit.run.netloop import " + ", ".join(
             ["N_RX", "N_TX", "N_DUT_CYC", "N_NIC_CYC", "N_STOP", "N_ERR", "N_LAST_BUSY", "N_POLLS",
-             "N_BUSY_ITER", "N_KICKS"]),
+             "N_BUSY_ITER", "N_KICKS", "N_CAP_N", "N_CAP_BYTES", "N_CAP_LOST"]),
         "MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, TX_FULL, TX_BAD_DESCRIPTOR = 0, 1, 2, 3",
     ]
     if not knobs.jit:
         for f in ("rx_burst", "rx_release", "tx_put", "tx_kick", "tx_reap", alloc, free):
             imports.append(f"{f} = {f}.py_func")
+    if fanout:
+        imports.append("from labkit.memory.bytes import rd32le, wr32le")
+        if not knobs.jit:
+            imports.append("rd32le, wr32le = rd32le.py_func, wr32le.py_func")
     h0 = "frames_x[0][i]['handle']" if aos else "frames_h[0, i]"
     l0 = "frames_x[0][i]['length']" if aos else "frames_l[0, i]"
     h_n = "frames_x[0][n]['handle']" if aos else "frames_h[0, n]"
@@ -66,10 +84,34 @@ def net_loop_source(g, knobs, port):
         "                return False",
         "            continue",
     ]
+    # fanout: what the kernel said about each frame, into its metadata (as a NIC's RX descriptor)
+    meta = [
+        "        for i in range(n):",
+        f"            hb = np.int64({h0})",
+        "            wr32le(arena, hb + META_HASH_OFF, tmp_hash[i])",
+        "            arena[hb + META_RXQ_OFF] = rxq & 0xFF",
+        "            arena[hb + META_RXQ_OFF + 1] = (rxq >> 8) & 0xFF",
+    ] if fanout else []
+    capture_lines = [
+        "                c, co = nst[N_CAP_N], nst[N_CAP_BYTES]",
+        "                if c < cap_len.size and co + ln <= cap_data.size:",
+        "                    for j in range(ln):",
+        "                        cap_data[co + j] = arena[src + j]",
+        "                    cap_len[c] = ln",
+        "                    cap_meta[c, 0] = rd32le(arena, src - DATA_OFF + META_HASH_OFF)",
+        "                    cap_meta[c, 1] = arena[src - DATA_OFF + META_RXQ_OFF] | "
+        "(arena[src - DATA_OFF + META_RXQ_OFF + 1] << 8)",
+        "                    nst[N_CAP_N] = c + 1",
+        "                    nst[N_CAP_BYTES] = co + ln",
+        "                else:",
+        "                    nst[N_CAP_LOST] += 1",
+    ]
     if port == "ring":
         args = ("arena, rx32, rx_cur, rx_max, tx8, tx32, tx_cur, tx_fd, tx_max, kick_buf, pfd, poll_ms, "
                 "nst, slice_end_tsc, batch, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, "
                 "tmp_h, tmp_l, tmp_hash, too_long, counters, stats")
+        if fanout:
+            args += ", rxq, cap_data, cap_len, cap_meta"
         if aos:
             take = ["        n = rx_burst(arena, rx32, rx_cur, tmp_h, tmp_l, tmp_hash, batch, rx_max, too_long)",
                     "        for i in range(n):",
@@ -101,6 +143,7 @@ def net_loop_source(g, knobs, port):
             "                tries += 1",
             "            if ok:",
             "                nst[N_TX] += 1",
+            *(capture_lines if capture else []),
             "            else:",
             "                counters[TX_FULL] += 1",
             "        rx_release(rx32, rx_cur)",
@@ -180,6 +223,7 @@ def net_loop_source(g, knobs, port):
         "        t0 = rdtsc()",
         *take,
         *idle,
+        *meta,
         "        nst[N_RX] += n",
         "        counts[0] = n",
         f"        n_tx, n_free = dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, counters, stats{tbl})",

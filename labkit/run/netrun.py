@@ -11,7 +11,24 @@ reading and writing the TAP device's file descriptor.
 
 Three threads: the generator's loop, the DUT's loop (both compiled, both
 release the GIL) and this module's Python thread, which watches, shows
-progress, takes Ctrl-C, and reads the kernel's counters. A run ends when the
+progress, takes Ctrl-C, and reads the kernel's counters.
+
+``workers=N`` (N > 1, veth, ring port): RSS on a real NIC. N DUT workers, each
+a thread running the same loop over its own RX ring on lk-d0 and its own TX
+ring on lk-d1, with its own counters and vectors on cache lines of their own
+(nothing shared on the fast path). The N RX rings form one PACKET_FANOUT_HASH
+group, so the kernel gives every frame to one worker chosen by the flow
+hash, and each ring asks for that hash in the frame's header (tp_rxhash):
+the worker writes it, and its queue, into the frame's metadata, as the
+multi-queue in-memory NIC writes its Toeplitz hash (``labkit.nic.afpacket``,
+``labkit.run.netloop``). The kernel computes the hash in the softirq that
+delivers the frame, so the data plane gets it with the frame, for free;
+``labkit.run.workers.measure_toeplitz`` is what computing it in software
+costs. Every worker's books balance on their own: the frames its socket
+received plus those its ring had no room for (its PACKET_STATISTICS) are
+forwarded or dropped by reason; the run's, summed, as above. With
+``capture_path``, each worker also keeps what it forwarded, with the hash and
+queue from each frame's metadata (``capture(q)``). A run ends when the
 generator has sent everything and every frame is accounted for::
 
     sent == forwarded (back at the generator) + drops by reason
@@ -41,9 +58,9 @@ from ..nic import labnet
 from ..nic.pcap import PcapWriter
 from ..nic.syscalls import strerror
 from .measure import now_tsc, tsc_hz
-from .netloop import (N_BUSY_ITER, N_DUT_CYC, N_ERR, N_KICKS, N_LAST_BUSY, N_NIC_CYC, N_POLLS,
-                      N_RX, N_STOP, NST_SIZE, net_loop_source)
-from .result import NodeRuntime, Result
+from .netloop import (N_BUSY_ITER, N_CAP_LOST, N_CAP_N, N_DUT_CYC, N_ERR, N_KICKS, N_LAST_BUSY,
+                      N_NIC_CYC, N_POLLS, N_RX, N_STOP, N_TX, NST_SIZE, net_loop_source)
+from .result import NIC_SIDE_DROPS, NodeRuntime, Result
 
 SLICE_S = 0.05        # each compiled loop returns to Python this often
 WATCH_S = 0.02        # the watcher's period
@@ -55,17 +72,30 @@ POLL_MS = 10          # poll(): longest sleep before the loop looks at its stop 
 RCVBUF = 8 << 20      # socket receive buffer of the copy path (bytes)
 SO_RCVBUFFORCE = 33   # (Linux; root may exceed rmem_max)
 GEN_BATCH = 64        # frames per TX kick of the generator
+HASH_SOURCE = "kernel (PACKET_FANOUT_HASH; tp_rxhash in each frame's metadata)"
+
+
+class _Dut:
+    """One DUT worker's ports and everything its loop writes."""
+
+    def __init__(self, q, rx, tx, rx_fd, tx_fd):
+        self.q, self.rx, self.tx, self.rx_fd, self.tx_fd = q, rx, tx, rx_fd, tx_fd
+        self.ring_full = 0               # frames its RX ring had no room for (PACKET_STATISTICS)
+        self.cpu = (0.0, 1.0)            # its thread's CPU seconds, wall seconds
 
 
 class NetBackend:
     """Ports, rings and compiled loops of one Lab on veth or TAP."""
 
     def __init__(self, backend, graph, knobs, pool, tables, traffic_for, gen_batch=GEN_BATCH,
-                 rate=None, capture_path=None, capture_max=0):
+                 rate=None, capture_path=None, capture_max=0, workers=1):
         self.backend, self.g, self.knobs, self.pool = backend, graph, knobs, pool
         self.tables = tables
         self.gen_batch, self.rate = gen_batch, rate
         self.capture_path, self.capture_max = capture_path, (capture_max if capture_path else 0)
+        self.n_workers = workers
+        self.fanout = workers > 1
+        self.fanout_group = None
         self.notes = []
         self._stack = ExitStack()          # everything opened, closed in reverse order
         try:
@@ -90,12 +120,12 @@ class NetBackend:
         # apart; only send() of the copy path loses the frame it was given.
         self.wires = [(gns, gen_tx_if, "link_gen_to_dut", False)]
         self.kernel_socks = [(self.gen_rx.sock, "gen_rx_ring_full")]
-        self.dut_rx = self.dut_tx = None
+        self.duts = []
         if b == "tap":
             self.port = "tap"
             fd = labnet.open_tap()
             self._stack.callback(os.close, fd)
-            self.rx_fd = self.tx_fd = fd
+            self.duts.append(_Dut(0, None, None, fd, fd))
             max_link = self.gen_tx.max_frame
         elif k.copy:
             self.port = "socket"
@@ -108,24 +138,36 @@ class NetBackend:
             tx = self._own_sock(dns, labnet.DUT_TX, 0)
             if k.qdisc_bypass:
                 tx.setsockopt(af.SOL_PACKET, af.PACKET_QDISC_BYPASS, 1)
-            self.rx_fd, self.tx_fd = rx.fileno(), tx.fileno()
+            self.duts.append(_Dut(0, None, None, rx.fileno(), tx.fileno()))
             self.kernel_socks.append((rx, "dut_rx_ring_full"))
             self.wires.append((dns, labnet.DUT_TX, "link_dut_to_gen", True))
             max_link = min(self.gen_tx.max_frame, labnet.link_mtu(dns, labnet.DUT_TX) + af.ETH_HLEN)
         else:
             self.port = "ring"
-            self.dut_rx = self._own(af.RxRing(dns, labnet.DUT_RX))
-            self.dut_tx = self._own(af.TxRing(dns, labnet.DUT_TX, qdisc_bypass=k.qdisc_bypass))
-            self.rx_fd, self.tx_fd = self.dut_rx.fileno(), self.dut_tx.fileno()
-            self.kernel_socks.append((self.dut_rx.sock, "dut_rx_ring_full"))
+            for q in range(self.n_workers):
+                rx = self._own(af.RxRing(dns, labnet.DUT_RX, rxhash=self.fanout))
+                if self.fanout:
+                    self.fanout_group = rx.join_fanout(self.fanout_group)
+                tx = self._own(af.TxRing(dns, labnet.DUT_TX, qdisc_bypass=k.qdisc_bypass))
+                self.duts.append(_Dut(q, rx, tx, rx.fileno(), tx.fileno()))
+            self.kernel_socks += [(d.rx.sock, "dut_rx_ring_full") for d in self.duts]
             self.wires.append((dns, labnet.DUT_TX, "link_dut_to_gen", False))
-            max_link = min(self.gen_tx.max_frame, self.dut_tx.max_frame)
+            max_link = min(self.gen_tx.max_frame, self.duts[0].tx.max_frame)
         self.max_link = max_link
         self.traffic = traffic_for(max_link)
         shift = 0 if self.port == "ring" else LINE_SHIFT     # ring handles are byte offsets
-        src = generate(self.g, k, handle_shift=shift) + "\n\n" + net_loop_source(self.g, k, self.port)
-        self.mod = load_source(src, f"{self.g.name}_{self.port}")
-        self.frames = make_frames(self.g, k.batch, k.layout)
+        capture = self.fanout and self.capture_max > 0
+        src = generate(self.g, k, handle_shift=shift) + "\n\n" + \
+            net_loop_source(self.g, k, self.port, fanout=self.fanout, capture=capture)
+        self.mod = load_source(src, f"{self.g.name}_{self.port}" + ("_fanout" if self.fanout else ""))
+        self._zeros = lambda shape, dtype: np.zeros(shape, dtype)
+        if self.fanout:      # each worker's arrays on cache lines of its own: no line written by two
+            from .workers import own_lines, rehome
+            self._zeros = own_lines
+        for d in self.duts:
+            d.frames = make_frames(self.g, k.batch, k.layout)
+            if self.fanout:
+                d.frames = tuple(rehome(a) for a in d.frames)
 
     def _own(self, ring):
         self._stack.callback(ring.close)
@@ -141,22 +183,47 @@ class NetBackend:
         """Close ports and sockets; take the lab network down if we built it."""
         self._stack.close()
 
+    # -- one worker's loop ---------------------------------------------------------------
+    def _dut_state(self, d):
+        """Worker d's counters and scratch arrays for a run (with several workers,
+        on cache lines of their own: no two workers write the same line)."""
+        g, b, zeros = self.g, self.knobs.batch, self._zeros
+        d.counters = zeros(len(g.reasons), np.int64)
+        d.stats = zeros((len(g.nodes), 3), np.int64)
+        d.nst = zeros(NST_SIZE, np.int64)
+        d.tx_h, d.tx_l, d.free_h = (zeros(b, np.uint32) for _ in range(3))
+        d.tmp_h, d.tmp_l, d.tmp_hash = (zeros(max(b, 1), np.uint32) for _ in range(3))
+        d.too_long = zeros(1, np.int64)
+        d.pfd = np.array([d.rx_fd, 1], np.int32)            # struct pollfd {fd, POLLIN}
+        d.ring_full = 0
+        cap_n = self.capture_max if self.fanout else 0
+        d.cap_data = np.zeros(cap_n * min(self.traffic.stride, self.max_link), np.uint8)
+        d.cap_len = np.zeros(cap_n, np.uint32)
+        d.cap_meta = np.zeros((cap_n, 2), np.uint32)
+
+    def _dut_slice(self, d, rx_max, poll_ms):
+        """A function slice_end -> done that runs worker d's loop for one slice."""
+        m, b = self.mod, self.knobs.batch
+        tables = [self.tables[name] for name in self.g.tables]
+        fh, fl, fx, counts = d.frames
+        if self.port == "ring":
+            rx, tx = d.rx, d.tx
+            more = (d.q, d.cap_data, d.cap_len, d.cap_meta) if self.fanout else ()
+            return lambda slice_end: m.run_slice(
+                rx.u8, rx.u32, rx.cur, rx_max, tx.u8, tx.u32, tx.cur, d.tx_fd, tx.max_frame, tx.kick_buf,
+                d.pfd, poll_ms, d.nst, slice_end, b, fh, fl, fx, counts, d.tx_h, d.tx_l, d.free_h, d.tmp_h,
+                d.tmp_l, d.tmp_hash, d.too_long, d.counters, d.stats, *more, *tables)
+        p = self.pool
+        return lambda slice_end: m.run_slice(
+            p.arena, p.a, p.b, d.rx_fd, d.tx_fd, p.max_frame, d.pfd, poll_ms, d.nst, slice_end, b, fh, fl, fx,
+            counts, d.tx_h, d.tx_l, d.free_h, d.tmp_h, d.counters, d.stats, *tables)
+
     # -- the run ---------------------------------------------------------------------
     def run(self, seconds, packets, progress):
         hz = tsc_hz()
-        g, m, k, t = self.g, self.mod, self.knobs, self.traffic
-        b = k.batch
-        counters = np.zeros(len(g.reasons), np.int64)
-        stats = np.zeros((len(g.nodes), 3), np.int64)
-        nst = np.zeros(NST_SIZE, np.int64)
+        g, k, t = self.g, self.knobs, self.traffic
         gst = np.zeros(gen.GST_SIZE, np.int64)
-        tx_h, tx_l, free_h = (np.zeros(b, np.uint32) for _ in range(3))
-        tmp_h, tmp_l, tmp_hash = (np.zeros(max(b, 1), np.uint32) for _ in range(3))
-        too_long = np.zeros(1, np.int64)
-        fh, fl, fx, counts = self.frames
-        tables = [self.tables[name] for name in g.tables]
         poll_ms = POLL_MS if k.poll == "wait" else 0
-        pfd = np.array([self.rx_fd, 1], np.int32)            # struct pollfd {fd, POLLIN}
         budget = packets if packets is not None else np.iinfo(np.int64).max
         cap_n = self.capture_max
         cap_data = np.zeros(cap_n * min(t.stride, self.max_link) if cap_n else 0, np.uint8)
@@ -165,20 +232,13 @@ class NetBackend:
         gh, gl, ghash = (np.zeros(256, np.uint32) for _ in range(3))
         g_too_long = np.zeros(1, np.int64)
         rate_cpp = hz / self.rate if self.rate else 0.0
-        # a frame longer than a buffer's data room is dropped in every mode alike
-        rx_max = min(self.dut_rx.max_frame, self.pool.max_frame) if self.dut_rx else 0
-
-        def dut_slice(slice_end):
-            if self.port == "ring":
-                rx, tx = self.dut_rx, self.dut_tx
-                return m.run_slice(rx.u8, rx.u32, rx.cur, rx_max, tx.u8, tx.u32, tx.cur, self.tx_fd,
-                                   tx.max_frame, tx.kick_buf, pfd, poll_ms, nst, slice_end, b, fh, fl, fx,
-                                   counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, too_long,
-                                   counters, stats, *tables)
-            p = self.pool
-            return m.run_slice(p.arena, p.a, p.b, self.rx_fd, self.tx_fd, p.max_frame, pfd, poll_ms, nst,
-                               slice_end, b, fh, fl, fx, counts, tx_h, tx_l, free_h, tmp_h,
-                               counters, stats, *tables)
+        duts = self.duts
+        slices = []
+        for d in duts:
+            self._dut_state(d)
+            # a frame longer than a buffer's data room is dropped in every mode alike
+            rx_max = min(d.rx.max_frame, self.pool.max_frame) if d.rx else 0
+            slices.append(self._dut_slice(d, rx_max, poll_ms))
 
         def gen_slice(t_start, stop_tsc, slice_end):
             tx, rx = self.gen_tx, self.gen_rx
@@ -190,29 +250,31 @@ class NetBackend:
         # Compile (or load from numba's cache) before the clock starts.
         gst[gen.G_STOP] = 1
         gen_slice(0, 0, 0)
-        nst[N_STOP] = 1
-        dut_slice(0)
+        for d, dut_slice in zip(duts, slices):
+            d.nst[N_STOP] = 1
+            dut_slice(0)
+            d.nst[:] = 0
         gst[:] = 0
-        nst[:] = 0
         for s, _ in self.kernel_socks:
             af.read_stats(s)                                  # zero the kernel's counters
         wire0 = {name: labnet.link_stats(ns, ifn)["tx_dropped"] for ns, ifn, name, _ in self.wires}
         retried, freezes = {}, {}
         kernel = {name: 0 for _, name in self.kernel_socks}
+        dut_socks = [(d, d.rx.sock) for d in duts if d.rx is not None]
 
         start = now_tsc()
         stop_tsc = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
         errors, cpu = [], {}
         gen_final = threading.Event()
 
-        def dut_main():
+        def dut_main(d, dut_slice):
             c0, w0 = time.thread_time(), time.perf_counter()
             try:
                 while not dut_slice(now_tsc() + int(SLICE_S * hz)):
                     pass
             except BaseException as e:        # shown by the watcher, not lost in a thread
                 errors.append(e)
-            cpu["dut"] = (time.thread_time() - c0, time.perf_counter() - w0)
+            d.cpu = (time.thread_time() - c0, time.perf_counter() - w0)
 
         def gen_main():
             c0, w0 = time.thread_time(), time.perf_counter()
@@ -227,12 +289,15 @@ class NetBackend:
 
         wire = {}                    # link drops as last read (netlink: read them every LINK_S)
         links_read = [0.0]
+        per_sock = {id(s): d for d, s in dut_socks}
 
         def drops(links=False):
             for s, name in self.kernel_socks:
                 _, dropped, frozen = af.read_stats(s)
                 kernel[name] += dropped
                 freezes[name] = freezes.get(name, 0) + frozen
+                if id(s) in per_sock:
+                    per_sock[id(s)].ring_full += dropped
             if links or time.monotonic() - links_read[0] >= LINK_S:
                 links_read[0] = time.monotonic()
                 for ns, ifn, name, lost in self.wires:
@@ -242,12 +307,18 @@ class NetBackend:
             d.update(kernel)
             d["gen_unsendable"] = int(gst[gen.G_UNSENDABLE])
             d["gen_rx_too_long"] = int(g_too_long[0])
-            for r, c in zip(g.reasons, counters):
-                d[r] = d.get(r, 0) + int(c)
+            for w in duts:
+                for r, c in zip(g.reasons, w.counters):
+                    d[r] = d.get(r, 0) + int(c)
             return {r: int(c) for r, c in d.items() if c}
 
-        threads = [threading.Thread(target=dut_main, name="labkit-dut", daemon=True),
-                   threading.Thread(target=gen_main, name="labkit-gen", daemon=True)]
+        def dut_sum(i):
+            return sum(int(d.nst[i]) for d in duts)
+
+        names = ["labkit-dut"] if len(duts) == 1 else [f"labkit-dut{d.q}" for d in duts]
+        threads = [threading.Thread(target=dut_main, args=(d, f), name=n, daemon=True)
+                   for d, f, n in zip(duts, slices, names)]
+        threads.append(threading.Thread(target=gen_main, name="labkit-gen", daemon=True))
         for th in threads:
             th.start()
         interrupted, stalled = None, False
@@ -264,9 +335,9 @@ class NetBackend:
                             progress(min(1.0, gst[gen.G_SENT] / packets))
                         else:
                             progress(min(1.0, (now_tsc() - start) / (stop_tsc - start)))
-                    if gst[gen.G_ERR] or nst[N_ERR]:
+                    if gst[gen.G_ERR] or any(w.nst[N_ERR] for w in duts):
                         break
-                    seen = (int(gst[gen.G_SENT]), int(gst[gen.G_RX]), int(nst[N_RX]), tuple(sorted(d.items())))
+                    seen = (int(gst[gen.G_SENT]), int(gst[gen.G_RX]), dut_sum(N_RX), tuple(sorted(d.items())))
                     if seen != last_seen:
                         last_seen, last_change = seen, time.monotonic()
                     quiet = time.monotonic() - last_change
@@ -285,24 +356,28 @@ class NetBackend:
                     interrupted = e
                     gst[gen.G_STOP] = 1
         finally:
-            nst[N_STOP] = 1
+            for w in duts:
+                w.nst[N_STOP] = 1
             gen_final.set()
             for th in threads:
                 th.join()
         d = drops(links=True)
         if errors:
             raise errors[0]
-        for code, who in ((gst[gen.G_ERR], "generator"), (nst[N_ERR], "device under test")):
+        dut_err = next((int(w.nst[N_ERR]) for w in duts if w.nst[N_ERR]), 0)
+        for code, who in ((gst[gen.G_ERR], "generator"), (dut_err, "device under test")):
             if code:
                 raise OSError(int(code), f"the {who}'s port failed: {strerror(int(code))}")
         if interrupted is not None:
             raise interrupted
         if cap_n:
             self._write_capture(cap_data, cap_len, gst)
-        end = max(int(nst[N_LAST_BUSY]), int(gst[gen.G_TX_DONE_TSC]))
+        end = max([int(w.nst[N_LAST_BUSY]) for w in duts] + [int(gst[gen.G_TX_DONE_TSC])])
         wall = max(end - start, 1) / hz
-        dut_cpu, dut_wall = cpu.get("dut", (0.0, 1.0))
+        dut_cpu = sum(w.cpu[0] for w in duts)
+        dut_wall = max(w.cpu[1] for w in duts)
         gen_tx_s = max(int(gst[gen.G_TX_DONE_TSC]) - start, 1) / hz
+        stats = sum(w.stats for w in duts)
         runtime = [NodeRuntime(n.name, int(s[0]), int(s[1]), int(s[2])) for n, s in zip(g.nodes, stats)]
         notes = list(self.notes)
         if stalled:
@@ -313,16 +388,59 @@ class NetBackend:
                          f"(the capture holds at most {self.capture_max})")
         extra = {"port": self.port, "poll": k.poll, "qdisc_bypass": k.qdisc_bypass,
                  "gen_tx_pps": int(gst[gen.G_SENT]) / gen_tx_s, "gen_batch": self.gen_batch,
-                 "rate": self.rate, "dut_polls": int(nst[N_POLLS]), "dut_kicks": int(nst[N_KICKS]),
-                 "dut_busy_iterations": int(nst[N_BUSY_ITER]),
+                 "rate": self.rate, "dut_polls": dut_sum(N_POLLS), "dut_kicks": dut_sum(N_KICKS),
+                 "dut_busy_iterations": dut_sum(N_BUSY_ITER),
                  "kernel_tx_retries": {k: int(v) for k, v in retried.items()},
                  "kernel_ring_freezes": {k.replace("_full", ""): int(v) for k, v in freezes.items()},
                  "gen_cpu_percent": 100.0 * cpu.get("gen", (0.0, 1.0))[0] / max(cpu.get("gen", (0, 1.0))[1], 1e-9)}
+        pool_ok = self.pool is None or self.pool.n_free == self.pool.capacity
+        if self.fanout:
+            rows = [self._worker_row(w, wall, hz, pool_ok) for w in duts]
+            extra.update(workers=rows, queues=len(duts), hash_source=HASH_SOURCE, fanout_group=self.fanout_group)
+            pool_ok = all(r["pool_ok"] for r in rows)
+            lost = sum(int(w.nst[N_CAP_LOST]) for w in duts)
+            if lost:
+                notes.append(f"capture: {lost} frames the workers forwarded not kept (each keeps at most "
+                             f"{self.capture_max})")
         return Result(backend=self.backend, graph=g.name, knobs=k.as_dict(), sent=int(gst[gen.G_SENT]),
                       forwarded=int(gst[gen.G_RX]), dropped=d, seconds=wall, tsc_hz=hz,
-                      dut_cycles=int(nst[N_DUT_CYC]), nic_cycles=int(nst[N_NIC_CYC]), runtime=runtime,
-                      notes=notes, pool_ok=self.pool is None or self.pool.n_free == self.pool.capacity,
+                      dut_cycles=dut_sum(N_DUT_CYC), nic_cycles=dut_sum(N_NIC_CYC), runtime=runtime,
+                      notes=notes, pool_ok=pool_ok,
                       cpu_percent=100.0 * dut_cpu / max(dut_wall, 1e-9), extra=extra)
+
+    def _worker_row(self, w, wall, hz, pool_ok):
+        """Worker w's share of the run, in the shape of labkit.run.workers' rows.
+        Its books balance alone: sent (frames its socket received, and those
+        its ring had no room for) == forwarded (handed to its TX ring) + drops."""
+        dropped = {r: int(c) for r, c in zip(self.g.reasons, w.counters) if c}
+        if w.ring_full:
+            dropped["dut_rx_ring_full"] = w.ring_full
+        too_long = dropped.get("rx_frame_too_long", 0)
+        fwd = int(w.nst[N_TX])
+        handled = fwd + sum(v for r, v in dropped.items() if r not in NIC_SIDE_DROPS)
+        cyc = int(w.nst[N_DUT_CYC])
+        cpu_s = w.cpu[0]
+        return {"queue": w.q, "sent": int(w.nst[N_RX]) + too_long + w.ring_full, "forwarded": fwd,
+                "dropped": dropped, "handled": handled, "dut_cycles": cyc, "nic_cycles": int(w.nst[N_NIC_CYC]),
+                "cycles_per_packet": cyc / handled if handled else 0.0,
+                # the loop counts only iterations that had frames: no idle polls to take out
+                "busy_cycles_per_packet": cyc / handled if handled else 0.0,
+                "mpps": handled / wall / 1e6 if wall > 0 else 0.0,
+                "cpu_percent": 100.0 * cpu_s / max(w.cpu[1], 1e-9),
+                "cpu_cycles_per_packet": cpu_s * hz / handled if handled else 0.0,
+                "rx_packets": int(w.nst[N_RX]), "tx_packets": fwd,
+                # every RX block back with the kernel, every TX slot sent
+                "pool_ok": pool_ok and int(w.rx.cur[af.C_HELD]) == 0 and int(w.tx.cur[af.T_PENDING]) == 0}
+
+    def capture(self, q):
+        """Worker q's forwarded frames of the last run (with a capture_path and
+        several workers): a list of (rxhash, queue, frame bytes) in the order q
+        transmitted them, the hash and queue read from each frame's metadata."""
+        d = self.duts[q]
+        n = int(d.nst[N_CAP_N])
+        offs = np.concatenate(([0], np.cumsum(d.cap_len[:n].astype(np.int64)))).astype(np.int64)
+        return [(int(d.cap_meta[i, 0]), int(d.cap_meta[i, 1]), d.cap_data[offs[i]:offs[i + 1]].tobytes())
+                for i in range(n)]
 
     def _write_capture(self, cap_data, cap_len, gst):
         n = int(gst[gen.G_CAP_N])
@@ -330,4 +448,3 @@ class NetBackend:
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         with PcapWriter(self.capture_path) as w:
             w.write_many(cap_data, offsets, lengths)
-
