@@ -24,6 +24,12 @@ Each synthetic frame carries its sequence number (uint32, little-endian) at
 byte ``SEQ_OFF`` of the frame (the UDP payload), so a check can tell which
 frames were read, in which order, and whether one was read twice.
 
+Exercise 13 (RSS) gets the published Toeplitz verification table and timers
+for a hash function; exercise 14 (an SPSC ring's producer) gets a ring of
+plain items, its consumer, a spinlocked twin, a check of the order of a
+producer's memory accesses (``order_problems``) and a two-thread stress test
+(``spsc_stress``).
+
 ``LABKIT_QUICK=1`` in the environment makes every measurement short (tests,
 grading); ``quick()`` says whether it is set.
 """
@@ -40,9 +46,12 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from labkit.memory import intrinsics
 from labkit.memory.intrinsics import load_acquire, rdtsc, store_release
-from labkit.memory.layouts import DATA_OFF, aligned_zeros
+from labkit.memory.layouts import CACHE_LINE, DATA_OFF, aligned_zeros
 from labkit.memory.ring import CONS, PROD, Ring, ring_enqueue
+from labkit.nic.multiqueue import spin_lock, spin_unlock
+from labkit.rss import make_tables, toeplitz_batch
 from labkit.nic.syscalls import sys_write
 from labkit.nic.afpacket import (BLK_FIRST, BLK_NUM_PKTS, BLK_STATUS, C_BNR, C_BSIZE, P3_LEN, P3_MAC, P3_NEXT,
                                  P3_RXHASH, P3_SNAPLEN, RX_RESERVE, TP_STATUS_USER, rx_burst)
@@ -52,7 +61,8 @@ __all__ = [
     "take_frame", "log_seqs", "receive", "time_walk", "poll_experiment", "SEQ_OFF", "TP_STATUS_BLK_TMO",
     "make_desc_ring", "fill_desc_ring", "drain_compiled", "drain_from_python", "compiles_without_nrt",
     "TxArea", "frames_ring", "real_nic", "check", "stream_bytes", "stream_frame", "Received", "DATA_OFF",
-    "time_l2fwd",
+    "time_l2fwd", "RSS_TABLE", "rss_inputs", "time_hash", "time_toeplitz_tables", "SPSC_LOCK", "Spsc", "make_spsc",
+    "spsc_dequeue", "locked_enqueue", "locked_dequeue", "order_problems", "spsc_stress", "spsc_one_thread",
 ]
 
 
@@ -706,3 +716,316 @@ def real_nic():
         return "LABKIT_QUICK is set: the real-NIC runs take several seconds"
     return why
 
+
+
+# ---- 13: the Toeplitz hash ------------------------------------------------------
+
+# Microsoft, "Verifying the RSS Hash Calculation" (the RSS specification's IPv4
+# table, key DEFAULT_KEY), each row in the order it is printed: destination
+# address, destination port, source address, source port, then the hash of the
+# addresses ("IPv4") and of addresses and ports ("IPv4 with TCP"). The printed
+# order is the trap: the hash input starts with the *source*.
+RSS_TABLE = [
+    ("161.142.100.80", 1766, "66.9.149.187", 2794, 0x323e8fc2, 0x51ccc178),
+    ("65.69.140.83", 4739, "199.92.111.2", 14230, 0xd718262a, 0xc626b0ea),
+    ("12.22.207.184", 38024, "24.19.198.95", 12898, 0xd2d0a5de, 0x5c2b394a),
+    ("209.142.163.6", 2217, "38.27.205.30", 48228, 0x82989176, 0xafc7327f),
+    ("202.188.127.2", 1303, "153.39.163.191", 44251, 0x5d1809c5, 0x10e828a2),
+]
+
+
+def rss_inputs(n=1000, seed=1):
+    """n random 12-byte RSS inputs (an IPv4 4-tuple's size)."""
+    rng = np.random.default_rng(seed)
+    return [bytes(row) for row in rng.integers(0, 256, (n, 12), dtype=np.uint8)]
+
+
+def time_hash(fn, key, inputs, rounds=None):
+    """TSC cycles per call of the Python function ``fn(key, data)`` over
+    ``inputs`` (best of ``rounds`` passes)."""
+    rounds = rounds or (2 if quick() else 5)
+    best = None
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for d in inputs:
+            fn(key, d)
+        dt = time.perf_counter_ns() - t0
+        best = dt if best is None else min(best, dt)
+    return best * tsc_hz() / 1e9 / len(inputs)
+
+
+@njit(nogil=True, cache=True)
+def _hash_rounds(tables, data, lengths, out, rounds):
+    for _ in range(rounds):
+        toeplitz_batch(tables, data, lengths, out)
+
+
+def time_toeplitz_tables(key, inputs, rounds=None):
+    """TSC cycles per hash of labkit's table-driven numba version
+    (``labkit.rss.toeplitz_batch``: one table load per input byte) over
+    ``inputs`` (equal lengths), best of 5 timings of ``rounds`` passes."""
+    rounds = rounds or (200 if quick() else 2000)
+    data = np.frombuffer(b"".join(inputs), np.uint8).reshape(len(inputs), -1)
+    lengths = np.full(len(inputs), data.shape[1], np.int64)
+    out = np.zeros(len(inputs), np.uint32)
+    tables = make_tables(key, data.shape[1])
+    _hash_rounds(tables, data, lengths, out, 1)
+    best = None
+    for _ in range(5):
+        t0 = now_tsc()
+        _hash_rounds(tables, data, lengths, out, rounds)
+        dt = now_tsc() - t0
+        best = dt if best is None else min(best, dt)
+    return best / (rounds * len(inputs))
+
+
+# ---- 14: a lock-free SPSC ring across two threads -------------------------------------
+
+SPSC_LOCK = 2 * CACHE_LINE // 8    # cur[SPSC_LOCK]: the lock word of the spinlocked variant (third line)
+SPSC_EMPTY = 0xDEAD                # what an unused slot holds: reading one shows
+
+Spsc = namedtuple("Spsc", "slots cur")
+Spsc.__doc__ = """A ring of uint64 items: ``slots`` (a power of two of them) and ``cur``,
+the producer's cursor cur[PROD] and the consumer's cur[CONS] on cache lines
+of their own, as labkit.memory.ring lays them out (plus a lock word on a
+third line, used only by the spinlocked variant)."""
+
+
+def make_spsc(size=1024, start=0):
+    """An empty ring of ``size`` slots whose cursors both start at ``start``
+    (so a check can put the wrap-around where it likes)."""
+    if not isinstance(size, (int, np.integer)) or size < 2 or size & (size - 1):
+        raise ValueError(f"ring size {size!r}: use a power of two >= 2 (the cursor wraps with a mask)")
+    slots = aligned_zeros(int(size) * 8).view(np.uint64)
+    slots[:] = SPSC_EMPTY
+    cur = aligned_zeros(3 * CACHE_LINE).view(np.uint64)
+    cur[PROD] = cur[CONS] = np.uint64(start)
+    return Spsc(slots, cur)
+
+
+@njit(nogil=True, cache=True)
+def spsc_dequeue(slots, cur, out, n):
+    """The consumer (exercise 02's rx_batch, for plain items): take up to n
+    items into out; returns how many there were."""
+    mask = slots.size - 1
+    cons = cur[CONS]                                   # only the consumer writes it
+    k = min(n, np.int64(load_acquire(cur, PROD) - cons))   # acquire: the slots are read after it
+    for i in range(k):
+        out[i] = slots[(cons + i) & mask]
+    store_release(cur, CONS, cons + k)                 # release: the producer may reuse them now
+    return max(k, 0)
+
+
+@njit(nogil=True, cache=True)
+def locked_enqueue(slots, cur, items, n):
+    """The same ring behind a spinlock (``labkit.nic.multiqueue.spin_lock``, a
+    compare-and-swap): both sides take the lock for every call, so plain
+    loads and stores of the cursors suffice, and every call moves the lock's
+    cache line between the cores."""
+    spin_lock(cur, SPSC_LOCK)
+    mask = slots.size - 1
+    prod = cur[PROD]
+    k = min(n, slots.size - np.int64(prod - cur[CONS]))
+    for i in range(k):
+        slots[(prod + i) & mask] = items[i]
+    cur[PROD] = prod + k
+    spin_unlock(cur, SPSC_LOCK)
+    return max(k, 0)
+
+
+@njit(nogil=True, cache=True)
+def locked_dequeue(slots, cur, out, n):
+    """The consumer of ``locked_enqueue``'s ring, under the same lock."""
+    spin_lock(cur, SPSC_LOCK)
+    mask = slots.size - 1
+    cons = cur[CONS]
+    k = min(n, np.int64(cur[PROD] - cons))
+    for i in range(k):
+        out[i] = slots[(cons + i) & mask]
+    cur[CONS] = cons + k
+    spin_unlock(cur, SPSC_LOCK)
+    return max(k, 0)
+
+
+class _Recorded(np.ndarray):
+    """An array that logs every element read and write: (kind, array name, index, value)."""
+
+    def __getitem__(self, i):
+        v = np.ndarray.__getitem__(self, i)
+        if np.ndim(i) == 0:
+            self.log.append(("load", self.name, int(i), int(v)))
+        return v
+
+    def __setitem__(self, i, v):
+        np.ndarray.__setitem__(self, i, v)
+        if np.ndim(i) == 0:
+            self.log.append(("store", self.name, int(i), int(np.ndarray.__getitem__(self, i))))
+
+
+def _recorded(a, name, log):
+    r = a.copy().view(_Recorded)
+    r.name, r.log = name, log
+    return r
+
+
+def _record_call(enqueue, size, start, cons_behind, items):
+    """Run enqueue's Python source (numba's ``py_func``) once on a recording
+    ring whose consumer is ``cons_behind`` items behind; returns (log, returned)."""
+    import types as pytypes
+    py = getattr(enqueue, "py_func", enqueue)
+    log = []
+
+    def acquire(a, i):
+        v = np.ndarray.__getitem__(a, i)
+        log.append(("acquire", getattr(a, "name", "?"), int(i), int(v)))
+        return v
+
+    def release(a, i, v):
+        np.ndarray.__setitem__(a, i, v)
+        log.append(("release", getattr(a, "name", "?"), int(i), int(np.ndarray.__getitem__(a, i))))
+
+    glb = dict(py.__globals__)
+    for k, v in py.__globals__.items():           # whatever name the intrinsics were imported as
+        if v is intrinsics.load_acquire or v is load_acquire:
+            glb[k] = acquire
+        elif v is intrinsics.store_release or v is store_release:
+            glb[k] = release
+    fn = pytypes.FunctionType(py.__code__, glb, py.__name__, py.__defaults__, py.__closure__)
+    ring = make_spsc(size, start)
+    ring.cur[CONS] = np.uint64(start - cons_behind)
+    slots, cur = _recorded(ring.slots, "slots", log), _recorded(ring.cur, "cur", log)
+    got = fn(slots, cur, items, len(items))
+    return log, got
+
+
+def order_problems(enqueue):
+    """What is wrong with the order of ``enqueue``'s memory accesses, as a
+    list of sentences (empty: nothing). Its Python source is run on a
+    recording ring (3 items, room for them) and its accesses are checked
+    against the SPSC protocol:
+
+    - the consumer's cursor cur[CONS] is read with load_acquire before any
+      slot is written (the consumer is done with the slots it gave back);
+    - every slot is written before the store_release of cur[PROD] that
+      publishes it; cur[PROD] is never written with a plain store;
+    - the producer never writes cur[CONS].
+    """
+    start = 2 ** 40 + 6
+    try:
+        log, got = _record_call(enqueue, 8, start, 2, np.array([11, 12, 13], np.uint64))
+    except Exception as e:                     # the student's code, run as plain Python
+        return [f"enqueue's Python source failed on a ring of 8 with room for 3 items: {type(e).__name__}: {e}"]
+    problems = []
+    writes = [(t, e) for t, e in enumerate(log) if e[1] == "slots" and e[0] == "store"]
+    first_write = writes[0][0] if writes else len(log)
+    acq_cons = [t for t, e in enumerate(log) if e[0] == "acquire" and e[1] == "cur" and e[2] == CONS]
+    if not acq_cons or acq_cons[0] > first_write:
+        problems.append("read the consumer's cursor with load_acquire(cur, CONS) before writing slots "
+                        "(a plain read may be stale or hoisted out of a loop)")
+    if any(e[0] == "store" and e[1] == "cur" and e[2] == PROD for e in log):
+        problems.append("cur[PROD] is written with a plain store: publish it with store_release(cur, PROD, ...)")
+    if any(e[0] in ("store", "release") and e[1] == "cur" and e[2] == CONS for e in log):
+        problems.append("the producer wrote cur[CONS]: only the consumer moves it")
+    mask = 7
+    for t, e in enumerate(log):
+        if e[1] == "cur" and e[2] == PROD and e[0] in ("store", "release"):
+            written = {w[2] for u, w in writes if u < t}
+            late = [p for p in range(start, e[3]) if (p & mask) not in written]
+            if late:
+                problems.append(f"cur[PROD] becomes {e[3] - start} items ahead before slot {late[0] & mask} "
+                                f"is written: a consumer on another core may read the slot too early")
+                break
+    if not any(e[1] == "cur" and e[2] == PROD and e[0] in ("store", "release") for e in log) and got:
+        problems.append("cur[PROD] is never moved: the consumer never sees the items")
+    return problems
+
+
+@njit(nogil=True, cache=True)
+def _produce(enqueue, slots, cur, items, n, burst, deadline, stamps):
+    """Post items 0..n-1 in calls of up to `burst`; stamps[0:2] = start and end TSC."""
+    stamps[0] = rdtsc()
+    sent = 0
+    while sent < n:
+        m = min(burst, n - sent)
+        for j in range(m):
+            items[j] = sent + j
+        sent += enqueue(slots, cur, items, m)
+        if rdtsc() > deadline:
+            break
+    stamps[1] = rdtsc()
+    return sent
+
+
+@njit(nogil=True, cache=True)
+def _consume(dequeue, slots, cur, out, n, burst, deadline, stamps, bad):
+    """Take n items in calls of up to `burst`; bad[0] counts items that were not
+    the next of the sequence, bad[1] is the position of the first one (-1: none)."""
+    stamps[0] = rdtsc()
+    got = 0
+    while got < n:
+        k = dequeue(slots, cur, out, burst)
+        for j in range(k):
+            if out[j] != got + j:
+                if bad[0] == 0:
+                    bad[1] = got + j
+                bad[0] += 1
+        got += k
+        if k == 0 and rdtsc() > deadline:
+            break
+    stamps[1] = rdtsc()
+    return got
+
+
+def spsc_stress(enqueue, dequeue=spsc_dequeue, n=None, size=1024, burst=32, timeout_s=10.0):
+    """Producer and consumer on two threads (two cores, if the machine has
+    them free): ``enqueue`` posts items 0..n-1, ``dequeue`` takes them and
+    checks each is the next of the sequence. Both loops are compiled and
+    release the GIL. Returns a dict: sent, received, out_of_order (items that
+    were not the next one expected), first_bad (its position, or -1),
+    timed_out, mpps (items per second, first start to last end)."""
+    n = n or (200_000 if quick() else 2_000_000)
+    ring = make_spsc(size)
+    items, out = np.zeros(max(burst, 1), np.uint64), np.zeros(max(burst, 1), np.uint64)
+    ps, cs, bad = np.zeros(2, np.int64), np.zeros(2, np.int64), np.array([0, -1], np.int64)
+    _produce(enqueue, ring.slots, ring.cur, items, 0, burst, 0, ps)      # compile outside the clock
+    _consume(dequeue, ring.slots, ring.cur, out, 0, burst, 0, cs, bad)
+    hz = tsc_hz()
+    deadline = now_tsc() + int(timeout_s * hz)
+    res = {}
+    prod = threading.Thread(target=lambda: res.update(
+        sent=_produce(enqueue, ring.slots, ring.cur, items, n, burst, deadline, ps)))
+    cons = threading.Thread(target=lambda: res.update(
+        received=_consume(dequeue, ring.slots, ring.cur, out, n, burst, deadline, cs, bad)))
+    cons.start()
+    prod.start()
+    prod.join()
+    cons.join()
+    wall = (max(ps[1], cs[1]) - min(ps[0], cs[0])) / hz
+    return {"sent": int(res["sent"]), "received": int(res["received"]), "out_of_order": int(bad[0]),
+            "first_bad": int(bad[1]), "timed_out": res["received"] < n or res["sent"] < n,
+            "mpps": float(res["received"] / wall / 1e6) if wall > 0 else 0.0}
+
+
+@njit(nogil=True, cache=True)
+def _one_thread(enqueue, dequeue, slots, cur, items, out, n, burst):
+    sent = got = 0
+    t0 = rdtsc()
+    while got < n:
+        m = min(burst, n - sent)
+        for j in range(m):
+            items[j] = sent + j
+        sent += enqueue(slots, cur, items, m)
+        got += dequeue(slots, cur, out, burst)
+    return rdtsc() - t0
+
+
+def spsc_one_thread(enqueue, dequeue=spsc_dequeue, n=None, size=1024, burst=32):
+    """Mpps of the same ring with producer and consumer taking turns on one
+    thread: no cache line crosses between cores."""
+    n = n or (200_000 if quick() else 2_000_000)
+    ring = make_spsc(size)
+    items, out = np.zeros(burst, np.uint64), np.zeros(burst, np.uint64)
+    _one_thread(enqueue, dequeue, ring.slots, ring.cur, items, out, 0, burst)
+    ring = make_spsc(size)
+    cycles = _one_thread(enqueue, dequeue, ring.slots, ring.cur, items, out, n, burst)
+    return float(n / (cycles / tsc_hz()) / 1e6)

@@ -29,6 +29,14 @@ backend, the machine and the date, and prints the same numbers as a table:
 a reader sees what was measured, and a test can check that the figure is
 exactly that (``check_figure``).
 
+Several cores: ``Dashboard("workers", [1, 2])`` (and the multi-core knobs,
+``WORKER_KNOBS``: ``sync``, ``counters``..., and the Lab parameters
+``dispatcher`` and ``rss_key``) run on the in-memory NIC's multi-queue device, one worker per RX/TX queue pair
+(``labkit.run.workers``). Each row then also records the busiest queue's
+share of the packets (``queue_share``: RSS balance), the threads' summed CPU
+share (``cpu``: 200% is two busy cores), the dispatcher thread's cycles per
+frame when there is one, and each worker's Mpps.
+
 ``LABKIT_QUICK=1`` makes every measurement short (``QUICK_SECONDS``, at most
 ``QUICK_REPEATS`` runs per value) for tests and CI; ``LABKIT_BACKEND=memory``
 makes ``backend="auto"`` use the in-memory NIC even where veth is possible
@@ -48,7 +56,7 @@ from collections import Counter
 from dataclasses import fields
 
 from labkit import __version__
-from labkit.run.knobs import TECHNIQUES, Knobs
+from labkit.run.knobs import TECHNIQUES, WORKER_KNOBS, WORKER_TECHNIQUES, Knobs
 
 QUICK_SECONDS = 0.15      # seconds per run with LABKIT_QUICK=1
 QUICK_REPEATS = 2         # at most this many runs per value with LABKIT_QUICK=1
@@ -57,7 +65,10 @@ BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
 # Parameters of Lab(...) a dashboard can turn besides the knobs.
-LAB_PARAMS = ("backend", "graph", "size", "flows", "rate", "gen_batch", "mix", "seed")
+LAB_PARAMS = ("backend", "graph", "size", "flows", "rate", "gen_batch", "mix", "seed", "workers", "dispatcher",
+              "rss_key")
+# What needs the multi-queue in-memory NIC: "auto" picks the in-memory NIC for these.
+MULTICORE_PARAMS = ("workers", "dispatcher", "rss_key", "multiqueue") + WORKER_KNOBS
 
 # metric -> its axis title; _ROW_KEY says which column of a row holds it ("batch_us" is derived, see _metric).
 METRICS = {
@@ -68,14 +79,21 @@ METRICS = {
     "vector": "packets per vector (mean)",
     "batch_us": "µs per vector",
     "nic_cycles": "NIC TSC cycles/packet",
+    "queue_share": "busiest queue's share of packets %",
+    "disp_cycles": "dispatcher TSC cycles/frame",
 }
 # "vector" is how many packets the first node got per dispatch: the batch knob is
 # a maximum, a vector is what the ring held. "batch_us" is vector x cycles/packet:
 # the time one vector takes, which a packet may wait behind the others (latency-ish).
 # "nic_cycles" is the in-memory NIC's own work per frame ("DMA" and TX collection),
 # which real hardware does without the CPU: 0 on a real NIC.
+# With several workers: "cpu" is the sum over the threads (workers and dispatcher), so two busy
+# cores show 200%; "queue_share" is 100/N when RSS spreads the packets evenly over N queues, 100
+# when one queue gets them all; "disp_cycles" is what the dispatcher thread spends per frame it
+# takes off the wire (software hash, hand-over, locks), its idle polls left out.
 _ROW_KEY = {"mpps": "mpps", "cycles": "cycles_per_packet", "cpu": "cpu_percent", "gen_mpps": "gen_mpps",
-            "nic_cycles": "nic_cycles_per_packet", "vector": "vector"}
+            "nic_cycles": "nic_cycles_per_packet", "vector": "vector", "queue_share": "queue_share",
+            "disp_cycles": "dispatcher_cycles_per_packet"}
 
 # What a value means, said in the plot (a knob's own name is the fallback).
 LABELS = {
@@ -87,10 +105,19 @@ LABELS = {
     "qdisc_bypass": {False: "via qdisc", True: "qdisc bypass"},
     "poll": {"wait": "wait in poll()", "busy": "busy-poll"},
     "backend": {"memory": "in-memory NIC", "veth": "veth", "tap": "TAP"},
+    "model": {"rtc": "run to completion", "pipeline": "pipeline", "lthreads": "lightweight threads",
+              "threads": "OS threads"},
+    "sync": {"spsc": "lock-free rings", "lock": "spinlocked queue"},
+    "counters": {"padded": "padded (own line)", "packed": "packed (one line)"},
+    "dispatcher": {False: "RSS in the NIC", True: "software dispatcher"},
+    "rss_key": {"default": "Microsoft key", "symmetric": "symmetric key"},
 }
 TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator frames per TX kick",
           "rate": "offered load (pps)", "size": "frame size (bytes)", "poll": "polling",
-          "copy": "copy or zero-copy", "backend": "NIC", "graph": "graph", "flows": "flows"}
+          "copy": "copy or zero-copy", "backend": "NIC", "graph": "graph", "flows": "flows",
+          "workers": "workers (a core and a queue pair each)", "sync": "hand-over between cores",
+          "counters": "per-worker counters", "dispatcher": "who hashes the frames", "rss_key": "RSS key",
+          "model": "threading model"}
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -246,6 +273,8 @@ def _fmt(metric, v):
         return f"{v:.3f}" if v < 100 else f"{v:.1f}"
     if metric == "cpu":
         return f"{v:.0f}"
+    if metric == "queue_share":
+        return f"{v:.1f}"
     if metric in ("batch_us", "vector"):
         return f"{v:.2f}" if v < 100 else f"{v:.0f}"
     return f"{v:.1f}" if v < 1000 else f"{v:.0f}"
@@ -348,7 +377,9 @@ def table_text(meta):
     head = (f"{spec['title']}: {spec['graph']} on {spec['backend_label']}; median [min, max] of the runs, "
             f"{spec['seconds']:g} s each; {meta['date']}; {m['cpu']}, {m['cpus']} CPUs; labkit {m['labkit']}")
     metrics = list(dict.fromkeys(list(spec["panels"]) + ["mpps"]))
-    header = cols + ["runs"] + [METRICS[p] for p in metrics] + ["conserved"]
+    per_worker = any(len(r.get("worker_mpps") or []) > 1 for r in rows)
+    header = cols + ["runs"] + [METRICS[p] for p in metrics] + (["Mpps per worker"] if per_worker else []) \
+        + ["conserved"]
     lines = []
     for v, vl in zip(spec["values"], spec["labels"]):
         xs = list(zip(spec["over_values"], spec["over_labels"])) if spec["over"] else [(None, None)]
@@ -361,6 +392,8 @@ def table_text(meta):
                 vals = [val for val in (_metric(r, p) for r in rs) if val is not None]
                 cells.append(f"{_fmt(p, _median(vals))} [{_fmt(p, min(vals))}, {_fmt(p, max(vals))}]"
                              if vals else "-")
+            if per_worker:
+                cells.append(_per_worker(rs))
             cells.append("yes" if all(r["conserved"] and r["pool_ok"] for r in rs) else "NO")
             lines.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
@@ -370,6 +403,14 @@ def table_text(meta):
     for note in meta.get("notes", []):
         out.append(f"note: {note}")
     return "\n".join(out)
+
+
+def _per_worker(rows):
+    """Each worker's median Mpps over these runs, "a / b / ...": how the load split."""
+    n = len(rows[0].get("worker_mpps") or [])
+    if n == 0 or any(len(r.get("worker_mpps") or []) != n for r in rows):
+        return "-"
+    return " / ".join(_fmt("mpps", _median([r["worker_mpps"][w] for r in rows])) for w in range(n))
 
 
 def figure_from_meta(meta):
@@ -405,20 +446,25 @@ def _plain(v):
 class Dashboard:
     """Measure one knob (or Lab parameter) over its values, live.
 
-    knob      a field of Knobs ("batch", "copy", "poll", ...) or a Lab parameter
-              ("backend", "graph", "size", "flows", "rate", "gen_batch")
+    knob      a field of Knobs ("batch", "copy", "poll", "sync", ...) or a Lab parameter
+              ("backend", "graph", "size", "flows", "rate", "gen_batch", "workers",
+              "dispatcher", "rss_key")
     values    the values to measure, the "off" one first; for a technique's knob the
               default is (off, on) from TECHNIQUES, for batch 1, 2, 4 ... 256
     over      optional (parameter, values): the x axis, one line per knob value
               (e.g. ("rate", [1_000, 100_000, None]): None is "as fast as possible")
-    backend   "auto" (veth when possible, else the in-memory NIC), "memory", "veth"
+    backend   "auto" (veth when possible, else the in-memory NIC; always the in-memory NIC
+              when the knob, `over` or `lab` involve several workers), "memory", "veth"
     graph     "l2fwd", "ip4" or "acl"; knobs: the other knobs (default: the fast path)
     lab       other Lab(...) arguments, e.g. dict(size=1500, rate=100_000)
     seconds, repeats   per run, runs per point (LABKIT_QUICK=1 shortens both)
     panels    metrics, one panel each (METRICS): "mpps", "cycles" (TSC cycles/packet),
-              "cpu" (the DUT thread's CPU share, real NIC only), "gen_mpps" (what the
+              "cpu" (the DUT thread's CPU share on a real NIC; with workers, the sum over
+              their threads, 200% for two busy cores), "gen_mpps" (what the
               generator offered), "vector" (packets per dispatch), "batch_us" (time per
-              vector), "nic_cycles" (the in-memory NIC's own work per frame)
+              vector), "nic_cycles" (the in-memory NIC's own work per frame); with workers
+              also "queue_share" (the busiest queue's share, RSS balance) and "disp_cycles"
+              (the dispatcher thread's TSC cycles per frame)
     log       panels drawn with a log y axis
     labels    {value: text} to show instead of the default labels
     lab_factory   what makes a Lab (default labkit.Lab; tests pass a fake)
@@ -459,11 +505,19 @@ class Dashboard:
                 for v in vs:
                     self.base_knobs.with_(**{name: v})
         self.lab_kw = dict(lab or {})
+        for name, vs in ((knob, values), (over_name, over_values)):
+            _check_lab_values(name, vs)
+        multicore = next((p for p in MULTICORE_PARAMS if p in (knob, over_name) or p in self.lab_kw), None)
         if knob == "backend":
             for v in values:
                 if pick_backend(v)[0] != v:
                     raise ValueError(f"backend {v!r}: use 'memory', 'veth' or 'tap'")
             self.backend, self.why = "+".join(values), "each value is a backend"
+        elif multicore is not None:
+            if backend not in ("auto", "memory"):
+                raise ValueError(f"{multicore} needs the multi-queue in-memory NIC: use backend='memory' "
+                                 f"(or 'auto'), not {backend!r}")
+            self.backend, self.why = "memory", f"{multicore}: several workers run on the multi-queue in-memory NIC"
         else:
             self.backend, self.why = pick_backend(backend)
         self.seconds, self.repeats = float(seconds), int(repeats)
@@ -717,11 +771,16 @@ class Dashboard:
     def _record(self, value, x, rep, res):
         extra = getattr(res, "extra", None) or {}
         gen = extra.get("gen_tx_pps")
+        per = extra.get("workers") or []
+        cpu = res.cpu_percent
+        if cpu is None and per:            # several threads: their CPU shares add up (200% = two cores)
+            cpu = sum(w["cpu_percent"] for w in per) + extra.get("dispatcher_cpu_percent", 0.0)
+        handled = [w["handled"] for w in per]
         row = {
             "knob": self.knob, "value": value, "over": self.over, "x": x, "repeat": rep,
             "backend": res.backend, "graph": res.graph, "seconds": _r(res.seconds),
             "mpps": _r(res.pps / 1e6), "cycles_per_packet": _r(res.cycles_per_packet),
-            "cpu_percent": _r(res.cpu_percent) if res.cpu_percent is not None else None,
+            "cpu_percent": _r(cpu) if cpu is not None else None,
             "gen_mpps": _r(gen / 1e6) if gen is not None else None,
             "nic_cycles_per_packet": _r(res.nic_cycles / res.sent) if res.sent and res.backend == "memory" else None,
             "batch": res.batch, "tsc_hz": _r(res.tsc_hz),
@@ -730,6 +789,10 @@ class Dashboard:
             "polls": extra.get("dut_polls"), "kicks": extra.get("dut_kicks"),
             "conserved": bool(res.conserved), "pool_ok": bool(res.pool_ok),
         }
+        if per:
+            row["worker_mpps"] = [_r(w["mpps"]) for w in per]
+            row["queue_share"] = _r(100.0 * max(handled) / sum(handled)) if sum(handled) else None
+            row["dispatcher_cycles_per_packet"] = _r(extra.get("dispatcher_busy_cycles_per_packet"))
         with self._lock:
             self.results.append(row)
             self.raw.append(res.to_dict() if hasattr(res, "to_dict") else row)
@@ -790,10 +853,28 @@ class Dashboard:
         print(self.table())
 
 
+# Lab parameters with a natural pair of values, the "off" one first.
+_LAB_DEFAULTS = {"workers": [1, 2], "dispatcher": [True, False], "rss_key": ["default", "symmetric"]}
+
+
+def _check_lab_values(name, values):
+    """Bad values of the multi-core Lab parameters fail when the dashboard is made,
+    not later in its measuring thread."""
+    for v in values:
+        if name == "workers" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64):
+            raise ValueError(f"workers={v!r}: use a whole number of workers from 1 to 64")
+        if name == "dispatcher" and not isinstance(v, bool):
+            raise ValueError(f"dispatcher={v!r}: use True (a dispatcher thread hashes in software) or False")
+        if name == "rss_key" and v not in ("default", "symmetric"):
+            raise ValueError(f"rss_key={v!r}: use 'default' or 'symmetric'")
+
+
 def _default_values(knob):
     if knob == "batch":
         return list(BATCH_SWEEP)
-    for tech, (k, off, _) in TECHNIQUES.items():
+    if knob in _LAB_DEFAULTS:
+        return list(_LAB_DEFAULTS[knob])
+    for tech, (k, off, _) in list(TECHNIQUES.items()) + list(WORKER_TECHNIQUES.items()):
         if k == knob:
             return [off, getattr(Knobs(), knob)]
     raise ValueError(f"give the values of {knob!r} to measure, e.g. values=[...]")

@@ -12,7 +12,7 @@ import pytest
 from labkit import exercise as ex
 from labkit import grade
 from labkit.memory.intrinsics import load_acquire, store_release
-from labkit.memory.ring import ring_dequeue
+from labkit.memory.ring import CONS, PROD, ring_dequeue
 from labkit.nic.afpacket import (BLK_FIRST, BLK_NUM_PKTS, BLK_STATUS, C_BNR, C_BSIZE, P3_LEN, P3_MAC, P3_NEXT,
                                  P3_SNAPLEN, RX_MACOFF, TP_STATUS_KERNEL, TP_STATUS_USER, rx_burst, rx_release)
 
@@ -230,3 +230,87 @@ def test_frames_ring_and_tx_area():
     tx = ex.TxArea(40)
     tx.lens[:] = ls
     assert tx.frame(3) == bytes(ls[3])
+
+
+# ---- 13 and 14: the published RSS table, the SPSC ring's helpers ----------------------------
+
+def test_rss_table_is_the_published_one_source_first():
+    from labkit import rss
+    assert len(ex.RSS_TABLE) == 5
+    for dst, dport, src, sport, h2, h4 in ex.RSS_TABLE:
+        assert rss.toeplitz(rss.DEFAULT_KEY, rss.ipv4_tuple(src, dst)) == h2
+        assert rss.toeplitz(rss.DEFAULT_KEY, rss.ipv4_tuple(src, dst, sport, dport)) == h4
+    assert len(ex.rss_inputs(7)) == 7 and all(len(d) == 12 for d in ex.rss_inputs(7))
+
+
+def _enqueues():
+    """The correct producer, and variants with one mistake each (pure Python: only their
+    order is checked, by running their source on a recording ring)."""
+    def good(slots, cur, items, n):
+        mask, prod = slots.size - 1, cur[PROD]
+        k = min(n, slots.size - int(prod - load_acquire(cur, CONS)))
+        for i in range(k):
+            slots[(prod + i) & mask] = items[i]
+        store_release(cur, PROD, prod + k)
+        return k
+
+    def per_item(slots, cur, items, n):          # publishes after each slot: slower, still right
+        mask, prod = slots.size - 1, cur[PROD]
+        k = min(n, slots.size - int(prod - load_acquire(cur, CONS)))
+        for i in range(k):
+            slots[(prod + i) & mask] = items[i]
+            store_release(cur, PROD, prod + i + 1)
+        return k
+
+    def publish_first(slots, cur, items, n):
+        mask, prod = slots.size - 1, cur[PROD]
+        k = min(n, slots.size - int(prod - load_acquire(cur, CONS)))
+        store_release(cur, PROD, prod + k)
+        for i in range(k):
+            slots[(prod + i) & mask] = items[i]
+        return k
+
+    def plain_store(slots, cur, items, n):
+        mask, prod = slots.size - 1, cur[PROD]
+        k = min(n, slots.size - int(prod - load_acquire(cur, CONS)))
+        for i in range(k):
+            slots[(prod + i) & mask] = items[i]
+        cur[PROD] = prod + k
+        return k
+
+    def plain_cons(slots, cur, items, n):
+        mask, prod = slots.size - 1, cur[PROD]
+        k = min(n, slots.size - int(prod - cur[CONS]))
+        for i in range(k):
+            slots[(prod + i) & mask] = items[i]
+        store_release(cur, PROD, prod + k)
+        return k
+    return good, per_item, publish_first, plain_store, plain_cons
+
+
+def test_order_problems_finds_each_mistake_and_accepts_the_right_orders():
+    good, per_item, publish_first, plain_store, plain_cons = _enqueues()
+    assert ex.order_problems(good) == [] and ex.order_problems(per_item) == []
+    for fn, says in ((publish_first, "before slot 6 is written"), (plain_store, "plain store"),
+                     (plain_cons, "load_acquire(cur, CONS)")):
+        problems = ex.order_problems(fn)
+        assert len(problems) == 1 and says in problems[0], (fn.__name__, problems)
+
+
+def test_locked_ring_is_a_fifo_that_fills_up():
+    r = ex.make_spsc(8, start=2**40 + 6)
+    out = np.zeros(8, np.uint64)
+    assert ex.locked_enqueue(r.slots, r.cur, np.arange(10, dtype=np.uint64), 10) == 8
+    assert ex.locked_enqueue(r.slots, r.cur, np.arange(3, dtype=np.uint64), 3) == 0
+    assert ex.locked_dequeue(r.slots, r.cur, out, 5) == 5 and out[:5].tolist() == [0, 1, 2, 3, 4]
+    assert ex.spsc_dequeue(r.slots, r.cur, out, 8) == 3 and out[:3].tolist() == [5, 6, 7]
+    assert r.cur[ex.SPSC_LOCK] == 0                                  # every lock taken was released
+    with pytest.raises(ValueError, match="power of two"):
+        ex.make_spsc(6)
+
+
+def test_two_threads_move_a_sequence_through_the_locked_ring(monkeypatch):
+    monkeypatch.setenv("LABKIT_QUICK", "1")
+    r = ex.spsc_stress(ex.locked_enqueue, ex.locked_dequeue, n=50_000, size=16, burst=3)
+    assert (r["sent"], r["received"], r["out_of_order"], r["timed_out"]) == (50_000, 50_000, 0, False)
+    assert ex.spsc_one_thread(ex.locked_enqueue, ex.locked_dequeue, n=10_000, burst=7) > 0

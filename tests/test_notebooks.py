@@ -99,7 +99,8 @@ def test_stored_notebook_is_small_clean_and_executed(path):
     nb = json.loads(path.read_text())
     assert "widgets" not in nb["metadata"], "widget state is stored: execute with scripts/execute_notebooks.py"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert "backend_banner()" in "".join(code[0]["source"]), "the first code cell shows the backend banner"
+    # backend_banner() or, in a notebook that measures on one NIC only, backend_banner("memory")
+    assert "backend_banner(" in "".join(code[0]["source"]), "the first code cell shows the backend banner"
     for cell in code:
         assert cell.get("execution_count") is not None, f"cell {cell['id']} was not executed"
         for o in cell.get("outputs", []):
@@ -406,3 +407,87 @@ def test_bad_arguments_fail_at_once_not_in_the_thread():
     assert Dashboard("poll", backend="memory").values == ["wait", "busy"]
     assert Dashboard("batch", backend="memory").values == list(widgets.BATCH_SWEEP)
     assert Knobs().poll == "busy"
+
+
+# -- several workers (notebooks 13 and 14) --------------------------------------------------
+
+class FakeWorkersLab(FakeLab):
+    """A fake multi-queue Lab: `workers` queues, queue w handling (w + 1) x 100 packets
+    at (w + 1) Mpps on 90% CPU each, and a dispatcher thread when asked for one."""
+
+    def run(self, seconds=None, packets=None, progress=None):
+        self.log.append(dict(self.kw))
+        n, disp = self.kw.get("workers", 1), self.kw.get("dispatcher", False)
+        per = [{"queue": w, "handled": (w + 1) * 100, "mpps": float(w + 1), "cpu_percent": 90.0}
+               for w in range(n)]
+        extra = {"workers": per, "dispatcher": disp}
+        if disp:
+            extra.update(dispatcher_cpu_percent=80.0, dispatcher_busy_cycles_per_packet=25.0)
+        total = sum(w["handled"] for w in per)
+        return Result(backend="memory", graph=self.kw["graph"], knobs=self.kw["knobs"].as_dict(), sent=total,
+                      forwarded=total, dropped={}, seconds=0.001, tsc_hz=2e9, dut_cycles=50 * total,
+                      runtime=[NodeRuntime("eth-input", 1, total, 50 * total)], extra=extra)
+
+
+def test_workers_are_a_dashboard_parameter_with_per_worker_numbers(monkeypatch):
+    from labkit.nic import labnet
+    monkeypatch.setattr(labnet, "why_not", lambda tap=False: None)     # veth possible: still the memory NIC
+    log = []
+    d = Dashboard("workers", backend="auto", repeats=1, panels=("mpps", "cpu", "queue_share"),
+                  lab=dict(multiqueue=True), lab_factory=lambda **kw: FakeWorkersLab(log, **kw))
+    assert d.values == [1, 2] and d.backend == "memory" and "multi-queue" in d.why
+    d.run()
+    assert [(e["workers"], e["backend"], e["multiqueue"]) for e in log] == [(1, "memory", True), (2, "memory", True)]
+    one, two = d.results
+    assert (one["cpu_percent"], two["cpu_percent"]) == (90.0, 180.0)          # threads' CPU shares add up
+    assert (one["queue_share"], two["queue_share"]) == (100.0, _pct(200, 300))
+    assert two["worker_mpps"] == [1.0, 2.0] and two["dispatcher_cycles_per_packet"] is None
+    assert d.medians("queue_share") == {1: 100.0, 2: _pct(200, 300)}
+    check_figure(json.loads(d.figure().to_json()))
+    table = d.table()
+    assert "Mpps per worker" in table.splitlines()[1]
+    assert [c.strip() for c in table.splitlines()[3].split("  ") if c.strip()][-2:] == ["1.000 / 2.000", "yes"]
+
+
+def _pct(a, b):
+    return widgets._r(100.0 * a / b)
+
+
+def test_the_dispatcher_threads_cycles_and_cpu_are_recorded():
+    log = []
+    d = Dashboard("sync", backend="memory", repeats=1, lab=dict(dispatcher=True), panels=("mpps", "disp_cycles"),
+                  lab_factory=lambda **kw: FakeWorkersLab(log, **kw))
+    assert d.values == ["lock", "spsc"] and d.spec["labels"] == ["spinlocked queue", "lock-free rings"]
+    d.run()
+    assert [e["knobs"].sync for e in log] == ["lock", "spsc"]
+    assert all(r["dispatcher_cycles_per_packet"] == 25.0 and r["cpu_percent"] == 170.0 for r in d.results)
+    assert "Mpps per worker" not in d.table()                                 # one worker: nothing to split
+
+
+def test_multicore_labels_defaults_and_bad_values():
+    assert widgets.label("sync", "spsc") == "lock-free rings" and widgets.label("counters", "packed") == \
+        "packed (one line)"
+    assert widgets.label("model", "lthreads") == "lightweight threads" and widgets.label("model", "rtc") == \
+        "run to completion"
+    assert widgets.label("dispatcher", True) == "software dispatcher" and widgets.label("workers", 2) == "2"
+    assert Dashboard("counters", backend="memory").values == ["packed", "padded"]
+    assert Dashboard("rss_key", backend="memory").values == ["default", "symmetric"]
+    with pytest.raises(ValueError, match="workers=0: use a whole number"):
+        Dashboard("workers", [0, 1])
+    with pytest.raises(ValueError, match="dispatcher='yes'"):
+        Dashboard("batch", [1], over=("dispatcher", ["yes"]))
+    with pytest.raises(ValueError, match="rss_key='mine'"):
+        Dashboard("rss_key", ["mine"])
+    with pytest.raises(ValueError, match="workers needs the multi-queue in-memory NIC: use backend='memory'"):
+        Dashboard("workers", backend="veth")
+
+
+def test_quick_runs_with_two_workers_on_the_in_memory_nic(monkeypatch):
+    monkeypatch.setenv("LABKIT_QUICK", "1")
+    d = Dashboard("workers", [1, 2], graph="l2fwd", lab=dict(multiqueue=True), panels=("mpps", "queue_share"))
+    d.run()
+    assert not d.errors and len(d.results) == 2 * widgets.QUICK_REPEATS
+    for r in d.results:
+        assert r["conserved"] and r["pool_ok"] and len(r["worker_mpps"]) == r["value"]
+        assert 100 / r["value"] <= r["queue_share"] <= 100 and r["cpu_percent"] > 0
+    check_figure(json.loads(d.figure().to_json()))
