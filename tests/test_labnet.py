@@ -153,6 +153,22 @@ def test_up_builds_every_port(net):
     assert root_lk_links() == []
 
 
+def test_works_on_a_thread_whose_event_loop_is_running():
+    # a notebook cell runs on the Jupyter kernel's main thread, inside its asyncio loop,
+    # where pyroute2's own loop cannot start: labnet then talks netlink from a thread of its own
+    import asyncio
+
+    async def cell():
+        labnet.down()
+        labnet.up(tap=True)
+        st = labnet.status()
+        fd = labnet.open_tap()
+        os.close(fd)
+        return st, labnet.link_mtu(labnet.dut_ns(), DUT_RX)
+    st, mtu = asyncio.run(cell())
+    assert st["up"] and mtu == 1500
+
+
 def test_nothing_ever_appears_in_the_root_namespace():
     labnet.down()
     # A netlink socket in the root namespace, subscribed to link events: a

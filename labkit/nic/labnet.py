@@ -22,12 +22,15 @@ Everything is built with netlink (pyroute2), the same messages ``ip`` and
 CAP_SYS_ADMIN); ``why_not()`` says why it cannot run when it cannot.
 """
 import ctypes
+import asyncio
 import fcntl
+import functools
 import os
 import platform
 import re
 import struct
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from pyroute2 import IPRoute, netns
@@ -148,6 +151,23 @@ def in_netns(ns):
             _setns(home, "the original network namespace")
     finally:
         os.close(home)
+
+
+def _off_loop(fn):
+    """pyroute2's synchronous API drives an asyncio loop of its own, which
+    cannot run on a thread whose loop is already running: a Jupyter kernel's
+    main thread, where a notebook cell makes a ``Lab(backend="veth")``. There
+    ``fn`` runs on a thread of its own (namespaces are per thread, so ``fn``
+    enters the one it needs there); everywhere else it runs as called."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        with ThreadPoolExecutor(1, thread_name_prefix="labkit netlink") as pool:
+            return pool.submit(fn, *args, **kwargs).result()
+    return run
 
 
 @contextmanager
@@ -278,6 +298,7 @@ def _configure(ipr, ifname, prog_fd):
            fd=prog_fd, name=DROP_PROG, direct_action=True)
 
 
+@_off_loop
 def up(tap=True, p=None):
     """Build the lab network (or repair what is missing); return status()."""
     p = _p(p)
@@ -318,6 +339,7 @@ def up(tap=True, p=None):
     return status(p)
 
 
+@_off_loop
 def down(p=None):
     """Remove this prefix's namespaces and their lab links; return what was removed."""
     p = _p(p)
@@ -345,6 +367,7 @@ def down(p=None):
 
 # ---- looking at it -------------------------------------------------------------
 
+@_off_loop
 def status(p=None):
     """The lab's namespaces (those that exist) and the state of each lab port."""
     p = _p(p)
@@ -389,6 +412,7 @@ def _require(ipr, ns, ifname):
     return index
 
 
+@_off_loop
 def _link(ns, ifname):
     with _rtnl(ns) as ipr:
         return ipr.get_links(_require(ipr, ns, ifname))[0]
@@ -405,6 +429,7 @@ def link_mtu(ns, ifname):
     return _link(ns, ifname).get("mtu")
 
 
+@_off_loop
 def set_mtu(ns, ifname, mtu):
     """Set the MTU of one interface (give both ends of a veth pair the same one)."""
     with _rtnl(ns) as ipr:
@@ -414,6 +439,7 @@ def set_mtu(ns, ifname, mtu):
             raise NetError(f"cannot set the MTU of {ifname} in {ns} to {mtu}: {e.args[-1]}") from None
 
 
+@_off_loop
 def open_tap(p=None):
     """Attach to the lab's TAP: a non-blocking fd to read() and write() whole frames."""
     with _rtnl(gen_ns(p)) as ipr:
