@@ -32,7 +32,8 @@ exactly that (``check_figure``).
 Several cores: ``Dashboard("workers", [1, 2])`` (and the multi-core knobs,
 ``WORKER_KNOBS``: ``sync``, ``counters``..., and the Lab parameters
 ``dispatcher`` and ``rss_key``) run on the in-memory NIC's multi-queue device, one worker per RX/TX queue pair
-(``labkit.run.workers``). Each row then also records the busiest queue's
+(``labkit.run.workers``); with ``backend="veth"``, ``workers`` alone runs N
+workers on N AF_PACKET sockets of one PACKET_FANOUT group (``labkit.run.netrun``). Each row then also records the busiest queue's
 share of the packets (``queue_share``: RSS balance), the threads' summed CPU
 share (``cpu``: 200% is two busy cores), the dispatcher thread's cycles per
 frame when there is one, and each worker's Mpps.
@@ -507,7 +508,10 @@ class Dashboard:
         self.lab_kw = dict(lab or {})
         for name, vs in ((knob, values), (over_name, over_values)):
             _check_lab_values(name, vs)
-        multicore = next((p for p in MULTICORE_PARAMS if p in (knob, over_name) or p in self.lab_kw), None)
+        involved = [p for p in MULTICORE_PARAMS if p in (knob, over_name) or p in self.lab_kw]
+        multicore = involved[0] if involved else None
+        if involved == ["workers"] and backend == "veth":
+            multicore = None      # veth: N workers on N AF_PACKET sockets of one PACKET_FANOUT group
         if knob == "backend":
             for v in values:
                 if pick_backend(v)[0] != v:
@@ -516,7 +520,7 @@ class Dashboard:
         elif multicore is not None:
             if backend not in ("auto", "memory"):
                 raise ValueError(f"{multicore} needs the multi-queue in-memory NIC: use backend='memory' "
-                                 f"(or 'auto'), not {backend!r}")
+                                 f"(or 'auto'), not {backend!r} (on veth, only workers=N: a PACKET_FANOUT group)")
             self.backend, self.why = "memory", f"{multicore}: several workers run on the multi-queue in-memory NIC"
         else:
             self.backend, self.why = pick_backend(backend)

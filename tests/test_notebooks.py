@@ -478,8 +478,29 @@ def test_multicore_labels_defaults_and_bad_values():
         Dashboard("batch", [1], over=("dispatcher", ["yes"]))
     with pytest.raises(ValueError, match="rss_key='mine'"):
         Dashboard("rss_key", ["mine"])
-    with pytest.raises(ValueError, match="workers needs the multi-queue in-memory NIC: use backend='memory'"):
-        Dashboard("workers", backend="veth")
+    with pytest.raises(ValueError, match="dispatcher needs the multi-queue in-memory NIC: use backend='memory'"):
+        Dashboard("dispatcher", backend="veth")
+    with pytest.raises(ValueError, match="on veth, only workers=N"):
+        Dashboard("workers", backend="veth", lab=dict(dispatcher=True))
+
+
+def test_quick_runs_with_two_workers_on_veth_fan_out(monkeypatch):
+    from labkit.nic import labnet
+    why = labnet.why_not()
+    if why is not None:
+        pytest.skip(f"needs the lab network: {why}")
+    prefix = f"labkit-nbf{os.getpid()}"
+    monkeypatch.setenv("LABKIT_NET_PREFIX", prefix)
+    monkeypatch.setenv("LABKIT_QUICK", "1")
+    d = Dashboard("workers", [1, 2], backend="veth", graph="l2fwd", repeats=1, panels=("mpps", "queue_share"))
+    assert d.backend == "veth"
+    d.run()
+    assert not d.errors, d.error_traceback
+    for r in d.results:
+        assert r["conserved"] and r["pool_ok"]
+    two = [r for r in d.results if r["value"] == 2]
+    assert two and len(two[0]["worker_mpps"]) == 2 and 50 <= two[0]["queue_share"] <= 100
+    assert not _netns_left(prefix)
 
 
 def test_quick_runs_with_two_workers_on_the_in_memory_nic(monkeypatch):
