@@ -206,6 +206,51 @@ def _targets(graphs, jit, cres):
     return rows
 
 
+# --- false sharing, in isolation (notebook 14) ------------------------------------------
+
+def _count_kernel():
+    from numba import njit
+    from labkit.memory.intrinsics import load_acquire, store_release
+
+    @njit(nogil=True, cache=True)
+    def count(a, i, n):
+        """n increments of a[i], each a load and a store the other core can see."""
+        for _ in range(n):
+            store_release(a, i, load_acquire(a, i) + 1)
+    return count
+
+
+def measure_false_sharing(n=100_000_000, runs=5):
+    """Nanoseconds per increment when two threads each bump their own counter,
+    the two counters on one cache line ("one line") or on lines of their own
+    ("own lines"); medians of `runs` interleaved timings. Nothing else runs in
+    the loop, so every increment may find the line in the other core's cache:
+    the worst case, which a data plane that bumps its counters once per burst
+    (``labkit.run.workers``) mostly avoids."""
+    import threading
+    from labkit.run.workers import own_lines
+    count = _count_kernel()
+    a = own_lines((16,), np.int64)           # two cache lines
+    count(a, 0, 1)                           # compile (or load the cache) first
+
+    def once(i, j):
+        ts = [threading.Thread(target=count, args=(a, k, n)) for k in (i, j)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return (time.perf_counter() - t0) / n * 1e9
+    a[:] = 0
+    one, own = [], []
+    for _ in range(runs):
+        one.append(once(0, 1))
+        own.append(once(0, 8))
+    # one writer per counter: sharing a line may cost time, never an increment
+    assert a[0] == 2 * runs * n and a[1] == a[8] == runs * n, "a counter lost increments"
+    return {"one line": statistics.median(one), "own lines": statistics.median(own)}
+
+
 def jsonable(o):
     """Results as plain JSON: string keys, numpy scalars as numbers, NaN as null."""
     if isinstance(o, dict):

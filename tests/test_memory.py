@@ -126,3 +126,9 @@ def test_ring_dequeue_aos_matches_soa():
     vec = np.zeros(8, PKT_VEC_AOS)
     assert ring_dequeue_aos(r.desc, r.cur, vec, 8) == 5
     assert list(vec["handle"][:5]) == list(range(5)) and list(vec["length"][:5]) == list(range(5))
+
+
+def test_false_sharing_measurement_counts_every_increment():
+    from labkit.bench import measure_false_sharing
+    r = measure_false_sharing(n=10_000, runs=2)
+    assert set(r) == {"one line", "own lines"} and all(v > 0 for v in r.values())
