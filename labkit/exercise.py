@@ -51,7 +51,7 @@ from labkit.memory.intrinsics import load_acquire, rdtsc, store_release
 from labkit.memory.layouts import CACHE_LINE, DATA_OFF, aligned_zeros
 from labkit.memory.ring import CONS, PROD, Ring, ring_enqueue
 from labkit.nic.multiqueue import spin_lock, spin_unlock
-from labkit.rss import make_tables, toeplitz_batch
+from labkit.rss import VERIFICATION_IPV4, make_tables, toeplitz_batch
 from labkit.nic.syscalls import sys_write
 from labkit.nic.afpacket import (BLK_FIRST, BLK_NUM_PKTS, BLK_STATUS, C_BNR, C_BSIZE, P3_LEN, P3_MAC, P3_NEXT,
                                  P3_RXHASH, P3_SNAPLEN, RX_RESERVE, TP_STATUS_USER, rx_burst)
@@ -720,18 +720,8 @@ def real_nic():
 
 # ---- 13: the Toeplitz hash ------------------------------------------------------
 
-# Microsoft, "Verifying the RSS Hash Calculation" (the RSS specification's IPv4
-# table, key DEFAULT_KEY), each row in the order it is printed: destination
-# address, destination port, source address, source port, then the hash of the
-# addresses ("IPv4") and of addresses and ports ("IPv4 with TCP"). The printed
-# order is the trap: the hash input starts with the *source*.
-RSS_TABLE = [
-    ("161.142.100.80", 1766, "66.9.149.187", 2794, 0x323e8fc2, 0x51ccc178),
-    ("65.69.140.83", 4739, "199.92.111.2", 14230, 0xd718262a, 0xc626b0ea),
-    ("12.22.207.184", 38024, "24.19.198.95", 12898, 0xd2d0a5de, 0x5c2b394a),
-    ("209.142.163.6", 2217, "38.27.205.30", 48228, 0x82989176, 0xafc7327f),
-    ("202.188.127.2", 1303, "153.39.163.191", 44251, 0x5d1809c5, 0x10e828a2),
-]
+# The published IPv4 table, each row as printed (destination first: the trap).
+RSS_TABLE = VERIFICATION_IPV4
 
 
 def rss_inputs(n=1000, seed=1):

@@ -46,6 +46,19 @@ DEFAULT_KEY = bytes.fromhex("6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477c
 SYMMETRIC_KEY = bytes.fromhex("6d5a" * 20)
 assert len(DEFAULT_KEY) == len(SYMMETRIC_KEY) == 40
 
+# Microsoft, "Verifying the RSS Hash Calculation" (the RSS specification's IPv4
+# table, under DEFAULT_KEY), each row in the order it is printed: destination
+# address, destination port, source address, source port, then the hash of the
+# addresses ("IPv4") and of addresses and ports ("IPv4 with TCP"). The printed
+# order is a trap: the hash input starts with the *source* (``ipv4_tuple``).
+VERIFICATION_IPV4 = (
+    ("161.142.100.80", 1766, "66.9.149.187", 2794, 0x323e8fc2, 0x51ccc178),
+    ("65.69.140.83", 4739, "199.92.111.2", 14230, 0xd718262a, 0xc626b0ea),
+    ("12.22.207.184", 38024, "24.19.198.95", 12898, 0xd2d0a5de, 0x5c2b394a),
+    ("209.142.163.6", 2217, "38.27.205.30", 48228, 0x82989176, 0xafc7327f),
+    ("202.188.127.2", 1303, "153.39.163.191", 44251, 0x5d1809c5, 0x10e828a2),
+)
+
 IPV4_2TUPLE = 8                   # bytes: src, dst address
 IPV4_4TUPLE = 12                  # bytes: + src, dst port
 MIN_KEY = IPV4_4TUPLE + 4         # 16: the shortest key that can hash an IPv4 4-tuple

@@ -12,10 +12,6 @@ Needs root (skipped otherwise, with the reason), on a lab network of its own
 prefix, removed at the end. No test asserts a rate or a time.
 """
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -186,32 +182,7 @@ def test_the_pure_python_loop_sees_the_same_hashes_and_queues(net, tmp_path):
     assert len(seen[True]) == FLOWS and seen[True] == seen[False]
 
 
-# -- clean-up ------------------------------------------------------------------------------------
-
-@needs_net
-def test_ctrl_c_mid_run_removes_what_the_run_made():
-    prefix = f"labkit-fc{os.getpid()}"
-    env = dict(os.environ, LABKIT_NET_PREFIX=prefix)
-    p = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--backend", "veth", "--workers", "2",
-                          "--graph", "l2fwd", "--seconds", "60"], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while len(_namespaces(prefix)) < 2 and time.monotonic() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        assert len(_namespaces(prefix)) == 2, p.communicate()
-        time.sleep(1.0)                          # into the run (or its set-up): either must clean up
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 130, err
-    assert "Traceback" not in err
-    assert _namespaces(prefix) == []
-
-
-# -- bad input ----------------------------------------------------------------------------------
+# -- bad input (Ctrl-C in a fanout run: tests/test_veth.py) ------------------------------------
 
 @pytest.mark.parametrize("kw, says", [
     (dict(workers=0), "workers=0"),

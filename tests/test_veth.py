@@ -177,10 +177,12 @@ def _namespaces(prefix):
         if os.path.isdir("/var/run/netns") else []
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_mid_run_removes_what_the_run_made(sig, code):
-    prefix = f"labkit-s{os.getpid()}{sig}"
-    p = _labkit("run", "--backend", "veth", "--graph", "l2fwd", "--seconds", "60", prefix=prefix)
+@pytest.mark.parametrize("sig, code, more", [(signal.SIGINT, 130, ()), (signal.SIGTERM, 143, ()),
+                                             (signal.SIGINT, 130, ("--workers", "2"))],   # fanout workers
+                         ids=["sigint", "sigterm", "sigint-fanout"])
+def test_signal_mid_run_removes_what_the_run_made(sig, code, more):
+    prefix = f"labkit-s{os.getpid()}{sig}{len(more)}"
+    p = _labkit("run", "--backend", "veth", "--graph", "l2fwd", "--seconds", "60", *more, prefix=prefix)
     try:
         deadline = time.monotonic() + 120
         while len(_namespaces(prefix)) < 2 and time.monotonic() < deadline and p.poll() is None:
