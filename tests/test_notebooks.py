@@ -293,13 +293,20 @@ def test_stop_in_the_middle_of_a_real_run_drains_and_records_nothing():
     assert d.results == [] and "stopped" in d.status
 
 
-def test_stop_in_the_middle_of_a_veth_run_drains_and_leaves_no_namespace(monkeypatch):
+@pytest.fixture
+def lab_prefix(monkeypatch):
+    """A lab-network prefix of this test's own (set as LABKIT_NET_PREFIX); skips without root."""
     from labkit.nic import labnet
     why = labnet.why_not()
     if why is not None:
         pytest.skip(f"needs the lab network: {why}")
-    prefix = f"labkit-nbs{os.getpid()}"
+    prefix = f"labkit-nb{os.getpid()}"
     monkeypatch.setenv("LABKIT_NET_PREFIX", prefix)
+    return prefix
+
+
+def test_stop_in_the_middle_of_a_veth_run_drains_and_leaves_no_namespace(lab_prefix):
+    prefix = lab_prefix
     d = Dashboard("batch", [64], backend="veth", graph="l2fwd", repeats=1, seconds=60)
     th = d.start()
     while "%" not in d.status and th.is_alive():
@@ -484,13 +491,8 @@ def test_multicore_labels_defaults_and_bad_values():
         Dashboard("workers", backend="veth", lab=dict(dispatcher=True))
 
 
-def test_quick_runs_with_two_workers_on_veth_fan_out(monkeypatch):
-    from labkit.nic import labnet
-    why = labnet.why_not()
-    if why is not None:
-        pytest.skip(f"needs the lab network: {why}")
-    prefix = f"labkit-nbf{os.getpid()}"
-    monkeypatch.setenv("LABKIT_NET_PREFIX", prefix)
+def test_quick_runs_with_two_workers_on_veth_fan_out(lab_prefix, monkeypatch):
+    prefix = lab_prefix
     monkeypatch.setenv("LABKIT_QUICK", "1")
     d = Dashboard("workers", [1, 2], backend="veth", graph="l2fwd", repeats=1, panels=("mpps", "queue_share"))
     assert d.backend == "veth"
