@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 from numba import njit
 
+from labkit.graph.compile import load_source
+from labkit.nic import multiqueue as mq
 from labkit.nic.syscalls import sys_sched_yield
 from labkit.run import lthreads
 from labkit.run.knobs import MODELS, KnobError, Knobs
 from labkit.run.lab import Lab, LabError
-from labkit.run.lthreads import BoundedRing, Stalled, run_cooperative, toy_pipeline
+from labkit.run.lthreads import STATE_HEAD, BoundedRing, Stalled, run_cooperative, toy_pipeline
+from labkit.run.workers import D_WIRE
 
 
 def assert_sound(lab, res, sent):
@@ -90,21 +93,34 @@ def test_cooperative_turns_with_threads_false_count_switches():
 
 # --- failures and Ctrl-C ------------------------------------------------------------------
 
-def _failing(lab, stage, after, monkeypatch):
-    """Make `stage` raise before its call number `after` (between bursts)."""
+_BROKEN = """from numba import njit
+from {mod} import {name} as inner
+
+
+@njit(nogil=True, cache=True)
+def broken(*a):
+    if a[{idx}][{slot}] != 0:
+        raise ValueError("stage broke")
+    return inner(*a)
+"""
+
+
+def _failing(lab, stage, monkeypatch):
+    """Make `stage` raise once it has run a turn: the dispatcher once it handed frames
+    over (its wire cursor moved), a worker on its second call (it said it polls). The
+    wrapper is compiled, so the compiled lthreads scheduler runs it as any stage."""
     orig = lab.workers._stages
 
     def stages(budget, stop_tsc, yield_each):
         out = []
         for name, fn, head, tail in orig(budget, stop_tsc, yield_each):
             if name == stage and budget:
-                calls = [0]
-
-                def fn(*a, fn=fn, calls=calls):
-                    calls[0] += 1
-                    if calls[0] >= after:
-                        raise ValueError("stage broke")
-                    return fn(*a)
+                w = lab.workers
+                arr, slot = (w.dnst, D_WIRE) if stage == "dispatcher" else (w.w[int(stage[-1])].nst, mq.POLLING)
+                idx = next(i for i, x in enumerate(head + (0,) + tail) if x is arr)
+                py = fn.py_func
+                src = _BROKEN.format(mod=py.__module__, name=py.__name__, idx=idx, slot=slot)
+                fn = load_source(src, "test_broken_stage").broken
             out.append((name, fn, head, tail))
         return out
     monkeypatch.setattr(lab.workers, "_stages", stages)
@@ -114,7 +130,7 @@ def _failing(lab, stage, after, monkeypatch):
 @pytest.mark.parametrize("model", ["pipeline", "lthreads", "threads"])
 def test_a_failing_dispatcher_stops_the_run_and_every_buffer_comes_back(model, threads, monkeypatch):
     lab = Lab(graph="l2fwd", workers=2, knobs=Knobs(model=model, batch=16))
-    _failing(lab, "dispatcher", 2, monkeypatch)          # its second slice (one burst, or 50 ms)
+    _failing(lab, "dispatcher", monkeypatch)       # after its first burst (or 50 ms slice) with frames
     with pytest.raises(RuntimeError, match="dispatcher failed.*stage broke"):
         lab.workers.run(packets=10**8, threads=threads)
     assert all(p.n_free == p.capacity for p in lab.pools)     # the workers drained what it had posted
@@ -124,7 +140,7 @@ def test_a_failing_dispatcher_stops_the_run_and_every_buffer_comes_back(model, t
 @pytest.mark.parametrize("model", ["lthreads", "threads"])
 def test_a_failing_worker_stops_the_others(model, monkeypatch):
     lab = Lab(graph="l2fwd", workers=2, knobs=Knobs(model=model, batch=16))
-    _failing(lab, "worker 1", 2, monkeypatch)
+    _failing(lab, "worker 1", monkeypatch)
     with pytest.raises(RuntimeError, match="worker 1 failed"):
         lab.run(packets=10**8)
     assert no_stage_threads_left()
@@ -178,6 +194,94 @@ def test_an_exception_in_a_stage_propagates_and_the_others_stay_suspended():
     assert log[-1] == "a2"
 
 
+# --- the compiled scheduler -------------------------------------------------------------------
+
+@njit(nogil=True, cache=True)
+def log_turn(log, turns, me, steps):
+    """A toy stage's burst: write `me` on the log (log[0] is its length); done after `steps` bursts."""
+    k = log[0] + 1
+    log[0] = k
+    log[k] = me
+    turns[me] += 1
+    return turns[me] >= steps
+
+
+@njit(nogil=True, cache=True)
+def break_turn(log, turns, me, steps):
+    """log_turn, but the stage raises on its third burst."""
+    if turns[me] == 2:
+        raise ValueError("boom")
+    return log_turn(log, turns, me, steps)
+
+
+def _toy_args(steps):
+    log, turns = np.zeros(64, np.int64), np.zeros(len(steps), np.int64)
+    return log, [(log, turns, me, k) for me, k in enumerate(steps)]
+
+
+def _as_generator(fn, args):
+    """A burst function as a Python generator, for run_cooperative: burst, yield, until done."""
+    while not fn(*args):
+        yield
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_compiled_scheduler_round_robins_as_run_cooperative(jit):
+    steps = [3, 1, 2]
+    run = lthreads.scheduler([log_turn] * 3, jit=jit)
+    log, args = _toy_args(steps)
+    state = lthreads.new_state(3)
+    switches = run(*args, state)
+    ref_log, ref_args = _toy_args(steps)
+    ref = run_cooperative([_as_generator(log_turn.py_func, a) for a in ref_args])
+    assert list(log[1:log[0] + 1]) == list(ref_log[1:ref_log[0] + 1]) == [0, 1, 2, 0, 2, 0]
+    assert switches == ref == state[lthreads.SWITCHES] == 6     # every resume, the last one of each too
+    assert list(state[STATE_HEAD:]) == [1, 1, 1]
+
+
+def test_compiled_scheduler_skips_stages_already_done():
+    run = lthreads.scheduler([log_turn, log_turn])
+    log, args = _toy_args([2, 2])
+    state = lthreads.new_state(2)
+    state[STATE_HEAD + 0] = 1
+    assert run(*args, state) == 2 and list(log[1:log[0] + 1]) == [1, 1]
+    assert lthreads.scheduler([])(lthreads.new_state(0)) == 0          # no stages: no switch
+
+
+def test_a_stage_raising_in_the_compiled_scheduler_ends_that_stage_only():
+    run = lthreads.scheduler([log_turn, break_turn, log_turn])
+    log, args = _toy_args([4, 5, 3])
+    state = lthreads.new_state(3)
+    with pytest.raises(ValueError, match="boom"):
+        run(*args, state)
+    assert state[lthreads.CUR] == 1 and list(log[1:log[0] + 1]) == [0, 1, 2, 0, 1, 2, 0]
+    log, args = _toy_args([4, 5, 3])
+    failed = []
+    switches = lthreads.run_until_done(run, args, lambda i, e: failed.append((i, str(e))))
+    assert failed == [(1, "boom")]
+    assert list(log[1:log[0] + 1]) == [0, 1, 2, 0, 1, 2, 0, 0, 2]     # the others went on to the end
+    assert switches == 4 + 3 + 3                                     # stage 1's failed resume counts
+
+
+def test_a_stage_must_be_a_module_level_function():
+    @njit
+    def local(x):
+        return True
+    with pytest.raises(ValueError, match="module-level"):
+        lthreads.scheduler([local])
+
+
+def test_jit_off_lthreads_conserve_and_count_as_jit_on():
+    outs = []
+    for jit in (True, False):
+        lab = Lab(graph="acl", workers=2, malformed=0.2, knobs=Knobs(model="lthreads", jit=jit, batch=16))
+        res = lab.run(packets=600)
+        assert_sound(lab, res, 600)
+        assert res.extra["switches"] > 2 * 600 // 16 // 2
+        outs.append([r["sent"] for r in res.extra["workers"]])
+    assert outs[0] == outs[1]                           # RSS (the dispatcher's software hash) is the same
+
+
 def test_toy_pipeline_through_bounded_rings():
     out = toy_pipeline(run_cooperative, n=1000, capacity=4, burst=3)
     assert out["got"] == [2 * x + 1 for x in range(1000)]
@@ -218,7 +322,7 @@ def test_bind_calls_the_compiled_entry_and_plain_functions():
 def test_switch_costs_are_measured(monkeypatch):
     monkeypatch.setenv("LABKIT_QUICK", "1")
     m = lthreads.measure_switch(runs=1)
-    assert set(m) == {"generator_switch_ns", "os_yield_switch_ns", "yields_per_switch", "os_pipe_switch_ns",
+    assert set(m) == {"compiled_switch_ns", "generator_switch_ns", "os_yield_switch_ns", "yields_per_switch", "os_pipe_switch_ns",
                       "call_ns", "crossing_ns"}
     assert all(v > 0 for v in m.values())
     assert m["yields_per_switch"] >= 0.5                 # a hand-over waits in sched_yield

@@ -184,10 +184,12 @@ def test_seconds_run_stops_and_conserves_with_per_worker_numbers():
     assert_sound(lab, res2, 5000)
 
 
-def test_jit_off_workers_give_the_same_counts_as_jit_on():
+@pytest.mark.parametrize("model", ["rtc", "lthreads"])
+def test_jit_off_workers_give_the_same_counts_as_jit_on(model):
+    """lthreads: the compiled scheduler with JIT on, its Python twin (generators, next()) with JIT off."""
     outs = []
     for jit in (True, False):
-        lab = Lab(graph="ip4", workers=2, flows=32, malformed=0.3, knobs=Knobs(jit=jit, batch=16))
+        lab = Lab(graph="ip4", workers=2, flows=32, malformed=0.3, knobs=Knobs(jit=jit, batch=16, model=model))
         res = lab.run(packets=400)
         assert_sound(lab, res, 400)
         outs.append([(r["sent"], r["forwarded"]) for r in res.extra["workers"]])

@@ -8,8 +8,9 @@ from dataclasses import dataclass, fields, replace, asdict
 
 MAX_BATCH = 256
 # Threading models (labkit.run.workers): run to completion; or an I/O stage and worker
-# stages, one per core ("pipeline"), as lightweight threads of one OS thread ("lthreads"),
-# or as OS threads sharing one CPU ("threads").
+# stages, one per core ("pipeline"), as lightweight threads of one OS thread switched by a
+# compiled cooperative scheduler ("lthreads", labkit.run.lthreads: a switch costs ns), or as
+# OS threads sharing one CPU, switched by the kernel ("threads": a switch costs ~1 µs).
 MODELS = ("rtc", "pipeline", "lthreads", "threads")
 
 
@@ -90,7 +91,8 @@ WORKER_TECHNIQUES = {
     "cache-line padding": ("counters", "packed", "workers"),
     "lock-free rings": ("sync", "lock", "workers"),
 }
-# Not a row above: lightweight threads. Their "on" is model="lthreads" and their "off"
-# is OS threads (model="threads"), the same stages on one core switched by the kernel;
+# Not a row above: lightweight threads. Their "on" is model="lthreads" (the stages on one
+# core, switched by the program: compiled generators) and their "off" is OS threads
+# (model="threads"), the same stages on one core switched by the kernel;
 # the default, "rtc", is neither (it has no stages to switch). Notebook 15 compares them.
 WORKER_KNOBS = ("sync", "counters", "model")

@@ -1,4 +1,4 @@
-"""Lightweight threads: a cooperative scheduler of generator stages, and what a switch costs.
+"""Lightweight threads: a cooperative scheduler of stages, and what a switch costs.
 
 A lightweight thread is a task the program switches itself, without the
 kernel: it runs until it gives the CPU up (``yield``), and a scheduler on the
@@ -11,26 +11,43 @@ lthreads on one lcore, each running until it calls ``lthread_yield()``, and
 a scheduler round-robining its ready queue. Click's task scheduler and VPP's
 graph dispatcher are the same idea: cooperative, one thread per core.
 
-Here a lightweight thread is a Python generator: ``yield`` is
-``lthread_yield()``, ``next()`` is the switch, and ``run_cooperative`` is the
-scheduler. ``labkit.run.workers`` runs the data plane's stages this way with
-``Knobs(model="lthreads")``: the I/O stage (the dispatcher) and the worker
-stage(s), each a generator that runs one burst and yields.
+Two schedulers here, one idea:
+
+* ``run_cooperative``: Python generators, ``yield`` is ``lthread_yield()``,
+  ``next()`` the switch (exercise 15 has the student write it). Its switch
+  costs what Python costs; resuming a compiled stage from it costs more (each
+  turn crosses from Python into a function of ~50 arrays), about as much as
+  the kernel's context switch, so it cannot show what the technique buys.
+* ``scheduler(stages)``: the same round robin compiled. Each stage is a burst
+  function wrapped in a numba generator (one burst per resume), and a
+  generated ``run`` resumes them in turn, all in machine code: a switch is a
+  jump, as in DPDK's lthreads, which are C (resuming a data-plane stage
+  costs more, ~0.3 µs on a 2-vCPU EPYC VM: its generator carries the stage's
+  ~60 arrays and passes them on; a kernel switch costs ~1.1 µs and more
+  cache lines). ``labkit.run.workers`` runs the
+  data plane's stages (the dispatcher and the workers) this way with
+  ``Knobs(model="lthreads")``; with ``jit=False`` the same generated source
+  runs as Python.
 
 Measured here (``measure_switch``; ``python -m labkit.run.lthreads``):
 
-* a generator switch: two trivial generators ping-ponging under the scheduler;
+* a compiled switch: two trivial stages ping-ponging under ``scheduler``
+  (LLVM may inline their bursts: what is left is the switch itself);
+* a Python generator switch: two trivial generators under ``run_cooperative``;
 * an OS thread switch: two threads pinned to one CPU handing a flag back and
   forth with ``sched_yield`` (compiled, the GIL released): the kernel's
   context switch, and a pipe ping-pong (a thread that sleeps and is woken);
 * a Python function call, and a call from Python into a compiled stage with
-  50 array arguments: labkit's lthreads pay that crossing at every switch (a C
-  lthread would not), which is why ``bind`` resolves the compiled entry once.
+  50 array arguments (``bind``): what a Python scheduler of compiled stages
+  pays at every switch, and the compiled scheduler does not.
 
 ``measure_models`` compares the threading models on the in-memory NIC.
 """
 import functools
+import hashlib
+import inspect
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -73,6 +90,130 @@ def bind(fn, args):
     if hasattr(fn, "compile"):
         fn = fn.compile(tuple(typeof(a, Purpose.argument) for a in args))
     return functools.partial(fn, *args)
+
+
+# --- the compiled scheduler: lightweight threads as numba generators --------------------------
+
+# the scheduler's state, an int64 array of STATE_HEAD + n (new_state): the stage it is
+# resuming, the switches so far, then 1 for each stage that is done. It lives in an array,
+# not in locals, so that it survives an exception that leaves the compiled scheduler.
+CUR, SWITCHES, STATE_HEAD = 0, 1, 2
+
+# _nrt=False: no reference counting. With it, every resume increfs and decrefs each array
+# the stage takes (an atomic each, ~50 arrays per data-plane stage): ~600 ns per switch on a
+# 2-vCPU EPYC VM, half a kernel context switch; without it a resume is a jump and a call.
+# The scheduler allocates nothing (its generators live on its stack), which _nrt=False requires.
+_JIT_LINE = {True: "JIT = njit(nogil=True, cache=True, _nrt=False)", False: "JIT = lambda f: f"}
+
+
+def new_state(n):
+    """A fresh state for a scheduler of n stages: none done, no switch yet."""
+    return np.zeros(STATE_HEAD + n, np.int64)
+
+
+def _where(fn):
+    """(module, name) by which the generated scheduler imports stage function fn. It
+    must be a module-level function (a numba one, or its .py_func), not a closure:
+    compiled code calls it by name, and the import lets numba cache the scheduler."""
+    py = getattr(fn, "py_func", fn)
+    mod, name = py.__module__, py.__qualname__
+    found = getattr(sys.modules.get(mod), name, None)
+    if found is not fn and getattr(found, "py_func", None) is not py:
+        raise ValueError(f"stage {name!r}: a lightweight thread's stage must be a module-level function "
+                         f"(found {found!r} as {mod}.{name})")
+    return mod, name
+
+
+def _fingerprint(fn):
+    """A digest of fn's source: the scheduler's source changes when a stage's does, so
+    numba's cache (keyed by the scheduler's file) never runs a stale stage."""
+    try:
+        text = inspect.getsource(getattr(fn, "py_func", fn))
+    except (OSError, TypeError):
+        text = ""
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def scheduler_source(stages, jit=True):
+    """Source of run(a0, ..., a{n-1}, state) for the stage functions `stages` (see scheduler)."""
+    n = len(stages)
+    kinds = list(dict.fromkeys(stages))          # one generator per distinct stage function
+    head = ['"""Generated by labkit.run.lthreads: a round-robin scheduler of %d lightweight threads.' % n,
+            "", "Do not edit: it is rewritten from the stage functions.", '"""',
+            "from numba import njit",
+            "from labkit.run.lthreads import CUR, SWITCHES, STATE_HEAD"]
+    for k, fn in enumerate(kinds):
+        mod, name = _where(fn)
+        head.append(f"from {mod} import {name} as stage_{k}      # source {_fingerprint(fn)}")
+        if not jit:
+            head.append(f"stage_{k} = getattr(stage_{k}, 'py_func', stage_{k})")
+    head.append(_JIT_LINE[jit])
+    gens = ["\n".join([
+        "@JIT",
+        f"def lthread_{k}(args):",
+        f'    """stage_{k}(*args) as a lightweight thread: one burst per resume, then yield',
+        '    whether the stage is done."""',
+        f"    while not stage_{k}(*args):",
+        "        yield False",
+        "    yield True"]) + "\n" for k in range(len(kinds))]
+    a = ", ".join(f"a{i}" for i in range(n))
+    body = ["@JIT",
+            f"def run({a}{', ' if n else ''}state):",
+            '    """Resume each stage that is not done, in turn, one burst each, until none is left;',
+            '    state (new_state) says which is running, counts the switches and marks the done."""']
+    body += [f"    g{i} = lthread_{kinds.index(fn)}(a{i})" for i, fn in enumerate(stages)]
+    body += ["    left = 0",
+             f"    for i in range({n}):",
+             "        if state[STATE_HEAD + i] == 0:",
+             "            left += 1"]
+    body += ["    while left > 0:"] if n else []
+    for i in range(n):
+        body += [f"        if state[STATE_HEAD + {i}] == 0:",
+                 f"            state[CUR] = {i}",
+                 "            state[SWITCHES] += 1",
+                 f"            if next(g{i}):",
+                 f"                state[STATE_HEAD + {i}] = 1",
+                 "                left -= 1"]
+    body.append("    return state[SWITCHES]")
+    return "\n".join(head) + "\n\n\n" + "\n\n".join(gens) + "\n\n" + "\n".join(body) + "\n"
+
+
+def scheduler(stages, jit=True):
+    """The compiled cooperative scheduler of len(stages) lightweight threads.
+
+    Each stage is a burst function, stage(*args) -> True once the stage is done,
+    which the scheduler wraps in a numba generator: one burst, then ``yield``
+    (``lthread_yield()``). ``run(a0, ..., a{n-1}, state)`` creates stage i's
+    lightweight thread with the tuple a_i, resumes them round-robin until every
+    one is done, and returns the switches (every resume, the one that ends a
+    stage too, as run_cooperative counts). Stages marked done in `state` are
+    skipped, so calling run again after an exception resumes the others with
+    fresh lightweight threads (a stage's state is in its arrays).
+
+    The source is generated for these stage functions (they must be module-level:
+    the compiled code calls them by name), imported from labkit's cache and
+    compiled there once. jit=False: the same source as Python (generators and a
+    next() loop), calling each stage's Python twin."""
+    from ..graph.compile import load_source
+    return load_source(scheduler_source(stages, jit), f"lthreads_{len(stages)}").run
+
+
+def run_until_done(run, args, failed):
+    """Run a scheduler (see scheduler) over the stages' argument tuples `args` until
+    every stage is done. A stage that raises ends that stage only: failed(i, e) is
+    told, and the others go on. Returns the switches."""
+    state = new_state(len(args))
+    while not state[STATE_HEAD:].all():
+        state[CUR] = -1
+        try:
+            run(*args, state)
+        except Exception as e:                   # noqa: BLE001  (the caller decides)
+            i = int(state[CUR])
+            if i < 0:                            # not a stage's: the scheduler did not start
+                raise
+            state[STATE_HEAD + i] = 1
+            failed(i, e)
+    return int(state[SWITCHES])
 
 
 # --- a toy pipeline through bounded rings (exercise 15) ----------------------------------------
@@ -167,6 +308,26 @@ def generator_switch_ns(scheduler=run_cooperative, n=100_000):
     """ns per switch of `scheduler` between two trivial generators (each yields n times)."""
     t0 = time.perf_counter_ns()
     switches = scheduler([_ping(n), _ping(n)])
+    return (time.perf_counter_ns() - t0) / max(switches, 1)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def tick(counts, i, n):
+    """A trivial stage's burst: count a turn; done after n turns."""
+    counts[i] += 1
+    return counts[i] >= n
+
+
+def compiled_switch_ns(n=1_000_000):
+    """ns per switch of the compiled scheduler between two trivial stages (``tick``)
+    that each run n bursts. LLVM may inline the stages' bursts into the scheduler:
+    what is left is what a compiled lthread switch costs, a branch and a jump."""
+    run = scheduler([tick, tick])
+    counts = np.zeros(2, np.int64)
+    run((counts, 0, 1), (counts, 1, 1), new_state(2))        # compile (or load) before timing
+    counts[:] = 0
+    t0 = time.perf_counter_ns()
+    switches = run((counts, 0, n), (counts, 1, n), new_state(2))
     return (time.perf_counter_ns() - t0) / max(switches, 1)
 
 
@@ -293,9 +454,10 @@ def measure_switch(runs=5):
     LABKIT_QUICK=1 makes each timing short."""
     q = _quick()
     scale = 10 if q else 1
-    rows = {k: [] for k in ("generator_switch_ns", "os_yield_switch_ns", "yields_per_switch",
-                            "os_pipe_switch_ns", "call_ns", "crossing_ns")}
+    rows = {k: [] for k in ("compiled_switch_ns", "generator_switch_ns", "os_yield_switch_ns",
+                            "yields_per_switch", "os_pipe_switch_ns", "call_ns", "crossing_ns")}
     for _ in range(runs):
+        rows["compiled_switch_ns"].append(compiled_switch_ns(n=1_000_000 // scale))
         rows["generator_switch_ns"].append(generator_switch_ns(n=100_000 // scale))
         ns, yields = os_switch_ns(n=20_000 // scale)
         rows["os_yield_switch_ns"].append(ns)
@@ -320,9 +482,12 @@ MODEL_CONFIGS = {
 
 def measure_models(configs=None, runs=5, seconds=1.0, graph="ip4", say=print):
     """Median of `runs` interleaved runs of each configuration: Mpps, the stages'
-    own TSC cycles per packet, the TSC cycles per packet of the cores the model
-    keeps busy (cores x TSC rate / packet rate: what the stages did plus what the
-    switches cost), and switches per packet."""
+    own TSC cycles per packet (cycles_per_packet: the data plane's; stage_cycles_per_packet:
+    with the in-memory NIC's share, every cycle a stage counted), the TSC cycles per
+    packet of the cores the model keeps busy (cores x TSC rate / packet rate: what the
+    stages did plus what the switches and the loops around the stages cost), switches
+    per packet, and ns_per_switch: what the cores spent beyond the stages, per switch
+    (only where there is about a switch per burst or more; it includes the loops' glue)."""
     from .knobs import Knobs
     from .lab import Lab
     configs = MODEL_CONFIGS if configs is None else configs
@@ -336,9 +501,14 @@ def measure_models(configs=None, runs=5, seconds=1.0, graph="ip4", say=print):
             for name, lab in labs.items():
                 res = lab.run(seconds=seconds)
                 cores = configs[name][1]
-                rows[name].append(dict(mpps=res.pps / 1e6, cyc=res.cycles_per_packet,
-                                       core_cyc=cores * res.tsc_hz / res.pps if res.pps else float("nan"),
-                                       spp=res.extra["switches_per_packet"], ok=res.conserved and res.pool_ok))
+                core_cyc = cores * res.tsc_hz / res.pps if res.pps else float("nan")
+                stage_cyc = res.cycles_per_packet + (res.nic_cycles * res.cycles_per_packet / res.dut_cycles
+                                                     if res.dut_cycles else 0.0)
+                spp = res.extra["switches_per_packet"]
+                rows[name].append(dict(mpps=res.pps / 1e6, cyc=res.cycles_per_packet, stage_cyc=stage_cyc,
+                                       core_cyc=core_cyc, spp=spp, ok=res.conserved and res.pool_ok,
+                                       ns=(core_cyc - stage_cyc) / spp / res.tsc_hz * 1e9 if spp > 0.001
+                                       else float("nan")))
                 say(f"run {r + 1}/{runs} {name}: {res.pps / 1e6:.2f} Mpps")
     finally:
         for lab in labs.values():
@@ -346,15 +516,16 @@ def measure_models(configs=None, runs=5, seconds=1.0, graph="ip4", say=print):
     med = lambda xs: float(np.median(xs))
     return {name: dict(cores=configs[name][1], mpps=med([x["mpps"] for x in rs]),
                        cycles_per_packet=med([x["cyc"] for x in rs]),
+                       stage_cycles_per_packet=med([x["stage_cyc"] for x in rs]),
                        core_cycles_per_packet=med([x["core_cyc"] for x in rs]),
-                       switches_per_packet=med([x["spp"] for x in rs]), all_ok=all(x["ok"] for x in rs),
+                       switches_per_packet=med([x["spp"] for x in rs]), ns_per_switch=med([x["ns"] for x in rs]),
+                       all_ok=all(x["ok"] for x in rs),
                        mpps_runs=[round(x["mpps"], 2) for x in rs])
             for name, rs in rows.items()}
 
 
 if __name__ == "__main__":
     import json
-    import sys
     quick = "--quick" in sys.argv or _quick()
     out = {"switch": measure_switch(runs=3 if quick else 5)}
     out["models"] = measure_models(runs=2 if quick else 5, seconds=0.3 if quick else 1.0,

@@ -224,7 +224,8 @@ def worker_source(g, knobs, mode):
         "              cap_data, cap_len, cap_wire, nst, stop_tsc, slice_end_tsc, batch,",
         "              frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, bases,",
         f"              counters, qfull, stats, wc, wo, wstep, yield_each{tbl}):",
-        '    """One worker, until the slice ends (False) or its queue is drained for good (True)."""',
+        '    """One worker, until the slice ends (False) or its queue is drained for good (True).',
+        '    slice_end_tsc 0: one burst (or one empty poll), a lightweight thread\'s turn."""',
         "    ring_size = rx_desc.size",
         "    nseq = seq.size",
         "    c_rx, c_rxb, c_tx, c_txb = wo, wo + wstep, wo + 2 * wstep, wo + 3 * wstep",
@@ -489,7 +490,8 @@ class Workers:
     # -- the stages ---------------------------------------------------------------------------
     def _stages(self, budget, stop_tsc, yield_each):
         """[(name, fn, head, tail)]: each stage's slice is fn(*head, slice_end_tsc, *tail)
-        (slice_end_tsc 0: one burst). The workers, then the dispatcher if there is one."""
+        (slice_end_tsc 0: one burst, so the same function is the OS threads' slice and
+        the lightweight threads' burst). The workers, then the dispatcher if there is one."""
         nic, m, k, t = self.nic, self.mod, self.knobs, self.traffic
         out = []
         for w in self.w:
@@ -559,10 +561,13 @@ class Workers:
         The threading model (knob ``model``) says where the stages run: "rtc" and
         "pipeline", one OS thread per stage (the kernel gives each busy thread a
         core of its own when there are enough); "lthreads", every stage as a
-        lightweight thread of one OS thread (``labkit.run.lthreads``); "threads",
-        one OS thread per stage, all pinned to one CPU, each calling
-        ``sched_yield`` after every burst. Both one-CPU models switch after
-        every burst, so they differ only in who switches: the program or the kernel.
+        lightweight thread of one OS thread, switched by the compiled scheduler
+        of ``labkit.run.lthreads`` (a numba generator per stage, resumed in
+        machine code: a switch costs nanoseconds); "threads", one OS thread per
+        stage, all pinned to one CPU, each calling ``sched_yield`` after every
+        burst (a kernel context switch, about a microsecond). Both one-CPU
+        models switch after every burst and run the same stage code, so they
+        differ only in who switches: the program or the kernel.
 
         threads=False runs the stages one after another, in short slices, on the
         calling thread: the queue of a worker that is not running overflows while
@@ -574,6 +579,8 @@ class Workers:
         # Compile (or load the cache) with nothing to send, before the clock starts.
         for _, fn, head, tail in self._stages(0, 0, False):
             fn(*head, 0, *tail)
+        if threads and self.model == "lthreads":           # and the scheduler, on the same (empty) stages
+            self._lthreads(self._stages(0, 0, False), errors=None)
         self._return_fill_buffers()
         self._reset()
         self._prefill()
@@ -594,9 +601,8 @@ class Workers:
                 self._return_fill_buffers()
             return self._finish(start, hz, errors)
         slice_ticks = int(SLICE_S * hz)
-        if self.model == "lthreads":          # one OS thread; a stage's slice is one burst
-            calls = [lthreads.bind(fn, head + (0,) + tail) for _, fn, head, tail in stages]
-            works = [lambda: self._cooperative(calls, names, errors)]
+        if self.model == "lthreads":          # one OS thread, the compiled scheduler; a turn is one burst
+            works = [lambda: self._lthreads(stages, errors)]
             cpus = [None]
         else:
             works = [lambda fn=fn, h=head, t=tail: self._spin(fn, h, t, slice_ticks) for _, fn, head, tail in stages]
@@ -685,6 +691,21 @@ class Workers:
             return done
         return timed
 
+    def _lthreads(self, stages, errors):
+        """model="lthreads": every stage as a lightweight thread of this OS thread, under
+        the compiled scheduler (``lthreads.scheduler``), until all are done; a turn is one
+        burst (slice_end_tsc 0). A failure ends that stage only (see _failed); errors
+        None: it is raised at once. Ctrl-C reaches only the main thread, which stops the
+        wire: the stages drain and the scheduler returns."""
+        run = lthreads.scheduler([fn for _, fn, _, _ in stages], self.knobs.jit)
+        args = [head + (0,) + tail for _, _, head, tail in stages]
+
+        def failed(i, e):
+            if errors is None:
+                raise e
+            self._failed(stages[i][0], e, errors)
+        self.switches += lthreads.run_until_done(run, args, failed)
+
     def _lthread(self, call, name, errors, done, i):
         """A stage as a lightweight thread: a slice, then yield, until the stage is done.
         A failure ends this stage only (see _failed)."""
@@ -697,7 +718,8 @@ class Workers:
             self._failed(name, e, errors)
 
     def _cooperative(self, calls, names, errors):
-        """Every stage as a lightweight thread of this OS thread, until all are done.
+        """run(threads=False): every stage's slices in turn on the calling thread, as Python
+        generators under ``lthreads.run_cooperative``, until all are done.
         Ctrl-C (which reaches only the main thread) ends the lthread it hits: stop
         the wire and let fresh lthreads drain the stages (a stage's state is in its
         arrays, so a new lthread goes on where the old one stopped)."""
@@ -777,6 +799,7 @@ class Workers:
         else:
             sent_wire = int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK)
         extra["wire"] = sent_wire
+        extra["nic_cycles"] = nic_c       # the in-memory NIC's share (Result.cycles_per_packet leaves it out)
         dropped = {r: int(c) for r, c in zip(reasons, total) if c}
         runtime = [NodeRuntime(n.name, int(s[0]), int(s[1]), int(s[2])) for n, s in zip(g.nodes, stats)]
         notes = list(notes)
