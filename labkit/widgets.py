@@ -31,12 +31,14 @@ exactly that (``check_figure``).
 
 Several cores: ``Dashboard("workers", [1, 2])`` (and the multi-core knobs,
 ``WORKER_KNOBS``: ``sync``, ``counters``..., and the Lab parameters
-``dispatcher`` and ``rss_key``) run on the in-memory NIC's multi-queue device, one worker per RX/TX queue pair
-(``labkit.run.workers``); with ``backend="veth"``, ``workers`` alone runs N
-workers on N AF_PACKET sockets of one PACKET_FANOUT group (``labkit.run.netrun``). Each row then also records the busiest queue's
-share of the packets (``queue_share``: RSS balance), the threads' summed CPU
-share (``cpu``: 200% is two busy cores), the dispatcher thread's cycles per
-frame when there is one, and each worker's Mpps.
+``dispatcher`` and ``rss_key``) run on the in-memory NIC's multi-queue
+device, one worker per RX/TX queue pair (``labkit.run.workers``); with
+``backend="veth"``, ``workers`` alone runs N workers on N AF_PACKET sockets
+of one PACKET_FANOUT group (``labkit.run.netrun``). Each row then also
+records the busiest queue's share of the packets (``queue_share``: RSS
+balance), the threads' summed CPU share (``cpu``: 200% is two busy cores),
+the dispatcher thread's cycles per frame when there is one, and each
+worker's Mpps.
 
 ``LABKIT_QUICK=1`` makes every measurement short (``QUICK_SECONDS``, at most
 ``QUICK_REPEATS`` runs per value) for tests and CI; ``LABKIT_BACKEND=memory``
