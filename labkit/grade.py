@@ -54,6 +54,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labkit import numba_cache_dir
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CHECK_TAG = "check"
 MEASURE_TAG = "measure"          # timing cells: not graded, skipped in the graded copy
@@ -284,8 +286,7 @@ def _env():
     # of reading a neighbour's bytes (or crashing the kernel). The flag changes
     # the compiled code, so it gets a numba cache of its own.
     env["NUMBA_BOUNDSCHECK"] = "1"
-    env["NUMBA_CACHE_DIR"] = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                          "labkit", "numba-boundscheck")
+    env["NUMBA_CACHE_DIR"] = numba_cache_dir("numba-boundscheck")
     env.pop("PYTEST_ADDOPTS", None)
     # The kernel imports the labkit this grader is part of, installed or not.
     root = str(Path(__file__).resolve().parent.parent)

@@ -132,3 +132,20 @@ def test_false_sharing_measurement_counts_every_increment():
     from labkit.bench import measure_false_sharing
     r = measure_false_sharing(n=10_000, runs=2)
     assert set(r) == {"one line", "own lines"} and all(v > 0 for v in r.values())
+
+
+def test_cache_folders_follow_labkit_source(tmp_path, monkeypatch):
+    # numba checks a cached kernel against its own file only: the folder (and every
+    # generated module's name) must change when any of labkit's source does
+    import os
+
+    import labkit
+    from labkit.graph import compile as gc
+    fp = labkit.source_fingerprint()
+    assert len(fp) == 16 and labkit.numba_cache_dir("x").endswith(f"{os.sep}labkit{os.sep}x{os.sep}{fp}")
+    assert os.environ["NUMBA_CACHE_DIR"].endswith(fp)       # set by conftest, per version too
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path))
+    a = gc.load_source("X = 1\n", "fp_test").__name__
+    monkeypatch.setattr(gc, "source_fingerprint", lambda: "0" * 16)
+    b = gc.load_source("X = 1\n", "fp_test").__name__
+    assert a != b

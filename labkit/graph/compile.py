@@ -27,6 +27,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from .. import source_fingerprint
 from ..memory.layouts import DATA_OFF, LINE_SHIFT, PKT_VEC_AOS
 from .node import DROP, TX, Node
 from .nodes import GRAPHS, NODES, WIRING
@@ -244,8 +245,11 @@ def generate(g, knobs, handle_shift=LINE_SHIFT):
 
 
 def load_source(source, stem):
-    """Write generated source to the cache directory and import it."""
-    digest = hashlib.sha1(f"{GEN_VERSION}\n{source}".encode()).hexdigest()[:16]
+    """Write generated source to the cache directory and import it. Its name
+    hashes the text and labkit's source (``labkit.source_fingerprint``): numba
+    caches the module's compiled code, the kernels it calls inlined, and would
+    keep their old code after an update if only the kernels' files changed."""
+    digest = hashlib.sha1(f"{GEN_VERSION}\n{source_fingerprint()}\n{source}".encode()).hexdigest()[:16]
     name = f"labkit_gen_{stem}_{digest}"
     if name in sys.modules:
         return sys.modules[name]
