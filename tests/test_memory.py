@@ -149,3 +149,23 @@ def test_cache_folders_follow_labkit_source(tmp_path, monkeypatch):
     monkeypatch.setattr(gc, "source_fingerprint", lambda: "0" * 16)
     b = gc.load_source("X = 1\n", "fp_test").__name__
     assert a != b
+
+
+def test_old_cache_versions_are_pruned_when_a_new_one_starts(tmp_path, monkeypatch):
+    import os
+
+    import labkit
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    base = tmp_path / "labkit" / "numba"
+    names = [f"{i:016x}" for i in range(5)]
+    for i, name in enumerate(names):
+        (base / name / "sub").mkdir(parents=True)
+        os.utime(base / name, (1000 + i, 1000 + i))        # names[4] is the newest
+    (base / "not-a-version").mkdir()
+    path = labkit.numba_cache_dir("numba")
+    assert path == str(base / labkit.source_fingerprint())
+    left = sorted(p.name for p in base.iterdir())
+    assert left == sorted(names[-(labkit.KEEP_VERSIONS - 1):] + ["not-a-version"])
+    os.makedirs(path)                                         # this version's folder exists: nothing more goes
+    labkit.numba_cache_dir("numba")
+    assert len(list(base.iterdir())) == len(left) + 1
