@@ -163,10 +163,10 @@ def worker_source(g, knobs, mode):
         "from labkit.memory.intrinsics import load_acquire, store_release",
         "from labkit.nic.multiqueue import " + ", ".join(mqf) + ", WIRE, DONE, STOP_BIT, IDLE_CYC",
         "from labkit.nic.memory import DUT_CYC, NIC_CYC, MEMPOOL_EMPTY, TX_FULL",
-        "from labkit.nic.syscalls import sys_sched_yield",
+        "from labkit.run.workers import give_way, YIELDS",
     ]
     if not knobs.jit:
-        for f in (alloc, free, "ring_enqueue", "ring_dequeue", "ring_dequeue_aos", "ring_count") + mqf:
+        for f in (alloc, free, "ring_enqueue", "ring_dequeue", "ring_dequeue_aos", "ring_count", "give_way") + mqf:
             imports.append(f"{f} = {f}.py_func")
     if aos:
         deq = "ring_dequeue_aos(rx_desc, rx_cur, frames_x[0], batch)"
@@ -214,9 +214,7 @@ def worker_source(g, knobs, mode):
         finished = "load_acquire(ws, DONE) != 0"
     bump = lambda idx, v: f"store_release(wc, {idx}, load_acquire(wc, {idx}) + {v})"
     # model="threads": after each burst or empty poll, give the CPU to the next stage
-    give_way = ["        if yield_each:",
-                "            sys_sched_yield()",
-                f"            nst[{YIELDS}] += 1"]
+    give_way = ["        give_way(yield_each, nst, YIELDS)"]
     body = [
         "@JIT",
         "def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_cur, locks, lock_i,",
@@ -285,11 +283,12 @@ D_WIRE, D_POS, D_NIC_CYC, D_CPU_CYC, D_IDLE_CYC, D_YIELDS = 0, 1, 2, 3, 4, 5
 
 
 @njit(nogil=True, cache=True)
-def _give_way(yield_each, dnst):
-    """model="threads": the dispatcher gives the CPU to the next stage after each burst or idle poll."""
+def give_way(yield_each, counts, i):
+    """model="threads": a stage (worker or dispatcher) gives the CPU to the next
+    one after each burst or idle poll, and counts it in counts[i]."""
     if yield_each:
         sys_sched_yield()
-        dnst[D_YIELDS] += 1
+        counts[i] += 1
 
 
 @njit(nogil=True, cache=True)
@@ -318,7 +317,7 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
             dnst[D_IDLE_CYC] += t1 - t0
             if t0 >= slice_end_tsc:
                 return False
-            _give_way(yield_each, dnst)
+            give_way(yield_each, dnst, D_YIELDS)
             continue
         best = 0
         for q in range(n_q):
@@ -336,7 +335,7 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
             dnst[D_IDLE_CYC] += t1 - t0
             if t0 >= slice_end_tsc:
                 return False
-            _give_way(yield_each, dnst)
+            give_way(yield_each, dnst, D_YIELDS)
             continue
         nb = min(batch, best, budget - wire)
         pos = dnst[D_POS]
@@ -402,7 +401,7 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
         dnst[D_CPU_CYC] += (t1 - t0) + (t3 - t2)
         if t3 >= slice_end_tsc:
             return False
-        _give_way(yield_each, dnst)
+        give_way(yield_each, dnst, D_YIELDS)
 
 
 # --- one worker's private state ---------------------------------------------------------
@@ -756,6 +755,7 @@ class Workers:
         per = []
         stats = np.zeros((len(g.nodes), 3), np.int64)
         sent = fwd = dut = nic_c = 0
+        sent_wire = self._wire()
         for w in self.w:
             total += w.counters
             stats += w.stats
@@ -783,7 +783,7 @@ class Workers:
             nic_c += int(w.nst[NIC_CYC])
         extra = {"workers": per, "queues": self.n, "sync": self.knobs.sync,
                  "counters": self.knobs.counters, "dispatcher": self.dispatcher, "rss_key": self.nic.rss_key,
-                 "model": self.model, **self._switch_counts()}
+                 "model": self.model, **self._switch_counts(sent_wire)}
         if self.dispatcher:
             total += self.d_counters
             dut += int(self.dnst[D_CPU_CYC])
@@ -795,9 +795,6 @@ class Workers:
                 int(self.dnst[D_CPU_CYC] - self.dnst[D_IDLE_CYC]) / max(sent, 1)
             extra["dispatcher_cpu_percent"] = 100.0 * self.cpu[-1] / wall if wall > 0 else 0.0
             extra["dispatcher_dropped"] = {r: int(c) for r, c in zip(reasons, self.d_counters) if c}
-            sent_wire = int(self.dnst[D_WIRE])
-        else:
-            sent_wire = int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK)
         extra["wire"] = sent_wire
         extra["nic_cycles"] = nic_c       # the in-memory NIC's share (Result.cycles_per_packet leaves it out)
         dropped = {r: int(c) for r, c in zip(reasons, total) if c}
@@ -814,13 +811,16 @@ class Workers:
                       nic_cycles=nic_c, runtime=runtime, notes=notes,
                       pool_ok=all(p.n_free == p.capacity for p in self.pools), extra=extra)
 
-    def _switch_counts(self):
+    def _wire(self):
+        """Frames that arrived on the wire in the last run (the dispatcher's count when it took them)."""
+        return int(self.dnst[D_WIRE]) if self.dispatcher else int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK)
+
+    def _switch_counts(self, wire):
         """What the threading model switched: "switches" are the lthreads' resumes
         (model "lthreads", or a run with threads=False) or else the OS context
         switches of the stage threads; "yields" the stages' sched_yield calls
-        (model "threads"); per packet that arrived on the wire."""
+        (model "threads"); per packet of the `wire` that arrived."""
         yields = sum(int(w.nst[YIELDS]) for w in self.w) + (int(self.dnst[D_YIELDS]) if self.dispatcher else 0)
-        wire = int(self.dnst[D_WIRE]) if self.dispatcher else int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK)
         return {"switches": self.switches, "switches_per_packet": self.switches / wire if wire else 0.0,
                 "yields": yields, "context_switches": self.context_switches}
 
