@@ -65,8 +65,11 @@ def _prune_versions(base, keep):
 
 # numba caches compiled kernels next to their source by default, which fails
 # quietly in a read-only install and litters the tree in a checkout. One
-# per-user folder instead; it has to be set before numba is first imported.
+# per-user folder instead. numba reads the variable when it is first imported;
+# if it already was (a notebook that imported numba first), set its config too.
 os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache_dir())
+if "numba" in __import__("sys").modules:
+    __import__("sys").modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 from labkit.run.knobs import Knobs, KnobError  # noqa: E402  (light: dataclasses only)
 from labkit.run.result import Result  # noqa: E402

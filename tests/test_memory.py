@@ -169,3 +169,17 @@ def test_old_cache_versions_are_pruned_when_a_new_one_starts(tmp_path, monkeypat
     os.makedirs(path)                                         # this version's folder exists: nothing more goes
     labkit.numba_cache_dir("numba")
     assert len(list(base.iterdir())) == len(left) + 1
+
+
+def test_the_cache_folder_holds_when_numba_was_imported_first(tmp_path):
+    """A notebook that imports numba before labkit still gets the per-version
+    folder, not numba's default next to the source (the stale-code trap)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numba, labkit, sys; "
+            "sys.exit(0 if numba.config.CACHE_DIR == labkit.numba_cache_dir() else 1)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0
