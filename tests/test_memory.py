@@ -1,4 +1,6 @@
 """Mempool, heap and rings: ownership, exhaustion, wrap-around, remainders."""
+import os
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,36 @@ def test_region_falls_back_with_a_note_or_uses_huge_pages():
     assert huge or "nr_hugepages" in note
     arr, huge, note = alloc_region(4096, huge=False)
     assert not huge and note == ""
+
+
+def _vm_flags(addr):
+    """The VmFlags of the mapping holding addr, from /proc/self/smaps."""
+    hit = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                hit = lo <= addr < hi
+            elif hit and head == "VmFlags:":
+                return line.split()[1:]
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux only")
+def test_a_4k_region_asks_for_no_transparent_huge_pages():
+    """hugepages=False must mean 4 KiB pages even where THP is "always"."""
+    arr, huge, _ = alloc_region(8 << 20, huge=False)
+    assert not huge and "nh" in _vm_flags(arr.ctypes.data)     # MADV_NOHUGEPAGE
+
+
+def test_huge_pages_free_leaves_out_the_promised_ones(monkeypatch, tmp_path):
+    from labkit.memory import region
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("HugePages_Total:     512\nHugePages_Free:      300\nHugePages_Rsvd:      120\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(meminfo if p == "/proc/meminfo" else p, *a, **k))
+    assert region.huge_pages_free() == 180
 
 
 def test_ring_size_must_be_power_of_two():

@@ -46,16 +46,23 @@ def alloc_region(n_bytes, huge=True):
     size = -(-n_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
     m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    # 4 KiB pages means 4 KiB pages: keep transparent huge pages away, even where
+    # /sys/kernel/mm/transparent_hugepage/enabled is "always" (else both settings of
+    # the knob could run on 2 MiB pages)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        m.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(m, dtype=np.uint8)[:n_bytes], False, note
 
 
 def huge_pages_free():
-    """Free huge pages in the system pool (0 where unknown)."""
+    """Huge pages an mmap(MAP_HUGETLB) can still get: HugePages_Free minus
+    HugePages_Rsvd (promised to mappings not yet touched); 0 where unknown."""
+    info = {}
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("HugePages_Free:"):
-                    return int(line.split()[1])
+                if line.startswith(("HugePages_Free:", "HugePages_Rsvd:")):
+                    info[line.split(":")[0]] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return max(0, info.get("HugePages_Free", 0) - info.get("HugePages_Rsvd", 0))
