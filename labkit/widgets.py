@@ -69,7 +69,7 @@ BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
 # Parameters of Lab(...) a dashboard can turn besides the knobs.
 LAB_PARAMS = ("backend", "graph", "size", "flows", "rate", "gen_batch", "mix", "seed", "workers", "dispatcher",
-              "rss_key")
+              "rss_key", "pool_size")
 # What needs the multi-queue in-memory NIC: "auto" picks the in-memory NIC for these.
 MULTICORE_PARAMS = ("workers", "dispatcher", "rss_key", "multiqueue") + WORKER_KNOBS
 
@@ -114,13 +114,16 @@ LABELS = {
     "counters": {"padded": "padded (own line)", "packed": "packed (one line)"},
     "dispatcher": {False: "RSS in the NIC", True: "software dispatcher"},
     "rss_key": {"default": "Microsoft key", "symmetric": "symmetric key"},
+    "layout": {"aos": "AoS (records)", "soa": "SoA (arrays)"},
+    "unroll": {1: "single loop", 2: "dual loop", 4: "quad loop"},
 }
 TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator frames per TX kick",
           "rate": "offered load (pps)", "size": "frame size (bytes)", "poll": "polling",
           "copy": "copy or zero-copy", "backend": "NIC", "graph": "graph", "flows": "flows",
           "workers": "workers (a core and a queue pair each)", "sync": "hand-over between cores",
           "counters": "per-worker counters", "dispatcher": "who hashes the frames", "rss_key": "RSS key",
-          "model": "threading model"}
+          "model": "threading model", "layout": "packet vector layout", "pool_size": "pool size (buffers)",
+          "unroll": "packets per loop iteration"}
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -864,7 +867,7 @@ _LAB_DEFAULTS = {"workers": [1, 2], "dispatcher": [True, False], "rss_key": ["de
 
 
 def _check_lab_values(name, values):
-    """Bad values of the multi-core Lab parameters fail when the dashboard is made,
+    """Bad values of the multi-core Lab parameters and of pool_size fail when the dashboard is made,
     not later in its measuring thread."""
     for v in values:
         if name == "workers" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64):
@@ -873,6 +876,8 @@ def _check_lab_values(name, values):
             raise ValueError(f"dispatcher={v!r}: use True (a dispatcher thread hashes in software) or False")
         if name == "rss_key" and v not in ("default", "symmetric"):
             raise ValueError(f"rss_key={v!r}: use 'default' or 'symmetric'")
+        if name == "pool_size" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 1 << 26):
+            raise ValueError(f"pool_size={v!r}: use a whole number of buffers from 1 to {(1 << 26) - 1}")
 
 
 def _default_values(knob):

@@ -485,6 +485,9 @@ def test_multicore_labels_defaults_and_bad_values():
         Dashboard("batch", [1], over=("dispatcher", ["yes"]))
     with pytest.raises(ValueError, match="rss_key='mine'"):
         Dashboard("rss_key", ["mine"])
+    with pytest.raises(ValueError, match="pool_size=0: use a whole number"):
+        Dashboard("mempool", over=("pool_size", [4096, 0]))
+    assert widgets.label("layout", "soa") == "SoA (arrays)" and widgets.label("unroll", 4) == "quad loop"
     with pytest.raises(ValueError, match="dispatcher needs the multi-queue in-memory NIC: use backend='memory'"):
         Dashboard("dispatcher", backend="veth")
     with pytest.raises(ValueError, match="on veth, only workers=N"):
