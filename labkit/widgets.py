@@ -118,6 +118,7 @@ LABELS = {
     "unroll": {1: "single loop", 2: "dual loop", 4: "quad loop"},
 }
 TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator frames per TX kick",
+          "jit": "kernels: interpreted or JIT-compiled",
           "rate": "offered load (pps)", "size": "frame size (bytes)", "poll": "polling",
           "copy": "copy or zero-copy", "backend": "NIC", "graph": "graph", "flows": "flows",
           "workers": "workers (a core and a queue pair each)", "sync": "hand-over between cores",
