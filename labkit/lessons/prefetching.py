@@ -379,7 +379,11 @@ def trace(fn, table, keys, n, keys_size=None):
 
 
 def llvm_has_prefetch(fn, *args):
-    """True when numba's LLVM IR of ``fn`` for these arguments calls llvm.prefetch
-    (compiles it for them first)."""
-    fn(*args)
-    return any("llvm.prefetch" in text for text in fn.inspect_llvm().values())
+    """True when numba's LLVM IR of ``fn`` for these arguments calls llvm.prefetch.
+    It compiles a fresh, uncached twin of ``fn`` (same options) for them: numba
+    cannot show the IR of code it loaded from its cache (it warns and shows
+    nothing), which is what a ``cache=True`` kernel compiled once before gives."""
+    opts = {k: v for k, v in getattr(fn, "targetoptions", {}).items() if k != "nopython"}
+    twin = njit(**opts)(fn.py_func)
+    twin(*args)
+    return any("llvm.prefetch" in text for text in twin.inspect_llvm().values())
