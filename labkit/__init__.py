@@ -10,6 +10,7 @@ imported on first use.
 import functools
 import hashlib
 import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -68,8 +69,8 @@ def _prune_versions(base, keep):
 # per-user folder instead. numba reads the variable when it is first imported;
 # if it already was (a notebook that imported numba first), set its config too.
 os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache_dir())
-if "numba" in __import__("sys").modules:
-    __import__("sys").modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+if "numba" in sys.modules:
+    sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 from labkit.run.knobs import Knobs, KnobError  # noqa: E402  (light: dataclasses only)
 from labkit.run.result import Result  # noqa: E402

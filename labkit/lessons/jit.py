@@ -37,11 +37,7 @@ is the pure-Python first-match classifier every variant is checked against,
 and packets where a first-match classifier is easy to get wrong, and
 ``time_classifier``/``measure`` give TSC cycles per packet.
 """
-import hashlib
-import importlib.util
 import inspect
-import os
-import sys
 import time
 from collections import namedtuple
 
@@ -196,32 +192,14 @@ def classifier_source(rules, default=PERMIT):
     return "\n".join(lines) + "\n"
 
 
-def gen_dir():
-    """Where generated classifiers are written (beside labkit's generated graph loops)."""
-    from labkit.graph.compile import cache_dir
-    d = cache_dir() / "gen"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def compile_source(source, name="classify"):
-    """Write ``source`` to a file named after its hash, import it, and return its
-    function ``name`` compiled with numba (``njit(nogil=True)``). Reading the
-    file back is how ``inspect.getsource(fn.py_func)`` finds the generated code.
-    Compiling happens at the first call (numba compiles per argument types)."""
-    digest = hashlib.sha1(source.encode()).hexdigest()[:16]
-    mod_name = f"labkit_gen_classifier_{digest}"
-    if mod_name not in sys.modules:
-        path = gen_dir() / f"{mod_name}.py"
-        if not path.exists() or path.read_text() != source:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(source)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        sys.modules[mod_name] = mod
-    fn = getattr(sys.modules[mod_name], name, None)
+    """Load ``source`` as a module, the way labkit loads its generated graph
+    loops (``labkit.graph.compile.load_source``: a file named after its hash,
+    so ``inspect.getsource(fn.py_func)`` finds the generated code), and return
+    its function ``name`` compiled with numba (``njit(nogil=True)``). Compiling
+    happens at the first call (numba compiles per argument types)."""
+    from labkit.graph.compile import load_source
+    fn = getattr(load_source(source, "classifier"), name, None)
     if fn is None:
         raise ValueError(f"the source defines no function {name!r}")
     return njit(nogil=True)(fn)
