@@ -6,7 +6,7 @@ from numba import njit
 
 from labkit import exercise as ex
 from labkit.lessons import mempools as lesson
-from labkit.memory.mempool import PoolError
+from labkit.memory.mempool import PoolError, stack_alloc
 
 
 def _pool(capacity=16, n_free=None):
@@ -79,14 +79,7 @@ def test_model_takes_none_when_short():
 
 # ---- replay catches each kind of mistake ------------------------------------------------
 
-@njit(nogil=True)
-def _partial_alloc(stack, top, out, n):              # takes what there is
-    t = top[0]
-    got = min(n, t)
-    for i in range(got):
-        out[i] = stack[t - 1 - i]
-    top[0] = t - got
-    return got
+_partial_alloc = stack_alloc                         # labkit's own: takes what there is
 
 
 @njit(nogil=True)

@@ -71,20 +71,9 @@ def thp_mode():
     return text[start + 1:end] if 0 <= start < end else None
 
 
-def huge_pages_available():
-    """Huge pages an mmap(MAP_HUGETLB) can still get: free minus those already
-    promised to mappings that have not touched them yet (HugePages_Rsvd), which
-    /proc/meminfo still counts as free."""
-    info = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("HugePages_"):
-                    key, value = line.split(":")
-                    info[key] = int(value.split()[0])
-    except (OSError, ValueError):
-        return 0
-    return max(0, info.get("HugePages_Free", 0) - info.get("HugePages_Rsvd", 0))
+# Huge pages an mmap(MAP_HUGETLB) can still get: HugePages_Free minus those
+# promised to mappings not yet touched (labkit.memory.region computes it).
+huge_pages_available = huge_pages_free
 
 
 def reserve_hint(pages=512):
