@@ -7,7 +7,7 @@
     labkit net      the lab network (namespaces, veth pairs, TAP): up, down, status
     labkit rss      RSS: a flow's Toeplitz hash and the queue it lands on
     labkit grade    grade exercise notebooks with the solutions' check cells (nbval)
-    labkit bench    delegated to labkit.bench
+    labkit bench    delegated to labkit.bench.compute
 
 User errors (a bad flag, a knob out of range, a missing capture) exit 2 with
 one line on stderr that says what to use instead; Ctrl-C exits 130 and
@@ -22,6 +22,7 @@ import sys
 
 from labkit import __version__
 from labkit.run.knobs import MODELS, Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES
+from labkit.settings import quick
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -194,7 +195,7 @@ def _length_options(p):
 
 
 def _rss_parser(sub):
-    """`labkit rss hash|bench`: the options (labkit.rss does the work, imported only when it runs)."""
+    """`labkit rss hash|bench`: the options (labkit.nic.rss does the work, imported only when it runs)."""
     p = sub.add_parser("rss", help="RSS: the Toeplitz hash of a flow and the queue it lands on")
     p.add_argument("action", choices=("hash", "bench"),
                    help="hash: print the flow's 32-bit RSS hash; bench: what the hash costs, three ways")
@@ -245,7 +246,7 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
 
     _rss_parser(sub)
-    from labkit import grade              # light: the standard library only, until it runs
+    from labkit.course import grade              # light: the standard library only, until it runs
     grade.add_parser(sub)
 
     sub.add_parser("bench", help="benchmarks (see `labkit bench --help`)", add_help=False)
@@ -602,7 +603,7 @@ def _pct(v):
 
 
 def cmd_demo(args):
-    seconds = args.seconds or (0.2 if os.environ.get("LABKIT_QUICK") == "1" else 1.0)
+    seconds = args.seconds or (0.2 if quick() else 1.0)
     lab_mod = _lab_module()
     _check_graph(lab_mod, args.graph)
     nic, note = _real_nic(args.backend)
@@ -675,21 +676,21 @@ def cmd_net(args):
 
 
 def cmd_grade(args):
-    from labkit import grade
+    from labkit.course import grade
     return grade.main(args)
 
 
 def cmd_rss(args):
-    from labkit import rss
+    from labkit.nic import rss
     return rss.main(args)
 
 
 def cmd_bench(argv):
     import importlib
     try:
-        bench = importlib.import_module("labkit.bench")
+        bench = importlib.import_module("labkit.bench.compute")
     except ImportError as e:
-        raise UsageError(f"labkit bench is not available: labkit.bench did not import ({e})")
+        raise UsageError(f"labkit bench is not available: labkit.bench.compute did not import ({e})")
     return bench.main(argv)
 
 

@@ -1,4 +1,4 @@
-"""The C kernels (labkit.ckernels) and the numba data plane agree, packet by packet.
+"""The C kernels (labkit.bench.ckernels) and the numba data plane agree, packet by packet.
 
 A vector of valid and malformed frames (make_traffic(malformed=0.3)) goes
 through both: the C vector function, and the numba side (the node kernels
@@ -9,7 +9,7 @@ bytes of every frame afterwards.
 import numpy as np
 import pytest
 
-from labkit import ckernels as ck
+from labkit.bench import ckernels as ck
 from labkit.graph import kernels as K
 from labkit.graph.fib import Fib
 from labkit.memory.layouts import aligned_zeros

@@ -1,4 +1,4 @@
-"""labkit.grade: checks come from the solution, whatever the submission did
+"""labkit.course.grade: checks come from the solution, whatever the submission did
 to them; folders, --json, --junit; and every way a submission can be wrong
 says so in one line.
 
@@ -43,7 +43,7 @@ def _checks(nb):
 def _cli(*args, timeout=600):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return subprocess.run([sys.executable, "-m", "labkit.grade", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "labkit.course.grade", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 

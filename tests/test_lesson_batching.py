@@ -1,13 +1,13 @@
-"""labkit.lessons.batching (notebook and exercise 08): the reference dispatcher
+"""labkit.course.lessons.batching (notebook and exercise 08): the reference dispatcher
 does what an independent model of the graph says, the inputs are what they
 claim, and the tools the checks use can fail. No test asserts a time."""
 import numpy as np
 import pytest
 from numba import njit
 
-from labkit import exercise as ex
-from labkit.lessons import batching as L
-from labkit.lessons.batching import DROP, N_NODES, PARSE, call_node
+from labkit.course import exercise as ex
+from labkit.course.lessons import batching as L
+from labkit.course.lessons.batching import DROP, N_NODES, PARSE, call_node
 
 DROPPED_BY = {"parse": 0, "lookup": 1, "rewrite": 2, "arp": 3}
 

@@ -1,4 +1,4 @@
-"""labkit.lessons.hugepages: the page arithmetic, what the kernel says about a
+"""labkit.course.lessons.hugepages: the page arithmetic, what the kernel says about a
 mapping, the placements (4 KiB, THP, hugetlbfs) and the lookups that measure
 them. These run with or without reserved huge pages (hold_huge_pages makes
 "none available" here too); no test asserts a time."""
@@ -7,8 +7,8 @@ import mmap
 import numpy as np
 import pytest
 
-from labkit.lessons import hugepages as hp
-from labkit.lessons.hugepages import HUGE_PAGE, SMALL_PAGE, MiB
+from labkit.course.lessons import hugepages as hp
+from labkit.course.lessons.hugepages import HUGE_PAGE, SMALL_PAGE, MiB
 
 linux = pytest.mark.skipif(hp.mapping(np.zeros(1)) is None, reason="needs /proc/self/smaps (Linux)")
 

@@ -1,13 +1,13 @@
-"""labkit.lessons.jit (exercise 11): the reference classifier is a first-match
+"""labkit.course.lessons.jit (exercise 11): the reference classifier is a first-match
 classifier, the table loop and the specialized code agree with it on every
 input the exercise uses, the generated source has the rules baked in, and the
 inputs are what they claim. No test asserts a time."""
 import numpy as np
 import pytest
 
-from labkit import exercise as ex
-from labkit.lessons import jit as lesson
-from labkit.lessons.jit import DENY, PERMIT, Rule
+from labkit.course import exercise as ex
+from labkit.course.lessons import jit as lesson
+from labkit.course.lessons.jit import DENY, PERMIT, Rule
 
 
 def _table_verdicts(rules, default, d, p, q):

@@ -1,4 +1,4 @@
-"""labkit.lessons.layout: the support code of notebook and exercise 06 (cache
+"""labkit.course.lessons.layout: the support code of notebook and exercise 06 (cache
 alignment and layout). Its references are right, its inputs are what they
 claim, and its checks (soa_problems, lines_touched, slot_problems) accept a
 correct answer and reject the starter's. No test asserts a time."""
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from labkit import exercise as ex
-from labkit.lessons import layout as L
-from labkit.lessons.layout import HANDLE, HASH, LENGTH, NEXT
+from labkit.course import exercise as ex
+from labkit.course.lessons import layout as L
+from labkit.course.lessons.layout import HANDLE, HASH, LENGTH, NEXT
 from labkit.memory.layouts import CACHE_LINE, PKT_VEC_AOS
 
 

@@ -1,11 +1,11 @@
-"""labkit.lessons.mempools: the exercise's reference, its model and replay,
+"""labkit.course.lessons.mempools: the exercise's reference, its model and replay,
 its timers, and the working-set experiment. No test asserts a time."""
 import numpy as np
 import pytest
 from numba import njit
 
-from labkit import exercise as ex
-from labkit.lessons import mempools as lesson
+from labkit.course import exercise as ex
+from labkit.course.lessons import mempools as lesson
 from labkit.memory.mempool import PoolError, stack_alloc
 
 

@@ -1,4 +1,4 @@
-"""labkit.lessons.multiloop: the flow hash is zlib's CRC-32, the checks of
+"""labkit.course.lessons.multiloop: the flow hash is zlib's CRC-32, the checks of
 exercise 09 accept a quad loop and say what is wrong with each kind of
 mistake, and the micro-measurement's loops compute the same hashes.
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from labkit.lessons import multiloop as ml
-from labkit.lessons.multiloop import CRC_INIT, CRC_TABLE, CRC_XOR, crc32_u32, crc32_u8
+from labkit.course.lessons import multiloop as ml
+from labkit.course.lessons.multiloop import CRC_INIT, CRC_TABLE, CRC_XOR, crc32_u32, crc32_u8
 
 
 @pytest.fixture(autouse=True)

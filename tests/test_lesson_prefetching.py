@@ -1,4 +1,4 @@
-"""labkit.lessons.prefetching (notebook and exercise 07): the table is what it
+"""labkit.course.lessons.prefetching (notebook and exercise 07): the table is what it
 claims (a bucket is one aligned cache line, every stored key is in its bucket,
 absent keys are absent), every lookup variant agrees with the numpy reference
 on batches that hit the remainder paths, and the trace that the exercise's
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from labkit import exercise as ex
-from labkit.lessons import prefetching as lesson
-from labkit.lessons.prefetching import BUCKET_WORDS, MISS, SLOTS, bucket_of, prefetch
+from labkit.course import exercise as ex
+from labkit.course.lessons import prefetching as lesson
+from labkit.course.lessons.prefetching import BUCKET_WORDS, MISS, SLOTS, bucket_of, prefetch
 
 SIZES = (0, 1, 2, 3, 7, 8, 9, 31, 32, 33, 255, 256, 257, 1000)
 

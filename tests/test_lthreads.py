@@ -16,7 +16,9 @@ from labkit.nic.syscalls import sys_sched_yield
 from labkit.run import lthreads
 from labkit.run.knobs import MODELS, KnobError, Knobs
 from labkit.run.lab import Lab, LabError
-from labkit.run.lthreads import STATE_HEAD, BoundedRing, Stalled, run_cooperative, toy_pipeline
+from labkit.bench import cores
+from labkit.course.lessons.lthreads import BoundedRing, Stalled, toy_pipeline
+from labkit.run.lthreads import STATE_HEAD, run_cooperative
 from labkit.run.workers import D_WIRE
 
 
@@ -321,7 +323,7 @@ def test_bind_calls_the_compiled_entry_and_plain_functions():
 
 def test_switch_costs_are_measured(monkeypatch):
     monkeypatch.setenv("LABKIT_QUICK", "1")
-    m = lthreads.measure_switch(runs=1)
+    m = cores.measure_switch(runs=1)
     assert set(m) == {"compiled_switch_ns", "generator_switch_ns", "os_yield_switch_ns", "yields_per_switch", "os_pipe_switch_ns",
                       "call_ns", "crossing_ns"}
     assert all(v > 0 for v in m.values())

@@ -161,7 +161,7 @@ def test_ring_dequeue_aos_matches_soa():
 
 
 def test_false_sharing_measurement_counts_every_increment():
-    from labkit.bench import measure_false_sharing
+    from labkit.bench.cores import measure_false_sharing
     r = measure_false_sharing(n=10_000, runs=2)
     assert set(r) == {"one line", "own lines"} and all(v > 0 for v in r.values())
 

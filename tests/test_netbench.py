@@ -1,4 +1,4 @@
-"""``labkit bench veth`` (labkit.netbench): frames, the bridge, the whole run.
+"""``labkit bench veth`` (labkit.bench.net): frames, the bridge, the whole run.
 
 Needs root and the lab network (skipped otherwise, with the reason). Every
 test uses a lab network of its own prefix and removes it. No test asserts a

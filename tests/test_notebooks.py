@@ -1,4 +1,4 @@
-"""The notebooks and the dashboard they are built on (labkit.widgets).
+"""The notebooks and the dashboard they are built on (labkit.course.dashboard).
 
 * nbval runs every notebook top to bottom in quick mode (LABKIT_QUICK=1) and
   compares the cells whose output is deterministic (the cycle budget, a
@@ -27,7 +27,7 @@ import pytest
 from labkit import Knobs
 from labkit.run.result import NodeRuntime, Result
 from labkit import widgets
-from labkit.widgets import Dashboard, check_figure, table_text
+from labkit.course.dashboard import Dashboard, check_figure, table_text
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"

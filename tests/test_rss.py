@@ -9,7 +9,7 @@ from labkit import cli as labkit_cli
 from hypothesis import HealthCheck, given, settings, strategies as st
 from scapy.all import IP, TCP, UDP, Ether
 
-from labkit import rss
+from labkit.nic import rss
 from labkit.memory.layouts import DATA_OFF, aligned_zeros
 from labkit.nic.traffic import KIND_CODES, make_traffic
 

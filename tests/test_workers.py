@@ -13,10 +13,11 @@ from labkit.memory.layouts import CACHE_LINE
 from labkit.nic import multiqueue as mq
 from labkit.nic.pcap import PcapWriter, read_frames
 from labkit.nic.traffic import make_traffic
-from labkit.rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, ipv4_tuple, toeplitz
+from labkit.nic.rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, ipv4_tuple, toeplitz
 from labkit.run.knobs import KnobError, Knobs
 from labkit.run.lab import Lab, LabError
-from labkit.run.workers import HOT, hot_counters, measure_toeplitz
+from labkit.bench.cores import measure_toeplitz
+from labkit.run.workers import HOT, hot_counters
 
 
 def five_tuple(frame):
@@ -88,7 +89,7 @@ def test_each_flow_on_one_queue_in_wire_order(tmp_path, design):
 
 
 def test_hash_in_descriptor_and_metadata_is_the_toeplitz_hash():
-    """What the device writes for each frame is labkit.rss's hash of its 5-tuple."""
+    """What the device writes for each frame is labkit.nic.rss's hash of its 5-tuple."""
     t = make_traffic(flows=32, mix="mixed")
     nic = mq.MultiQueueNic(4, t)
     for i in range(32):

@@ -22,24 +22,17 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .. import source_fingerprint
+from ..settings import cache_root, source_fingerprint
 from ..memory.layouts import DATA_OFF, LINE_SHIFT, PKT_VEC_AOS
 from .node import DROP, TX, Node
 from .nodes import GRAPHS, NODES, WIRING
 
 PREFETCH_AHEAD = 4     # packets ahead: far enough to hide a miss at ~20 cycles per packet per node
 GEN_VERSION = 2        # bump when the generator's output changes meaning
-
-
-def cache_dir():
-    base = os.environ.get("LABKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "labkit")
-    return Path(base)
 
 
 @dataclass
@@ -225,7 +218,7 @@ def generate(g, knobs, handle_shift=LINE_SHIFT):
         # _nrt=False: no reference counting in the generated loops. With it,
         # every call of a kernel did an atomic incref and decref per array
         # argument per packet: ip4-lookup cost ~122 TSC cycles/packet instead
-        # of ~8 (found by comparing with the C kernels, labkit/ckernels.py).
+        # of ~8 (found by comparing with the C kernels, labkit/bench/ckernels.py).
         # The kernels are inline="always", so they compile inside these loops
         # and inherit it. Nothing here allocates, which _nrt=False requires.
         head.append("JIT = njit(nogil=True, cache=True, _nrt=False)")
@@ -253,7 +246,7 @@ def load_source(source, stem):
     name = f"labkit_gen_{stem}_{digest}"
     if name in sys.modules:
         return sys.modules[name]
-    d = cache_dir() / "gen"
+    d = cache_root() / "gen"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.py"
     if not path.exists() or path.read_text() != source:

@@ -101,3 +101,19 @@ def aligned_zeros(n_bytes, align=CACHE_LINE):
     out = raw[start:start + n_bytes]
     assert out.ctypes.data % align == 0
     return out
+
+
+def own_lines(shape, dtype):
+    """Zeros of shape/dtype starting on a cache line, with the last line to itself."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape)) * dt.itemsize
+    raw = aligned_zeros(-(-max(n, 1) // CACHE_LINE) * CACHE_LINE)
+    return raw[:n].view(dt).reshape(shape)
+
+
+def rehome(a):
+    """A copy of array a on cache lines of its own."""
+    out = own_lines(a.shape, a.dtype)
+    out[...] = a
+    return out
+

@@ -1,7 +1,7 @@
 """The multi-queue in-memory NIC: N RX/TX queue pairs and RSS in the device.
 
 What the device does, as hardware does it: every frame that arrives on the
-wire is hashed (Toeplitz over the IPv4 5-tuple, ``labkit.rss``), the low
+wire is hashed (Toeplitz over the IPv4 5-tuple, ``labkit.nic.rss``), the low
 7 bits of the hash index a 128-entry indirection table (RETA) that names the
 queue, and the frame is "DMA"ed into a buffer that the queue's driver posted,
 with the hash written into the buffer's metadata (``META_HASH_OFF``) and into
@@ -56,7 +56,7 @@ from ..memory.intrinsics import cas, load_acquire, store_release
 from ..memory.layouts import (CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, META_WIRE_OFF,
                               aligned_zeros)
 from ..memory.ring import Ring, ring_enqueue, ring_dequeue
-from ..rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, hash_ipv4_frames, make_tables
+from .rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, hash_ipv4_frames, make_tables
 from .memory import (capture, FWD, FWD_BYTES, MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, SENT,
                      TX_BAD_DESCRIPTOR)
 
@@ -103,7 +103,7 @@ class MultiQueueNic:
     """N queue pairs over one traffic source, RSS in the device.
 
     ``rss_key``: "default" (Microsoft's key), "symmetric" (both directions of
-    a connection hash alike) or 40 key bytes. ``reta``: a ``labkit.rss.Reta``
+    a connection hash alike) or 40 key bytes. ``reta``: a ``labkit.nic.rss.Reta``
     (default: 128 entries, round robin over the queues).
     """
 

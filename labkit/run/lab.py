@@ -33,9 +33,9 @@ from .loop import loop_source
 from .measure import now_tsc, tsc_hz
 from .result import NodeRuntime, Result
 from .trace import trace as _trace
+from ..settings import SLICE_S
 
 BACKENDS = ("memory", "veth", "tap")
-SLICE_S = 0.05            # the loop returns to Python this often (progress, Ctrl-C)
 POOL_SIZE = 8192          # buffers: rx ring + tx ring + vector + copies, with room to spare
 RING_SIZE = 1024
 

@@ -29,7 +29,7 @@ Two schedulers here, one idea:
   ``Knobs(model="lthreads")``; with ``jit=False`` the same generated source
   runs as Python.
 
-Measured here (``measure_switch``; ``python -m labkit.run.lthreads``):
+Measured in ``labkit.bench.cores`` (``measure_switch``; ``python -m labkit.bench.cores switch``):
 
 * a compiled switch: two trivial stages ping-ponging under ``scheduler``
   (LLVM may inline their bursts: what is left is the switch itself);
@@ -41,24 +41,19 @@ Measured here (``measure_switch``; ``python -m labkit.run.lthreads``):
   50 array arguments (``bind``): what a Python scheduler of compiled stages
   pays at every switch, and the compiled scheduler does not.
 
-``measure_models`` compares the threading models on the in-memory NIC.
+``labkit.bench.cores.measure_models`` compares the threading models on the in-memory NIC.
 """
 import functools
 import hashlib
 import inspect
-import os
 import sys
-import threading
-import time
 from collections import deque
 
 import numpy as np
-from numba import njit, typeof
+from numba import typeof
 from numba.core.typing.typeof import Purpose
 
-from ..memory.intrinsics import load_acquire, rdtsc, store_release
-from ..nic.syscalls import sys_read, sys_sched_yield, sys_write
-from .measure import tsc_hz
+from ..graph.compile import load_source
 
 
 def run_cooperative(stages):
@@ -194,7 +189,6 @@ def scheduler(stages, jit=True):
     the compiled code calls them by name), imported from labkit's cache and
     compiled there once. jit=False: the same source as Python (generators and a
     next() loop), calling each stage's Python twin."""
-    from ..graph.compile import load_source
     return load_source(scheduler_source(stages, jit), f"lthreads_{len(stages)}").run
 
 
@@ -214,320 +208,3 @@ def run_until_done(run, args, failed):
             state[STATE_HEAD + i] = 1
             failed(i, e)
     return int(state[SWITCHES])
-
-
-# --- a toy pipeline through bounded rings (exercise 15) ----------------------------------------
-
-class Stalled(RuntimeError):
-    """A toy stage found nothing it could do for too many turns in a row."""
-
-
-class BoundedRing:
-    """A FIFO of at most `capacity` items between two stages (a toy rte_ring);
-    the producer sets `closed` when it will put nothing more. `peak` is the most
-    it ever held: how long an item can wait in it."""
-
-    def __init__(self, capacity):
-        self.q, self.capacity, self.closed, self.peak = deque(), capacity, False, 0
-
-    def room(self):
-        return self.capacity - len(self.q)
-
-    def put(self, items):
-        assert len(items) <= self.room(), "put past the ring's capacity"
-        self.q.extend(items)
-        self.peak = max(self.peak, len(self.q))
-
-    def take(self, n):
-        return [self.q.popleft() for _ in range(min(n, len(self.q)))]
-
-
-def _stalled(name, idle, patience, why):
-    if idle > patience:
-        raise Stalled(f"{name}: {why} for {patience} turns in a row: the stage at the other end never ran "
-                      "(a bounded ring needs its stages interleaved)")
-
-
-def toy_source(out, n, burst, patience=1000):
-    """Puts 0..n-1 on `out`, at most `burst` per turn, yielding after each turn."""
-    i = idle = 0
-    while i < n:
-        k = min(burst, n - i, out.room())
-        out.put(list(range(i, i + k)))
-        i += k
-        idle = idle + 1 if k == 0 else 0
-        _stalled("source", idle, patience, "its ring was full")
-        yield
-    out.closed = True
-
-
-def toy_worker(inp, out, burst, patience=1000):
-    """Moves up to `burst` items per turn from `inp` to `out` (each item x becomes 2x + 1)."""
-    idle = 0
-    while not (inp.closed and not inp.q):
-        got = inp.take(min(burst, out.room()))
-        out.put([2 * x + 1 for x in got])
-        idle = idle + 1 if not got else 0
-        _stalled("worker", idle, patience, "it had nothing to move")
-        yield
-    out.closed = True
-
-
-def toy_sink(inp, got, patience=1000):
-    """Takes everything that reaches it into the list `got`."""
-    idle = 0
-    while not (inp.closed and not inp.q):
-        k = inp.take(inp.capacity)
-        got.extend(k)
-        idle = idle + 1 if not k else 0
-        _stalled("sink", idle, patience, "nothing arrived")
-        yield
-
-
-def toy_pipeline(scheduler, n=1000, capacity=8, burst=4):
-    """source -> worker -> sink through two rings of `capacity` under `scheduler`
-    (a function like run_cooperative). Returns dict(got, switches, peak): what
-    reached the sink, the scheduler's switch count, the fullest either ring got."""
-    a, b, got = BoundedRing(capacity), BoundedRing(capacity), []
-    switches = scheduler([toy_source(a, n, burst), toy_worker(a, b, burst), toy_sink(b, got)])
-    return dict(got=got, switches=switches, peak=max(a.peak, b.peak))
-
-
-# --- what a switch costs ---------------------------------------------------------------------
-
-def _quick():
-    return os.environ.get("LABKIT_QUICK", "") not in ("", "0")
-
-
-def _ping(n):
-    for _ in range(n):
-        yield
-
-
-def generator_switch_ns(scheduler=run_cooperative, n=100_000):
-    """ns per switch of `scheduler` between two trivial generators (each yields n times)."""
-    t0 = time.perf_counter_ns()
-    switches = scheduler([_ping(n), _ping(n)])
-    return (time.perf_counter_ns() - t0) / max(switches, 1)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def tick(counts, i, n):
-    """A trivial stage's burst: count a turn; done after n turns."""
-    counts[i] += 1
-    return counts[i] >= n
-
-
-def compiled_switch_ns(n=1_000_000):
-    """ns per switch of the compiled scheduler between two trivial stages (``tick``)
-    that each run n bursts. LLVM may inline the stages' bursts into the scheduler:
-    what is left is what a compiled lthread switch costs, a branch and a jump."""
-    run = scheduler([tick, tick])
-    counts = np.zeros(2, np.int64)
-    run((counts, 0, 1), (counts, 1, 1), new_state(2))        # compile (or load) before timing
-    counts[:] = 0
-    t0 = time.perf_counter_ns()
-    switches = run((counts, 0, n), (counts, 1, n), new_state(2))
-    return (time.perf_counter_ns() - t0) / max(switches, 1)
-
-
-def _nothing():
-    return None
-
-
-def call_ns(n=100_000):
-    """ns per plain Python function call (the loop included), for reference."""
-    f = _nothing
-    t0 = time.perf_counter_ns()
-    for _ in range(n):
-        f()
-    return (time.perf_counter_ns() - t0) / n
-
-
-@njit(nogil=True, cache=True)
-def _stage_stub(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9,
-                c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9,
-                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9):
-    return a0[0] != 0
-
-
-def crossing_ns(n=20_000):
-    """ns per call from Python into a compiled function of 50 arrays that does
-    nothing (bound once, as the data plane's lthreads call their stages)."""
-    call = bind(_stage_stub, [np.zeros(8, np.int64) for _ in range(50)])
-    call()
-    t0 = time.perf_counter_ns()
-    for _ in range(n):
-        call()
-    return (time.perf_counter_ns() - t0) / n
-
-
-@njit(nogil=True, cache=True)
-def _yield_pingpong(flag, me, n, warm, out):
-    """Wait for my turn (flag == me), giving the CPU away with sched_yield, then
-    hand the turn over; n turns. out[2 me]: TSC cycles of the last n - warm turns,
-    out[2 me + 1]: sched_yield calls."""
-    yields = 0
-    t0 = rdtsc()
-    for i in range(n):
-        if i == warm:
-            t0 = rdtsc()
-        while load_acquire(flag, 0) != me:
-            sys_sched_yield()
-            yields += 1
-        store_release(flag, 0, 1 - me)
-    out[2 * me] = rdtsc() - t0
-    out[2 * me + 1] = yields
-
-
-@njit(nogil=True, cache=True)
-def _pipe_pingpong(rfd, wfd, me, n, warm, buf, out):
-    """Thread 0 writes a byte and sleeps in read() until thread 1 answers; n round trips."""
-    t0 = rdtsc()
-    for i in range(n):
-        if i == warm:
-            t0 = rdtsc()
-        if me == 0:
-            sys_write(wfd, buf, 0, 1)
-            sys_read(rfd, buf, 0, 1)
-        else:
-            sys_read(rfd, buf, 0, 1)
-            sys_write(wfd, buf, 0, 1)
-    out[2 * me] = rdtsc() - t0
-
-
-def _on_one_cpu(work):
-    """Run work(0) and work(1) on two threads pinned to one CPU; the CPU's number."""
-    cpu = sorted(os.sched_getaffinity(0))[0]
-    errors = []
-
-    def body(me):
-        try:
-            os.sched_setaffinity(0, {cpu})
-            work(me)
-        except BaseException as e:        # noqa: BLE001  (re-raised below)
-            errors.append(e)
-    ths = [threading.Thread(target=body, args=(me,), name=f"labkit switch {me}", daemon=True) for me in (0, 1)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
-    if errors:
-        raise errors[0]
-    return cpu
-
-
-def os_switch_ns(n=20_000, warm=100):
-    """(ns per switch, sched_yield calls per switch) of two OS threads pinned to
-    one CPU handing a turn back and forth: each hand-over is a context switch
-    the kernel makes. None where threads cannot be pinned (not Linux)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None, None
-    flag, out = np.zeros(8, np.int64), np.zeros(4, np.int64)
-    _yield_pingpong(np.ones(8, np.int64), 1, 1, 0, out)          # compile before the threads start
-    _on_one_cpu(lambda me: _yield_pingpong(flag, me, n, warm, out))
-    turns = 2 * (n - warm)
-    return out[0] / tsc_hz() * 1e9 / turns, (out[1] + out[3]) / (2 * n)
-
-
-def pipe_switch_ns(n=5_000, warm=100):
-    """ns per switch of two OS threads on one CPU that sleep in read() on a pipe
-    until the other writes (a wake-up, as a thread waiting for work gets).
-    None where threads cannot be pinned."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    r01, w01 = os.pipe()
-    r10, w10 = os.pipe()
-    out, buf = np.zeros(4, np.int64), np.zeros(8, np.uint8)
-    try:
-        _pipe_pingpong(r01, w01, 1, 0, 0, buf, out)                # compile (no round trip)
-        fds = {0: (r10, w01), 1: (r01, w10)}
-        _on_one_cpu(lambda me: _pipe_pingpong(fds[me][0], fds[me][1], me, n, warm, buf, out))
-    finally:
-        for fd in (r01, w01, r10, w10):
-            os.close(fd)
-    return out[0] / tsc_hz() * 1e9 / (2 * (n - warm))
-
-
-def measure_switch(runs=5):
-    """Medians of `runs` timings of each switch, in ns (see the module's docstring).
-    LABKIT_QUICK=1 makes each timing short."""
-    q = _quick()
-    scale = 10 if q else 1
-    rows = {k: [] for k in ("compiled_switch_ns", "generator_switch_ns", "os_yield_switch_ns",
-                            "yields_per_switch", "os_pipe_switch_ns", "call_ns", "crossing_ns")}
-    for _ in range(runs):
-        rows["compiled_switch_ns"].append(compiled_switch_ns(n=1_000_000 // scale))
-        rows["generator_switch_ns"].append(generator_switch_ns(n=100_000 // scale))
-        ns, yields = os_switch_ns(n=20_000 // scale)
-        rows["os_yield_switch_ns"].append(ns)
-        rows["yields_per_switch"].append(yields)
-        rows["os_pipe_switch_ns"].append(pipe_switch_ns(n=5_000 // scale))
-        rows["call_ns"].append(call_ns(n=100_000 // scale))
-        rows["crossing_ns"].append(crossing_ns(n=20_000 // scale))
-    return {k: (float(np.median(v)) if None not in v else None) for k, v in rows.items()}
-
-
-# --- the threading models on the in-memory NIC -------------------------------------------------
-
-# name -> (Lab arguments, cores the model keeps busy)
-MODEL_CONFIGS = {
-    "1 core: rtc, 1 worker": (dict(workers=1, multiqueue=True, model="rtc"), 1),
-    "1 core: lthreads (I/O + worker)": (dict(workers=1, model="lthreads"), 1),
-    "1 core: OS threads (I/O + worker)": (dict(workers=1, model="threads"), 1),
-    "2 cores: rtc, 2 workers": (dict(workers=2, model="rtc"), 2),
-    "2 cores: pipeline (I/O + worker)": (dict(workers=1, model="pipeline"), 2),
-}
-
-
-def measure_models(configs=None, runs=5, seconds=1.0, graph="ip4", say=print):
-    """Median of `runs` interleaved runs of each configuration: Mpps, the stages'
-    own TSC cycles per packet (cycles_per_packet: the data plane's; stage_cycles_per_packet:
-    with the in-memory NIC's share, every cycle a stage counted), the TSC cycles per
-    packet of the cores the model keeps busy (cores x TSC rate / packet rate: what the
-    stages did plus what the switches and the loops around the stages cost), switches
-    per packet, and ns_per_switch: what the cores spent beyond the stages, per switch
-    (only where there is about a switch per burst or more; it includes the loops' glue)."""
-    from .knobs import Knobs
-    from .lab import Lab
-    configs = MODEL_CONFIGS if configs is None else configs
-    labs = {}
-    for name, (c, _) in configs.items():
-        c = dict(c)
-        labs[name] = Lab(graph=graph, knobs=Knobs(model=c.pop("model")), **c)
-    rows = {name: [] for name in configs}
-    try:
-        for r in range(runs):
-            for name, lab in labs.items():
-                res = lab.run(seconds=seconds)
-                cores = configs[name][1]
-                core_cyc = cores * res.tsc_hz / res.pps if res.pps else float("nan")
-                stage_cyc = res.cycles_per_packet + (res.nic_cycles * res.cycles_per_packet / res.dut_cycles
-                                                     if res.dut_cycles else 0.0)
-                spp = res.extra["switches_per_packet"]
-                rows[name].append(dict(mpps=res.pps / 1e6, cyc=res.cycles_per_packet, stage_cyc=stage_cyc,
-                                       core_cyc=core_cyc, spp=spp, ok=res.conserved and res.pool_ok,
-                                       ns=(core_cyc - stage_cyc) / spp / res.tsc_hz * 1e9 if spp > 0.001
-                                       else float("nan")))
-                say(f"run {r + 1}/{runs} {name}: {res.pps / 1e6:.2f} Mpps")
-    finally:
-        for lab in labs.values():
-            lab.close()
-    med = lambda xs: float(np.median(xs))
-    return {name: dict(cores=configs[name][1], mpps=med([x["mpps"] for x in rs]),
-                       cycles_per_packet=med([x["cyc"] for x in rs]),
-                       stage_cycles_per_packet=med([x["stage_cyc"] for x in rs]),
-                       core_cycles_per_packet=med([x["core_cyc"] for x in rs]),
-                       switches_per_packet=med([x["spp"] for x in rs]), ns_per_switch=med([x["ns"] for x in rs]),
-                       all_ok=all(x["ok"] for x in rs),
-                       mpps_runs=[round(x["mpps"], 2) for x in rs])
-            for name, rs in rows.items()}
-
-
-if __name__ == "__main__":
-    import json
-    quick = "--quick" in sys.argv or _quick()
-    out = {"switch": measure_switch(runs=3 if quick else 5)}
-    out["models"] = measure_models(runs=2 if quick else 5, seconds=0.3 if quick else 1.0,
-                                   say=lambda s: print(s, file=sys.stderr))
-    print(json.dumps(out, indent=1))

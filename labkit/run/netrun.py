@@ -51,7 +51,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from ..graph.compile import generate, load_source, make_frames
-from ..memory.layouts import LINE_SHIFT
+from ..memory.layouts import LINE_SHIFT, own_lines, rehome
 from ..nic import afpacket as af
 from ..nic import generator as gen
 from ..nic import labnet
@@ -61,8 +61,8 @@ from .measure import now_tsc, tsc_hz
 from .netloop import (N_BUSY_ITER, N_CAP_LOST, N_CAP_N, N_DUT_CYC, N_ERR, N_KICKS, N_LAST_BUSY,
                       N_NIC_CYC, N_POLLS, N_RX, N_STOP, N_TX, NST_SIZE, net_loop_source)
 from .result import NIC_SIDE_DROPS, NodeRuntime, Result
+from ..settings import SLICE_S
 
-SLICE_S = 0.05        # each compiled loop returns to Python this often
 WATCH_S = 0.02        # the watcher's period
 QUIET_S = 5.0         # give up waiting for the books to balance after this long without activity
                       # (a balanced run ends at once; only a broken one waits this long)
@@ -162,7 +162,6 @@ class NetBackend:
         self.mod = load_source(src, f"{self.g.name}_{self.port}" + ("_fanout" if self.fanout else ""))
         self._zeros = lambda shape, dtype: np.zeros(shape, dtype)
         if self.fanout:      # each worker's arrays on cache lines of its own: no line written by two
-            from .workers import own_lines, rehome
             self._zeros = own_lines
         for d in self.duts:
             d.frames = make_frames(self.g, k.batch, k.layout)

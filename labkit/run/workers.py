@@ -83,21 +83,21 @@ from numba import njit
 from ..graph.compile import generate, load_source, make_frames
 from .loop import copy_lines
 from ..memory.intrinsics import load_acquire, rdtsc, store_release
-from ..memory.layouts import CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, aligned_zeros
+from ..memory.layouts import CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, own_lines, rehome
 from ..memory.bytes import wr32le
 from ..memory.mempool import make_pool
 from ..memory.ring import Ring, ring_count, ring_dequeue, ring_enqueue
 from ..nic import multiqueue as mq
 from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lock, spin_unlock
-from ..rss import DEFAULT_KEY, hash_ipv4_frames, make_tables
+from ..nic.rss import hash_ipv4_frames
 from ..nic.memory import CAP_LOST, CAP_N, DUT_CYC, FWD, MEMPOOL_EMPTY, NIC_CYC, RX_FRAME_TOO_LONG, SENT
 from ..nic.pcap import PcapWriter
 from ..nic.syscalls import sys_sched_yield
 from . import lthreads
 from .measure import now_tsc, tsc_hz
 from .result import NIC_SIDE_DROPS, NodeRuntime, Result
+from ..settings import SLICE_S
 
-SLICE_S = 0.05            # each worker returns to Python this often
 RR_SLICE_S = 0.0005       # a worker's turn when they run one after another (threads=False)
 MAX_WORKERS = 64
 COUNTER_LINES = 1         # cache lines per worker's row of hot counters
@@ -114,20 +114,6 @@ def _rusage():
 
 
 # --- state on cache lines of its own ---------------------------------------------------
-
-def own_lines(shape, dtype):
-    """Zeros of shape/dtype starting on a cache line, with the last line to itself."""
-    dt = np.dtype(dtype)
-    n = int(np.prod(shape)) * dt.itemsize
-    raw = aligned_zeros(-(-max(n, 1) // CACHE_LINE) * CACHE_LINE)
-    return raw[:n].view(dt).reshape(shape)
-
-
-def rehome(a):
-    """A copy of array a on cache lines of its own."""
-    out = own_lines(a.shape, a.dtype)
-    out[...] = a
-    return out
 
 
 def hot_counters(n, packed):
@@ -841,102 +827,9 @@ class Workers:
                 wr.write(b)
 
 
-
-
 # --- the software Toeplitz hash, per frame ---------------------------------------------------------
-
-def measure_toeplitz(n=256, reps=2000, key=DEFAULT_KEY, traffic=None):
-    """TSC cycles per frame of the software Toeplitz hash over IPv4 frames in an
-    arena (``hash_ipv4_frames``, 4-tuple), median of 5 timings of `reps` bursts."""
-    from ..nic.traffic import make_traffic
-    t = traffic if traffic is not None else make_traffic(flows=n)
-    tables = make_tables(key, 12)
-    arena = np.ascontiguousarray(t.frames).reshape(-1)
-    k = min(n, t.frames.shape[0])
-    bases = np.arange(k, dtype=np.int64) * t.stride - DATA_OFF
-    lengths = np.minimum(t.lengths[:k].astype(np.int64), t.stride)
-    out = np.zeros(k, np.uint32)
-    _hash_reps(tables, arena, bases, lengths, k, out, 1)
-    samples = []
-    for _ in range(5):
-        t0 = now_tsc()
-        _hash_reps(tables, arena, bases, lengths, k, out, reps)
-        samples.append((now_tsc() - t0) / (reps * k))
-    return float(np.median(samples))
-
-
-@njit(nogil=True, cache=True)
-def _hash_reps(tables, arena, bases, lengths, n, out, reps):
-    for _ in range(reps):
-        hash_ipv4_frames(tables, arena, bases, lengths, n, out)
 
 
 # --- measuring (not a test): python -m labkit.run.workers ---------------------------------------
 
-MEASURE_CONFIGS = {
-    "1 loop (single-queue path)": dict(workers=1),
-    "1 worker (multi-queue NIC)": dict(workers=1, multiqueue=True),
-    "2 workers": dict(workers=2),
-    "2 workers, counters packed": dict(workers=2, counters="packed"),
-    "1 worker, dispatcher, spsc": dict(workers=1, dispatcher=True),
-    "1 worker, dispatcher, lock": dict(workers=1, sync="lock"),
-    "2 workers, dispatcher, spsc": dict(workers=2, dispatcher=True),
-    "2 workers, dispatcher, lock": dict(workers=2, sync="lock"),
-}
 
-
-def measure(configs=None, runs=5, seconds=1.0, graph="ip4", say=print):
-    """Median of `runs` interleaved runs of each configuration (default traffic):
-    Mpps, TSC cycles/packet (per worker), CPU cycles/packet (per worker: the
-    thread's CPU time, which a busy machine does not inflate), and the share
-    of frames lost to full queues."""
-    from .knobs import Knobs
-    from .lab import Lab
-    configs = MEASURE_CONFIGS if configs is None else configs
-    labs = {}
-    for name, c in configs.items():
-        c = dict(c)
-        knobs = Knobs(**{k: c.pop(k) for k in ("sync", "counters") if k in c})
-        labs[name] = Lab(graph=graph, knobs=knobs, **c)
-    rows = {name: [] for name in configs}
-    for r in range(runs):
-        for name, lab in labs.items():
-            res = lab.run(seconds=seconds)
-            ws = res.extra.get("workers", [])
-            rows[name].append(dict(
-                mpps=res.pps / 1e6, cyc=res.cycles_per_packet,
-                worker_cyc=[w["cycles_per_packet"] for w in ws],
-                worker_busy_cyc=[w["busy_cycles_per_packet"] for w in ws],
-                worker_nic_cyc=[w["nic_cycles"] / w["handled"] if w["handled"] else 0.0 for w in ws],
-                disp_busy=res.extra.get("dispatcher_busy_cycles_per_packet", float("nan")),
-                worker_cpu_cyc=[w["cpu_cycles_per_packet"] for w in ws],
-                worker_cpu=[w["cpu_percent"] for w in ws],
-                qfull=res.dropped.get("rx_queue_full", 0) / res.sent if res.sent else 0.0,
-                ok=res.conserved and res.pool_ok))
-            say(f"run {r + 1}/{runs} {name}: {res.pps / 1e6:.2f} Mpps")
-    for lab in labs.values():
-        lab.close()
-    med = lambda xs: float(np.median(xs)) if len(xs) else float("nan")
-    out = {}
-    for name, rs in rows.items():
-        k = len(rs[0]["worker_cyc"])
-        out[name] = dict(
-            mpps=med([x["mpps"] for x in rs]), cycles_per_packet=med([x["cyc"] for x in rs]),
-            worker_cycles=[med([x["worker_cyc"][i] for x in rs]) for i in range(k)],
-            worker_busy_cycles=[med([x["worker_busy_cyc"][i] for x in rs]) for i in range(k)],
-            worker_nic_cycles=[med([x["worker_nic_cyc"][i] for x in rs]) for i in range(k)],
-            dispatcher_busy_cycles=med([x["disp_busy"] for x in rs]),
-            worker_cpu_cycles=[med([x["worker_cpu_cyc"][i] for x in rs]) for i in range(k)],
-            worker_cpu_percent=[med([x["worker_cpu"][i] for x in rs]) for i in range(k)],
-            rx_queue_full=med([x["qfull"] for x in rs]), all_ok=all(x["ok"] for x in rs),
-            mpps_runs=[round(x["mpps"], 2) for x in rs])
-    return out
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-    quick = "--quick" in sys.argv
-    res = measure(runs=2 if quick else 5, seconds=0.3 if quick else 1.0, say=lambda s: print(s, file=sys.stderr))
-    res["toeplitz software TSC cycles/frame"] = measure_toeplitz()
-    print(json.dumps(res, indent=1))

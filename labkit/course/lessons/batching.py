@@ -473,7 +473,7 @@ def time_dispatch(dispatch, batch, n=4096, rounds=None, seed=8):
     """TSC cycles per packet of `dispatch` over n packets (the usual mix, 70%
     forwarded) in vectors of `batch`: the fastest of several passes, so warm
     caches; includes the copy of each vector into frames[PARSE] (labkit's rx)."""
-    from labkit.exercise import quick
+    from labkit.course.exercise import quick
     rounds = rounds or (5 if quick() else 25)
     g, vec = make_graph(n, seed=seed)
     frames, counts, nxt = new_frames()

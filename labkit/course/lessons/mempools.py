@@ -26,7 +26,7 @@ import time
 import numpy as np
 from numba import njit
 
-from labkit import exercise as ex
+from labkit.course import exercise as ex
 from labkit.memory.intrinsics import rdtsc
 from labkit.memory.layouts import CACHE_LINE, DATA_OFF, DEFAULT_SLOT_SIZE
 from labkit.memory.mempool import slot_lines, stack_free

@@ -26,7 +26,7 @@ Timings are TSC cycles (``rdtsc``), the fastest of several repetitions.
 import numpy as np
 from numba import njit
 
-from labkit.exercise import quick
+from labkit.course.exercise import quick
 from labkit.memory.intrinsics import rdtsc
 from labkit.memory.layouts import CACHE_LINE, LINE_SHIFT, PKT_VEC_AOS, aligned_zeros
 

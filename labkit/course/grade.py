@@ -5,7 +5,7 @@
 
 For each submission:
 
-1. Which exercise: ``metadata.labkit.exercise`` (every shipped exercise has
+1. Which exercise: ``metadata.labkit.course.exercise`` (every shipped exercise has
    it), else the file name (``01_polling.ipynb``, ``alice-01_polling.ipynb``).
 2. A graded copy: the submission's cells, in its order, with its outputs
    cleared and its measurement cells (tag ``measure``) skipped; every check cell (tag ``check``, id ``check-<name>``) replaced by
@@ -54,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit import numba_cache_dir
+from labkit.settings import numba_cache_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CHECK_TAG = "check"
@@ -180,14 +180,14 @@ def exercise_of(nb, path, known):
     name = meta.get("exercise") if isinstance(meta, dict) else None
     if name is not None:
         if name not in known:
-            raise GradeError(f"{path}: exercise {name!r} (metadata.labkit.exercise) is not one of ours: "
+            raise GradeError(f"{path}: exercise {name!r} (metadata.labkit.course.exercise) is not one of ours: "
                              f"{', '.join(known)}")
         return name
     stem = Path(path).stem
     hits = [k for k in known if stem == k or stem.endswith(("_" + k, "-" + k, " " + k)) or k in stem]
     if len(hits) == 1:
         return hits[0]
-    raise GradeError(f"{path} is not a labkit exercise: no metadata.labkit.exercise, and its name "
+    raise GradeError(f"{path} is not a labkit exercise: no metadata.labkit.course.exercise, and its name "
                      f"matches none of {', '.join(known)}")
 
 

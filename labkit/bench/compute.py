@@ -1,6 +1,6 @@
 """``labkit bench [--quick] [--json] [--runs N]``: the data plane's numbers, side by side.
 
-(``labkit bench veth ...`` is the real-NIC benchmark: ``labkit.netbench``.)
+(``labkit bench veth ...`` is the real-NIC benchmark: ``labkit.bench.net``.)
 
 Everything is measured in one process, configurations interleaved round by
 round (so a noisy neighbour hurts all of them alike), and each number is the
@@ -11,7 +11,7 @@ median over ``--runs`` rounds. Four sections:
 2. JIT vs pure Python: the same Lab with ``Knobs(jit=False)`` on a few
    thousand packets, against the JIT;
 3. numba vs C: the generated ``dispatch`` against the same kernels in C
-   (``labkit.ckernels``), one 256-packet vector timed over and over with the
+   (``labkit.bench.ckernels``), one 256-packet vector timed over and over with the
    frames restored between passes (untimed). The numba side is the real
    dispatch: it also moves packets between node frames, counts drops and
    reads the TSC for per-node statistics; the C side only decides.
@@ -22,11 +22,17 @@ TSC cycles tick at a constant rate, not the core's clock (see
 """
 import argparse
 import json
-import statistics
 import sys
 import time
 
 import numpy as np
+
+from ..graph.nodes import GRAPHS as GN
+from ..run.knobs import Knobs
+from ..run.lab import Lab
+from ..run.measure import tsc_hz
+from . import ckernels as ck
+from .report import Progress, jsonable, med as _med, print_table
 
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_SIZES = (1, 32, 256)
@@ -40,36 +46,6 @@ TARGETS = {
 PY_PACKETS = 3000
 
 
-class Progress:
-    """One line on stderr, rewritten in place on a terminal."""
-
-    def __init__(self, quiet=False):
-        self.tty = sys.stderr.isatty()
-        self.quiet = quiet
-        self.t0 = time.monotonic()
-        self.last = ""
-
-    def __call__(self, text):
-        if self.quiet:
-            return
-        line = f"[bench {time.monotonic() - self.t0:5.1f}s] {text}"
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(max(len(self.last), len(line))))
-        elif text.split(":")[0] != self.last.split("] ")[-1].split(":")[0]:
-            sys.stderr.write(line + "\n")      # not a terminal: one line per step
-        sys.stderr.flush()
-        self.last = line
-
-    def done(self):
-        if self.tty and not self.quiet:
-            sys.stderr.write("\r" + " " * len(self.last) + "\r")
-            sys.stderr.flush()
-
-
-def _med(xs):
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
 def _packets(batch, graph, quick):
     """Packets per measured run: ~0.1-0.2 s each on a ~2.6 GHz core."""
     n = 400_000 if batch < 8 else 4_000_000
@@ -80,8 +56,6 @@ def _packets(batch, graph, quick):
 
 def bench_graphs(sizes, runs, quick, progress):
     """Section 1: {graph: {batch: {...medians...}}}."""
-    from .run.knobs import Knobs
-    from .run.lab import Lab
     labs = {}
     for g in GRAPHS:
         for b in sizes:
@@ -113,8 +87,6 @@ def bench_graphs(sizes, runs, quick, progress):
 
 def bench_jit(runs, quick, progress):
     """Section 2: pure Python vs JIT, same Lab settings, per graph."""
-    from .run.knobs import Knobs
-    from .run.lab import Lab
     out = {}
     labs = {}
     for g in GRAPHS:
@@ -146,12 +118,9 @@ def bench_jit(runs, quick, progress):
 
 def bench_c(runs, quick, progress, n=256):
     """Section 3: numba dispatch vs C kernels on one vector of n packets."""
-    from . import ckernels as ck
     ok, why = ck.available()
     if not ok:
         return {"skipped": why}
-    from .run.knobs import Knobs
-    from .run.lab import Lab
     reps = 2000 if quick else 5000
     progress("numba vs C: preparing")
     lab = Lab("memory", "ip4", Knobs(batch=n))       # its FIB and traffic (destinations with routes)
@@ -170,7 +139,6 @@ def bench_c(runs, quick, progress, n=256):
             raw[g][1].append(c / (reps * n))
             raw[g][2].append(stats[:, 2] / np.maximum(stats[:, 1], 1))
     out = {"vector": n, "reps": reps, "c_ticks_are_ns": ck.c_ticks_are_ns()}
-    from .graph.nodes import GRAPHS as GN
     for g, (nb, c, st) in raw.items():
         nbm, cm = _med(nb), _med(c)
         out[g] = {"numba_cycles_per_packet": nbm, "c_cycles_per_packet": cm,
@@ -207,85 +175,6 @@ def _targets(graphs, jit, cres):
 
 
 # --- false sharing, in isolation (notebook 14) ------------------------------------------
-
-def _count_kernel():
-    from numba import njit
-    from labkit.memory.intrinsics import load_acquire, store_release
-
-    @njit(nogil=True, cache=True)
-    def count(a, i, n):
-        """n increments of a[i], each a load and a store the other core can see."""
-        for _ in range(n):
-            store_release(a, i, load_acquire(a, i) + 1)
-    return count
-
-
-def measure_false_sharing(n=100_000_000, runs=5):
-    """Nanoseconds per increment when two threads each bump their own counter,
-    the two counters on one cache line ("one line") or on lines of their own
-    ("own lines"); medians of `runs` interleaved timings. Nothing else runs in
-    the loop, so every increment may find the line in the other core's cache:
-    the worst case, which a data plane that bumps its counters once per burst
-    (``labkit.run.workers``) mostly avoids."""
-    import threading
-    from labkit.run.workers import own_lines
-    count = _count_kernel()
-    a = own_lines((16,), np.int64)           # two cache lines
-    count(a, 0, 1)                           # compile (or load the cache) first
-
-    def once(i, j):
-        ts = [threading.Thread(target=count, args=(a, k, n)) for k in (i, j)]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        return (time.perf_counter() - t0) / n * 1e9
-    a[:] = 0
-    one, own = [], []
-    for _ in range(runs):
-        one.append(once(0, 1))
-        own.append(once(0, 8))
-    # one writer per counter: sharing a line may cost time, never an increment
-    assert a[0] == 2 * runs * n and a[1] == a[8] == runs * n, "a counter lost increments"
-    return {"one line": statistics.median(one), "own lines": statistics.median(own)}
-
-
-def jsonable(o):
-    """Results as plain JSON: string keys, numpy scalars as numbers, NaN as null."""
-    if isinstance(o, dict):
-        return {str(k): jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [jsonable(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, float) and o != o:
-        return None
-    return o
-
-
-def print_table(title, cols, rows, out=sys.stdout):
-    """A titled table with right-aligned columns (rich when installed, else plain text)."""
-    try:
-        from rich import box
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:           # plain text
-        print(f"\n{title}", file=out)
-        w = [max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(str(c))
-             for i, c in enumerate(cols)]
-        print("  ".join(str(c).rjust(w[i]) for i, c in enumerate(cols)), file=out)
-        for r in rows:
-            print("  ".join(str(x).rjust(w[i]) for i, x in enumerate(r)), file=out)
-        return
-    con = Console(file=out, highlight=False, width=120)
-    con.print("\n" + title, soft_wrap=True)   # (a table's own title wraps to the table's width)
-    t = Table(box=box.SIMPLE_HEAD)
-    for c in cols:
-        t.add_column(c, justify="right")
-    for r in rows:
-        t.add_row(*[str(x) for x in r])
-    con.print(t)
 
 
 def _print(res, out=sys.stdout):
@@ -340,7 +229,6 @@ def _print(res, out=sys.stdout):
 
 def run(quick=False, runs=None, progress=None):
     """All sections; returns the result dict (what --json prints)."""
-    from .run.measure import tsc_hz
     runs = runs if runs is not None else (3 if quick else 5)
     progress = progress or (lambda s: None)
     t0 = time.monotonic()
@@ -358,9 +246,6 @@ def run(quick=False, runs=None, progress=None):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["veth"]:              # the ring driver on veth, against C tools and the kernel
-        from . import netbench
-        return netbench.main(argv[1:])
     p = argparse.ArgumentParser(prog="labkit bench", description=(
         "Measure the data plane side by side in one run: cycles per packet and Mpps by "
         "vector size, JIT vs pure Python, numba vs C kernels; medians of --runs. "

@@ -41,6 +41,13 @@ import subprocess
 
 import numpy as np
 
+from ..graph.compile import compile_graph, make_frames
+from ..graph.nodes import NODES
+from ..memory.intrinsics import rdtsc
+from ..memory.layouts import LINE_SHIFT, aligned_zeros
+from ..run.knobs import Knobs
+from ..settings import cache_root
+
 C_FLAGS = ("-O2", "-march=native", "-shared", "-fPIC")
 NO_COMPILER = "no C compiler (cc) found; install gcc to compare with C"
 
@@ -268,13 +275,12 @@ def build():
     """Compile C_SOURCE (once per source+flags) and load it; returns the ctypes CDLL."""
     if _lib:
         return _lib[0]
-    from .graph.compile import cache_dir
     cc = _compiler()
     if cc is None:
         raise RuntimeError(NO_COMPILER)
     flags = list(C_FLAGS)
     key = hashlib.sha1("\n".join([C_SOURCE, " ".join(flags), platform.machine()]).encode()).hexdigest()[:16]
-    d = cache_dir() / "c"
+    d = cache_root() / "c"
     d.mkdir(parents=True, exist_ok=True)
     so = d / f"labkit_ckernels_{key}.so"
     if not so.exists():
@@ -340,7 +346,6 @@ def run_vector(graph, arena, handles, lengths, tables=None):
 
 def decode(graph, code):
     """'forwarded' or the error name of a C next code (see the module doc)."""
-    from .graph.nodes import NODES
     if code == 0:
         return "forwarded"
     node, k = divmod(-int(code), 100)
@@ -359,7 +364,6 @@ class Vector:
     can be restored; ``handles``/``lengths`` are the packet vector."""
 
     def __init__(self, traffic, n, start=0):
-        from .memory.layouts import aligned_zeros, LINE_SHIFT
         idx = traffic.seq[(start + np.arange(n)) % len(traffic.seq)]
         self.n = n
         self.lengths = np.minimum(traffic.lengths[idx].astype(np.uint32), SLOT - 128)
@@ -407,7 +411,6 @@ def _harness():
     if _numba_harness:
         return _numba_harness[0]
     from numba import njit
-    from .memory.intrinsics import rdtsc
 
     @njit(nogil=True)
     def harness(dispatch, reps, arena, handles, lengths, templates, frames_h, frames_l, frames_x,
@@ -437,8 +440,6 @@ def _harness():
 
 def numba_module(graph, knobs=None):
     """(Graph, generated module) of `graph` with these knobs (default Knobs())."""
-    from .graph.compile import compile_graph
-    from .run.knobs import Knobs
     return compile_graph(graph, knobs if knobs is not None else Knobs())
 
 
@@ -446,8 +447,6 @@ def time_numba(graph, vec, reps, tables=None, knobs=None):
     """Total TSC cycles of `reps` passes of the generated dispatch over `vec`.
 
     Returns (cycles, n_tx, stats) with stats the per-node [calls, packets, cycles]."""
-    from .graph.compile import make_frames
-    from .run.knobs import Knobs
     knobs = knobs if knobs is not None else Knobs(batch=max(1, min(vec.n, 256)))
     if knobs.layout != "soa":
         raise ValueError("the numba harness drives the soa layout only")

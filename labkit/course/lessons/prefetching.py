@@ -24,7 +24,7 @@ packet.
 - ``trace``: runs a lookup function's Python source on recording arrays and
   says what it read and prefetched, in order (the exercise's checks).
 
-``LABKIT_QUICK=1`` (``labkit.exercise.quick()``) makes every measurement short.
+``LABKIT_QUICK=1`` (``labkit.course.exercise.quick()``) makes every measurement short.
 """
 import statistics
 import types as pytypes
@@ -33,7 +33,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from labkit.exercise import quick, tsc_hz
+from labkit.course.exercise import quick, tsc_hz
 from labkit.memory import intrinsics
 from labkit.memory.intrinsics import prefetch, rdtsc
 from labkit.memory.layouts import CACHE_LINE, aligned_zeros

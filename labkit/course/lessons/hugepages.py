@@ -26,7 +26,7 @@ says about an array's memory: KernelPageSize, AnonHugePages, Private_Hugetlb),
 while, so a check sees the fallback even where pages are reserved), and the
 micro-measurement ``measure_lookups``: dependent lookups (a pointer chase, as
 in a trie or a hash chain) and independent ones over tables of growing size,
-ns of CPU time per lookup, medians. ``python -m labkit.lessons.hugepages``
+ns of CPU time per lookup, medians. ``python -m labkit.course.lessons.hugepages``
 prints it. Measured on a 2-vCPU EPYC VM (busy): a dependent lookup in 256 MiB
 takes ~320 ns on 4 KiB pages, ~200 ns on 2 MiB pages (hugetlbfs or THP).
 """
@@ -335,7 +335,7 @@ def _u32(table):
 
 
 def _steps(steps):
-    from labkit import exercise as ex
+    from labkit.course import exercise as ex
     return steps if steps is not None else (200_000 if ex.quick() else 1_000_000)
 
 
@@ -373,7 +373,7 @@ def measure_lookups(sizes=None, modes=MODES, kinds=("chase", "random"), steps=No
     "ns": {(kind, mode): [ns or None per size]}, "pages": {mode: [...]},
     "notes": [...]}: medians of ``rounds``; "pages" says what the kernel gave
     (from /proc/self/smaps): "4 KiB", "2 MiB" or "THP x%"."""
-    from labkit import exercise as ex
+    from labkit.course import exercise as ex
     q = ex.quick()
     if sizes is None:
         sizes = [1 * MiB, 16 * MiB, 64 * MiB] if q else [1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB,
@@ -442,7 +442,7 @@ def page_kind(u8):
     return "4 KiB"
 
 
-if __name__ == "__main__":     # python -m labkit.lessons.hugepages: the measurement, as text
+if __name__ == "__main__":     # python -m labkit.course.lessons.hugepages: the measurement, as text
     print(status())
     t0 = time.time()
     r = measure_lookups(progress=None)

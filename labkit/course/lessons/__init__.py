@@ -1,8 +1,8 @@
 """Support code for the exercises of the memory and compute notebooks: one
-module per technique (``labkit.lessons.mempools`` for exercise 04, ...).
+module per technique (``labkit.course.lessons.mempools`` for exercise 04, ...).
 
 Each module gives its exercise what the student's code is checked and measured
 with: inputs, a reference, timing. The common parts (``check``, ``quick``, the
-TSC) are in ``labkit.exercise``, which also holds the support code of the I/O
+TSC) are in ``labkit.course.exercise``, which also holds the support code of the I/O
 and multi-core exercises (01-03, 13-15).
 """

@@ -35,7 +35,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from labkit import exercise as ex
+from labkit.course import exercise as ex
 from labkit.memory.intrinsics import rdtsc
 
 __all__ = ["CRC_TABLE", "CRC_INIT", "CRC_XOR", "crc32_u32", "crc32_u8", "Flows", "make_flows", "key_bytes",

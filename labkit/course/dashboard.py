@@ -1,6 +1,6 @@
 """One knob, live: the dashboard every notebook uses.
 
-    from labkit.widgets import Dashboard, backend_banner
+    from labkit.course.dashboard import Dashboard, backend_banner
     backend_banner()                       # which NIC this notebook measures on, and why
     dash = Dashboard("poll", ["wait", "busy"], over=("rate", [1_000, 100_000, None]),
                      graph="l2fwd", panels=("cpu", "mpps", "cycles"))
@@ -60,6 +60,7 @@ from dataclasses import fields
 
 from labkit import __version__
 from labkit.run.knobs import TECHNIQUES, WORKER_KNOBS, WORKER_TECHNIQUES, Knobs
+from labkit.settings import quick
 
 QUICK_SECONDS = 0.15      # seconds per run with LABKIT_QUICK=1
 QUICK_REPEATS = 2         # at most this many runs per value with LABKIT_QUICK=1
@@ -145,11 +146,6 @@ class Stopped(KeyboardInterrupt):
     """Raised from a run's progress callback when Stop was pressed: the Lab
     treats it as Ctrl-C (stops offering, drains, every buffer back), then it
     ends the run, which is not recorded."""
-
-
-def quick():
-    """True when LABKIT_QUICK=1: short measurements for tests and CI."""
-    return os.environ.get("LABKIT_QUICK") == "1"
 
 
 # -- the backend ------------------------------------------------------------------

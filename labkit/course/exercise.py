@@ -51,8 +51,9 @@ from labkit.memory.intrinsics import load_acquire, rdtsc, store_release
 from labkit.memory.layouts import CACHE_LINE, DATA_OFF, aligned_zeros
 from labkit.memory.ring import CONS, PROD, Ring, ring_enqueue
 from labkit.nic.multiqueue import spin_lock, spin_unlock
-from labkit.rss import VERIFICATION_IPV4, make_tables, toeplitz_batch
+from labkit.nic.rss import VERIFICATION_IPV4, make_tables, toeplitz_batch
 from labkit.nic.syscalls import sys_write
+from labkit.settings import quick
 from labkit.nic.afpacket import (BLK_FIRST, BLK_NUM_PKTS, BLK_STATUS, C_BNR, C_BSIZE, P3_LEN, P3_MAC, P3_NEXT,
                                  P3_RXHASH, P3_SNAPLEN, RX_RESERVE, TP_STATUS_USER, rx_burst)
 
@@ -64,11 +65,6 @@ __all__ = [
     "time_l2fwd", "RSS_TABLE", "rss_inputs", "time_hash", "time_toeplitz_tables", "SPSC_LOCK", "Spsc", "make_spsc",
     "spsc_dequeue", "locked_enqueue", "locked_dequeue", "order_problems", "spsc_stress", "spsc_one_thread",
 ]
-
-
-def quick():
-    """True when LABKIT_QUICK=1: measurements are short (tests and grading set it)."""
-    return os.environ.get("LABKIT_QUICK", "") not in ("", "0")
 
 
 def tsc_hz():
@@ -752,7 +748,7 @@ def _hash_rounds(tables, data, lengths, out, rounds):
 
 def time_toeplitz_tables(key, inputs, rounds=None):
     """TSC cycles per hash of labkit's table-driven numba version
-    (``labkit.rss.toeplitz_batch``: one table load per input byte) over
+    (``labkit.nic.rss.toeplitz_batch``: one table load per input byte) over
     ``inputs`` (equal lengths), best of 5 timings of ``rounds`` passes."""
     rounds = rounds or (200 if quick() else 2000)
     data = np.frombuffer(b"".join(inputs), np.uint8).reshape(len(inputs), -1)

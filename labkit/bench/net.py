@@ -75,10 +75,17 @@ from contextlib import contextmanager
 import numpy as np
 from numba import njit
 
-from .bench import jsonable as _jsonable, print_table
-from .memory.intrinsics import rdtsc
-from .nic import labnet
-from .nic.afpacket import rx_burst, rx_release
+from ..memory.intrinsics import rdtsc
+from ..nic import generator as gen
+from ..nic import labnet
+from ..nic.afpacket import RxRing, TxRing, read_stats, rx_burst, rx_release
+from ..nic.traffic import make_traffic
+from ..run.knobs import Knobs
+from ..run.lab import Lab
+from ..run.measure import now_tsc, tsc_hz
+from ..settings import SLICE_S
+from .cores import measure_toeplitz
+from .report import Progress, jsonable as _jsonable, print_table
 
 PREFIX = "labkit-bench"           # the lab network of this benchmark (never a user's or a test's)
 FRAME = 60                        # bytes of a 64-byte Ethernet frame without its FCS
@@ -99,7 +106,6 @@ TARGETS = {
     "fwd_vs_bridge": 1.0,         # labkit l2fwd / Linux bridge, at least
 }
 INSTALL = "apt-get install netsniff-ng"
-SLICE_S = 0.05                    # the compiled loops return to Python this often
 QUIET_S = 0.1                     # a receiver is drained when nothing came for this long
 QUIET_OTHERS = 25.0               # --quiet-wait: "quiet" is the rest using < this % of a CPU
 BRIDGE = "lk-br0"
@@ -126,7 +132,6 @@ def _ratio(a, b):
 
 def traffic(size=FRAME, max_frame=1514):
     """The Lab's default traffic at ``size``: what every generator here sends."""
-    from .nic.traffic import make_traffic
     return make_traffic(size=size, flows=FLOWS, seed=1, max_frame=max_frame)
 
 
@@ -134,7 +139,7 @@ def trafgen_config(t, n=None):
     """trafgen's configuration for traffic ``t``: one ``{ ... }`` packet per frame,
     in the send order (trafgen sends its packets round robin)."""
     n = t.seq.size if n is None else n
-    lines = ["# labkit.netbench: labkit.nic.traffic frames, in labkit's send order"]
+    lines = ["# labkit.bench.net: labkit.nic.traffic frames, in labkit's send order"]
     for i in range(n):
         f = t.frame(int(t.seq[i % t.seq.size]))
         lines.append("{ " + ", ".join(f"0x{b:02x}" for b in f) + " }")
@@ -263,8 +268,6 @@ class _Counter:
     """labkit's RX ring on one port, walked by rx_count_slice on a thread."""
 
     def __init__(self, ns, ifname, burst=256):
-        from .nic.afpacket import RxRing
-        from .run.measure import tsc_hz
         self.hz = tsc_hz()
         self.ring = RxRing(ns, ifname, block_size=RX_RING[0], block_nr=RX_RING[1])
         self.hs, self.ls, self.hashes = (np.zeros(burst, np.uint32) for _ in range(3))
@@ -285,7 +288,6 @@ class _Counter:
         self.cnt[:] = 0
 
         def main():
-            from .run.measure import now_tsc
             if cpu is not None:
                 os.sched_setaffinity(threading.get_native_id(), {cpu})
             c0, w0 = time.thread_time(), time.perf_counter()
@@ -329,9 +331,6 @@ class _Gen:
     on lk-g1 and compiled loop (``labkit.nic.generator.gen_slice``), on a thread."""
 
     def __init__(self, p, t, batch=GEN_BATCH, qdisc_bypass=True):
-        from .nic import generator as gen
-        from .nic.afpacket import RxRing, TxRing
-        from .run.measure import tsc_hz
         self.gen, self.hz, self.t, self.batch = gen, tsc_hz(), t, batch
         gns = labnet.gen_ns(p)
         self.tx = TxRing(gns, labnet.GEN_TX, qdisc_bypass=qdisc_bypass)
@@ -359,8 +358,6 @@ class _Gen:
         """Send as fast as the kernel takes it for ``seconds``; if ``wait_rx``,
         go on receiving until nothing came back for QUIET_S. Returns counts, the
         seconds the sender ran, and those until the last frame came back."""
-        from .nic.afpacket import read_stats
-        from .run.measure import now_tsc
         g, gst, hz = self.gen, self.gst, self.hz
         gst[:] = 0
         self.too_long[0] = 0
@@ -568,8 +565,6 @@ def m_tx_labkit(c, batch):
 
 
 def _lab(size=FRAME, rate=None, **knobs):
-    from .run.knobs import Knobs
-    from .run.lab import Lab
     return Lab(backend="veth", graph="l2fwd", knobs=Knobs(**knobs), size=size, rate=rate)
 
 
@@ -594,7 +589,6 @@ def m_fwd_labkit(c):
 
 def m_fanout(c, workers):
     """l2fwd on `workers` DUT sockets (one PACKET_FANOUT_HASH group when > 1)."""
-    from .run.lab import Lab
     with Lab(backend="veth", graph="l2fwd", size=FRAME, workers=workers) as lab:
         r = lab.run(seconds=c.seconds)
     res = _lab_result(r)
@@ -607,7 +601,6 @@ def m_fanout(c, workers):
 
 def m_toeplitz(c):
     """TSC cycles per frame of the software Toeplitz hash (the in-memory NIC's RSS)."""
-    from .run.workers import measure_toeplitz
     return {"cycles_per_frame": measure_toeplitz(reps=500 if c.seconds < SECONDS else 2000)}
 
 
@@ -814,7 +807,6 @@ def run(quick=False, runs=None, seconds=None, progress=None, p=PREFIX, sections=
     (some of SECTIONS) limits what is run and reported. ``quiet_wait``: before each
     measurement, wait up to this many seconds for the rest of the machine to
     go quiet (see wait_quiet)."""
-    from .run.measure import tsc_hz
     runs = runs if runs is not None else (3 if quick else 5)
     seconds = seconds if seconds is not None else (QUICK_SECONDS if quick else SECONDS)
     progress = progress or (lambda s: None)
@@ -1002,7 +994,6 @@ def _print(res, out=sys.stdout):
 
 
 def main(argv=None):
-    from .bench import Progress
     p = argparse.ArgumentParser(prog="labkit bench veth", description=(
         "Measure the AF_PACKET ring driver on veth side by side in one run: RX vs netsniff-ng, TX vs "
         "trafgen, l2fwd vs a Linux bridge, busy-poll vs poll(), zero-copy vs copy, 1 vs 2 DUT sockets "
