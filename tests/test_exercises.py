@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from labkit.course import exercise as ex
-from labkit import grade
+from labkit.course import grade
 from labkit.memory.intrinsics import load_acquire, store_release
 from labkit.memory.ring import CONS, PROD, ring_dequeue
 from labkit.nic.afpacket import (BLK_FIRST, BLK_NUM_PKTS, BLK_STATUS, C_BNR, C_BSIZE, P3_LEN, P3_MAC, P3_NEXT,

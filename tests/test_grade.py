@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit import grade
+from labkit.course import grade
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "02_io_batching"

@@ -16,7 +16,7 @@ from contextlib import redirect_stdout
 import pytest
 from pyroute2 import netns
 
-from labkit import netbench as nb
+from labkit.bench import net as nb
 from labkit.nic import labnet
 
 WHY = labnet.why_not()

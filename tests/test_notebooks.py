@@ -26,7 +26,7 @@ import pytest
 
 from labkit import Knobs
 from labkit.run.result import NodeRuntime, Result
-from labkit import widgets
+from labkit.course import dashboard as widgets
 from labkit.course.dashboard import Dashboard, check_figure, table_text
 
 ROOT = Path(__file__).resolve().parent.parent
