@@ -10,7 +10,7 @@ imported on first use.
 import os
 import sys
 
-from labkit.settings import numba_cache_dir, source_fingerprint  # noqa: F401  (stdlib only)
+from labkit.settings import KEEP_VERSIONS, numba_cache_dir, source_fingerprint  # noqa: F401  (stdlib only)
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,8 @@
     labkit net      the lab network (namespaces, veth pairs, TAP): up, down, status
     labkit rss      RSS: a flow's Toeplitz hash and the queue it lands on
     labkit grade    grade exercise notebooks with the solutions' check cells (nbval)
-    labkit bench    delegated to labkit.bench.compute
+    labkit gen      the source labkit generates for a graph under some knobs (and where it is)
+    labkit bench    delegated to labkit.bench
 
 User errors (a bad flag, a knob out of range, a missing capture) exit 2 with
 one line on stderr that says what to use instead; Ctrl-C exits 130 and
@@ -32,6 +33,7 @@ EXIT_TERMINATED = 143
 SIZE_MIN_BYTES, SIZE_MAX_BYTES = 60, 1920
 
 BACKENDS = ("memory", "veth", "tap", "auto")
+PORTS = ("memory", "device", "dispatch", "ring", "socket", "tap")     # labkit.run.ports.KINDS
 # Why a backend is the one the demo uses, said at the top of its output.
 BACKEND_WHY = {
     "memory": "in-memory NIC (no root needed)",
@@ -155,12 +157,7 @@ def _lab_options(p):
     t.add_argument("--pcap", type=_pcap_in, metavar="FILE", help="replay this capture instead of generating")
     t.add_argument("--out", type=_pcap_out, metavar="FILE", help="write the forwarded frames to this pcap")
     t.add_argument("--seed", type=int, default=1, help="traffic generator seed (default: 1)")
-    k = p.add_argument_group("knobs (defaults are the fast path; see `labkit demo`)")
-    k.add_argument("--batch", type=int, metavar="N", help="vector size: packets per burst and per dispatch (1..256)")
-    for name in KNOB_FLAGS:
-        k.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=KNOB_HELP[name])
-    k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
-    k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
+    _knob_options(p)
     w = p.add_argument_group("several cores")
     w.add_argument("--workers", type=_int_between(1, 64, "1 to 64 workers, one per queue"), metavar="N",
                    help="run-to-completion workers, one per RSS queue of the multi-queue NIC; on veth one per "
@@ -185,6 +182,30 @@ def _lab_options(p):
     n.add_argument("--gen-batch", dest="gen_batch", type=_int_between(1, 256, "frames per kick from 1 to 256"),
                    metavar="N",
                    help="generator frames per TX kick, 1..256 (default: 64)")
+
+
+def _knob_options(p):
+    k = p.add_argument_group("knobs (defaults are the fast path; see `labkit demo`)")
+    k.add_argument("--batch", type=int, metavar="N", help="vector size: packets per burst and per dispatch (1..256)")
+    for name in KNOB_FLAGS:
+        k.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=KNOB_HELP[name])
+    k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
+    k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
+
+
+def _gen_parser(sub):
+    """`labkit gen`: the generated module for a graph, a port and the knobs that shape code."""
+    p = sub.add_parser("gen", help="print the source labkit generates for a graph (and where it is)")
+    p.add_argument("--graph", default="ip4", help="graph of nodes: l2fwd, ip4 or acl (default: ip4)")
+    p.add_argument("--port", default="memory", choices=PORTS,
+                   help="the engine's port: memory (the single loop), device or dispatch (a worker of the "
+                        "multi-queue NIC, fed by RSS or by a dispatcher thread), ring (zero-copy on veth), "
+                        "socket (recv()/send() per frame), tap (default: memory)")
+    p.add_argument("--fanout", action="store_true", help="ring: one of several workers in a PACKET_FANOUT group")
+    _knob_options(p)
+    p.add_argument("--sync", choices=("spsc", "lock"), help="dispatch: lock-free rings, or spinlocked queues")
+    p.set_defaults(poll=None, qdisc_bypass=None, counters=None, model=None)
+    return p
 
 
 def _length_options(p):
@@ -246,6 +267,7 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
 
     _rss_parser(sub)
+    _gen_parser(sub)
     from labkit.course import grade              # light: the standard library only, until it runs
     grade.add_parser(sub)
 
@@ -680,6 +702,24 @@ def cmd_grade(args):
     return grade.main(args)
 
 
+def cmd_gen(args):
+    """Print where the generated module is and its source (course material: the
+    loop a run compiles, read as the student's own code)."""
+    from labkit.graph.compile import resolve
+    from labkit.graph.nodes import GRAPHS
+    from labkit.run.loopgen import port_for, write_module
+    if args.graph not in GRAPHS:
+        raise UsageError(f"unknown graph {args.graph!r}; use one of: {', '.join(GRAPHS)}")
+    if args.fanout and args.port != "ring":
+        raise UsageError(f"--fanout is a ring port's (PACKET_FANOUT sockets), not {args.port!r}'s: add --port ring")
+    knobs = _knobs(args)
+    g = resolve(args.graph)
+    path, source = write_module(g, knobs, port_for(g, knobs, args.port, **({"fanout": True} if args.fanout else {})))
+    print(f"# labkit gen: {path}")
+    print(source, end="")
+    return 0
+
+
 def cmd_rss(args):
     from labkit.nic import rss
     return rss.main(args)
@@ -688,14 +728,14 @@ def cmd_rss(args):
 def cmd_bench(argv):
     import importlib
     try:
-        bench = importlib.import_module("labkit.bench.compute")
+        bench = importlib.import_module("labkit.bench")
     except ImportError as e:
-        raise UsageError(f"labkit bench is not available: labkit.bench.compute did not import ({e})")
+        raise UsageError(f"labkit bench is not available: labkit.bench did not import ({e})")
     return bench.main(argv)
 
 
 COMMANDS = {"run": cmd_run, "runtime": cmd_runtime, "trace": cmd_trace, "demo": cmd_demo, "net": cmd_net,
-            "rss": cmd_rss, "grade": cmd_grade}
+            "rss": cmd_rss, "grade": cmd_grade, "gen": cmd_gen}
 
 
 def _one_line(text):

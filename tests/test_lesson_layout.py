@@ -280,5 +280,5 @@ def test_micro_measurements_run_and_print():
 
 def test_node_loop_source_shows_each_layout():
     aos, soa = L.node_loop_source("aos"), L.node_loop_source("soa")
-    assert aos.startswith("def node_0(arena, v, n):") and "v[i + 0]['next']" in aos
-    assert soa.startswith("def node_0(arena, hs, ls, n, nxt):") and "nxt[i + 0] =" in soa
+    assert aos.startswith("def l2_macswap_node(arena, v, n):") and "v[i + 0]['next']" in aos
+    assert soa.startswith("def l2_macswap_node(arena, hs, ls, n, nxt):") and "nxt[i + 0] =" in soa

@@ -247,7 +247,7 @@ def test_measure_chains_reports_every_variant():
 
 def test_node_source_is_the_generated_loop():
     one, four = ml.node_source(unroll=1), ml.node_source(unroll=4)
-    assert one.startswith("@JIT\ndef node_3(") and four.startswith("@JIT\ndef node_3(")
+    assert one.startswith("@JIT\ndef ip4_rewrite_node(") and four.startswith("@JIT\ndef ip4_rewrite_node(")
     assert "while i + 4 <= n:" in four and "while i + 4 <= n:" not in one
     assert four.count("ip4_rewrite_one(") == 5 and one.count("ip4_rewrite_one(") == 1
     assert "while i + 2 <= n:" in ml.node_source("l2fwd", "l2-macswap", unroll=2)

@@ -127,7 +127,7 @@ def solutions_dir(explicit=None):
             raise GradeError(f"solutions folder {cand} does not exist; pass --solutions DIR "
                              "(the solutions/ folder of the labkit repository)")
     else:
-        p = Path(__file__).resolve().parent.parent / "solutions"
+        p = Path(__file__).resolve().parents[2] / "solutions"      # labkit/course/grade.py -> the checkout
         if not p.is_dir():
             raise GradeError("no solutions folder next to this labkit install; pass --solutions DIR "
                              "(the solutions/ folder of the labkit repository)")
@@ -289,7 +289,7 @@ def _env():
     env["NUMBA_CACHE_DIR"] = numba_cache_dir("numba-boundscheck")
     env.pop("PYTEST_ADDOPTS", None)
     # The kernel imports the labkit this grader is part of, installed or not.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])      # the folder that holds labkit/
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
 

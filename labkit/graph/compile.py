@@ -27,12 +27,12 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from ..settings import cache_root, source_fingerprint
-from ..memory.layouts import DATA_OFF, LINE_SHIFT, PKT_VEC_AOS
+from ..memory.layouts import LINE_SHIFT, PKT_VEC_AOS, RUN_REASONS
 from .node import DROP, TX, Node
 from .nodes import GRAPHS, NODES, WIRING
 
 PREFETCH_AHEAD = 4     # packets ahead: far enough to hide a miss at ~20 cycles per packet per node
-GEN_VERSION = 2        # bump when the generator's output changes meaning
+GEN_VERSION = 3        # bump when the generator's output changes meaning
 
 
 @dataclass
@@ -49,13 +49,6 @@ class Graph:
 
 TX_T, DROP_T = -1, -2
 
-# Drop reasons the run loop and the NIC count (not any node's).
-RUN_REASONS = (
-    ("mempool_empty", "no free buffer for an arriving frame (DPDK's rx_nombuf)"),
-    ("rx_frame_too_long", "frame longer than a buffer's data room"),
-    ("tx_full", "the NIC's tx ring had no room; dropped rather than queued (ixy's rule)"),
-    ("tx_bad_descriptor", "the NIC rejected a tx descriptor (handle or length out of range)"),
-)
 
 
 def resolve(graph_name):
@@ -97,110 +90,139 @@ def _fname(node):
     return node.name.replace("-", "_")
 
 
-def _node_loop(node, i, knobs, shift):
-    """Source of the loop that runs `node` over one vector; a buffer's base is
-    its handle << shift (64-byte lines in a mempool, bytes in an RX ring)."""
+def const_name(name):
+    """A node's or a drop reason's name as a constant of the generated code."""
+    return name.replace("-", "_").upper()
+
+
+def _constants(g, handle_shift):
+    """The generated module's named constants: where each node's frame and each
+    drop reason sit, so the code says counts[IP4_INPUT], not counts[1]."""
+    width = max(len(const_name(x)) for x in list(g.reasons) + [n.name + "_errors" for n in g.nodes])
+    pad = lambda name: const_name(name).ljust(width)          # noqa: E731
+    where = ("64-byte lines of the mempool's arena" if handle_shift == LINE_SHIFT
+             else "byte offsets into an AF_PACKET RX ring" if handle_shift == 0 else f"<< {handle_shift}")
+    out = [f"HANDLE_SHIFT = {handle_shift}      # a handle's buffer starts at handle << HANDLE_SHIFT: {where}",
+           f"PREFETCH_AHEAD = {PREFETCH_AHEAD}    # packets ahead whose data line (and tables) a node prefetches",
+           "CALLS, VECTORS, CLOCKS = 0, 1, 2   # the columns of stats, per node (VPP's show runtime)",
+           "", "# the nodes, in order: each one's frame in frames_* and counts, its row in stats"]
+    out += [f"{pad(n.name)} = {i}" for i, n in enumerate(g.nodes)]
+    out += ["", "# drop reasons: each one's index in counters (labkit.graph.compile.resolve)"]
+    out += [f"{pad(r)} = {str(i).ljust(3)} # {g.explanations[r]}" for i, r in enumerate(g.reasons)]
+    out += ["", "# each node's first error: a kernel's code c < 0 is error -1 - c of its node"]
+    out += [f"{pad(n.name + '_errors')} = {g.err_base[i]}" for i, n in enumerate(g.nodes) if n.errors]
+    return out
+
+
+def _node_loop(node, knobs):
+    """Source of the loop that runs `node` over one vector (a single, dual or quad
+    loop, then a single loop for the rest). With prefetch, each iteration first
+    prefetches the packets PREFETCH_AHEAD places ahead, checking that bound once
+    per iteration (VPP's quad loops run ``while (n_left_from >= 8)``): the last
+    iterations of a vector prefetch nothing, there is nothing ahead to fetch."""
     tbl = "".join(", " + t for t in node.tables)
-    aos = knobs.layout == "aos"
-    u = knobs.unroll
-    if aos:
-        h = lambda j: f"(np.int64(v[i + {j}]['handle']) << {shift})"
-        l = lambda j: f"np.int64(v[i + {j}]['length'])"
-        put = lambda j, e: f"v[i + {j}]['next'] = {e}"
+    if knobs.layout == "aos":
+        h = lambda e: f"(np.int64(v[{e}]['handle']) << HANDLE_SHIFT)"     # noqa: E731
+        ln = lambda e: f"np.int64(v[{e}]['length'])"                       # noqa: E731
+        put = lambda e, x: f"v[{e}]['next'] = {x}"                         # noqa: E731
         args = f"arena, v, n{tbl}"
-        hraw = lambda e: f"(np.int64(v[{e}]['handle']) << {shift})"
-        lraw = lambda e: f"np.int64(v[{e}]['length'])"
     else:
-        h = lambda j: f"(np.int64(hs[i + {j}]) << {shift})"
-        l = lambda j: f"np.int64(ls[i + {j}])"
-        put = lambda j, e: f"nxt[i + {j}] = {e}"
+        h = lambda e: f"(np.int64(hs[{e}]) << HANDLE_SHIFT)"               # noqa: E731
+        ln = lambda e: f"np.int64(ls[{e}])"                                # noqa: E731
+        put = lambda e, x: f"nxt[{e}] = {x}"                               # noqa: E731
         args = f"arena, hs, ls, n, nxt{tbl}"
-        hraw = lambda e: f"(np.int64(hs[{e}]) << {shift})"
-        lraw = lambda e: f"np.int64(ls[{e}])"
-    one = f"{_fname(node)}_one"
-    pf = f"{_fname(node)}_pf"
+    f = _fname(node)
 
-    def body(width, ind):
+    def body(width, prefetch):
         out = []
-        if knobs.prefetch:
-            # Prefetch the packets PREFETCH_AHEAD places ahead: their data line
-            # (and the node's tables), so they are in L1 when we get there.
+        if prefetch:       # the bound once per iteration: all `width` packets ahead, or none
+            out.append(f"        if i + {width} + PREFETCH_AHEAD <= n:")
             for j in range(width):
-                out.append(f"{ind}if i + {j + PREFETCH_AHEAD} < n:")
-                out.append(f"{ind}    prefetch(arena, {hraw(f'i + {j + PREFETCH_AHEAD}')} + {DATA_OFF})")
+                p = f"i + PREFETCH_AHEAD + {j}"
+                out.append(f"            prefetch(arena, {h(p)} + DATA_OFF)")
                 if node.prefetch is not None:
-                    out.append(f"{ind}    {pf}(arena, {hraw(f'i + {j + PREFETCH_AHEAD}')}, "
-                               f"{lraw(f'i + {j + PREFETCH_AHEAD}')}{tbl})")
+                    out.append(f"            {f}_pf(arena, {h(p)}, {ln(p)}{tbl})")
         for j in range(width):
-            out.append(f"{ind}{put(j, f'{one}(arena, {h(j)}, {l(j)}{tbl})')}")
-        out.append(f"{ind}i += {width}")
-        return out
+            e = f"i + {j}"
+            out.append(f"        {put(e, f'{f}_one(arena, {h(e)}, {ln(e)}{tbl})')}")
+        return out + [f"        i += {width}"]
 
-    lines = ["@JIT", f"def node_{i}({args}):", "    i = 0"]
+    u, pf = knobs.unroll, knobs.prefetch
+    kind = {1: "single", 2: "dual", 4: "quad"}[u]
+    lines = ["@JIT", f"def {f}_node({args}):",
+             f'    """{node.name} over one vector: the {kind} loop{", prefetching ahead" if pf else ""}."""',
+             "    i = 0"]
     if u > 1:
         lines.append(f"    while i + {u} <= n:")
-        lines += body(u, "        ")
+        lines += body(u, pf)
     lines.append("    while i < n:")
-    lines += body(1, "        ")
+    lines += body(1, pf and u == 1)     # after a dual or quad loop, no packet is PREFETCH_AHEAD ahead
     return "\n".join(lines) + "\n"
 
 
+def _enqueue(g, i, aos):
+    """The generic step after node i: every packet to its next node's frame, to
+    the TX vector, or dropped (counted by reason, its buffer on the free list)."""
+    node = g.nodes[i]
+    err0 = const_name(node.name + "_errors") if node.errors else None
+    lines = ["        for k in range(n):"]
+    if aos:
+        lines += ["            c = v[k]['next']", "            hk = v[k]['handle']", "            lk = v[k]['length']"]
+    else:
+        lines += ["            c = nxt[k]", "            hk = hs[k]", "            lk = ls[k]"]
+    lines += ["            if c < 0:",
+              f"                counters[{err0} - 1 - c] += 1" if err0 else
+              "                pass    # (a node without errors returns no code < 0)",
+              "                free_h[n_free] = hk",
+              "                n_free += 1"]
+    for a, t in enumerate(g.arcs[i]):
+        if t == TX_T:
+            lines += [f"            elif c == {a}:      # -> tx",
+                      "                tx_h[n_tx] = hk", "                tx_l[n_tx] = lk", "                n_tx += 1"]
+        elif t == DROP_T:
+            lines += [f"            elif c == {a}:      # -> drop",
+                      "                free_h[n_free] = hk", "                n_free += 1"]
+        else:
+            to = const_name(g.nodes[t].name)
+            lines += [f"            elif c == {a}:      # -> {g.nodes[t].name}", f"                m = counts[{to}]"]
+            if aos:
+                lines += [f"                frames_x[{to}][m]['handle'] = hk",
+                          f"                frames_x[{to}][m]['length'] = lk"]
+            else:
+                lines += [f"                frames_h[{to}, m] = hk", f"                frames_l[{to}, m] = lk"]
+            lines.append(f"                counts[{to}] = m + 1")
+    return lines
+
+
 def _dispatch(g, knobs):
-    """Source of dispatch(): every node in order, then the generic enqueue step."""
+    """Source of dispatch(): every node in order, each followed by the generic enqueue step."""
     aos = knobs.layout == "aos"
     tbl = "".join(", " + t for t in g.tables)
     lines = ["@JIT",
              f"def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, "
              f"counters, stats{tbl}):",
-             '    """Run one vector (already in frame 0) through the graph."""',
+             '    """Run one vector (already in the first node\'s frame) through the graph."""',
              "    n_tx = 0", "    n_free = 0"]
     for i, node in enumerate(g.nodes):
         ntbl = "".join(", " + t for t in node.tables)
-        lines += [f"    n = counts[{i}]", "    if n > 0:", "        t0 = rdtsc()"]
+        me = const_name(node.name)
+        lines += [f"    n = counts[{me}]", "    if n > 0:", "        t0 = rdtsc()"]
         if aos:
-            lines.append(f"        v = frames_x[{i}]")
-            lines.append(f"        node_{i}(arena, v, n{ntbl})")
+            lines += [f"        v = frames_x[{me}]", f"        {_fname(node)}_node(arena, v, n{ntbl})"]
         else:
-            lines.append(f"        hs = frames_h[{i}]")
-            lines.append(f"        ls = frames_l[{i}]")
-            lines.append(f"        nxt = frames_x[{i}]")
-            lines.append(f"        node_{i}(arena, hs, ls, n, nxt{ntbl})")
-        # the generic step: enqueue every packet to its next node
-        lines.append("        for k in range(n):")
-        if aos:
-            lines += ["            c = v[k]['next']", "            hk = v[k]['handle']", "            lk = v[k]['length']"]
-        else:
-            lines += ["            c = nxt[k]", "            hk = hs[k]", "            lk = ls[k]"]
-        lines += ["            if c < 0:",
-                  f"                counters[{g.err_base[i]} - 1 - c] += 1",
-                  "                free_h[n_free] = hk",
-                  "                n_free += 1"]
-        for a, t in enumerate(g.arcs[i]):
-            lines.append(f"            elif c == {a}:")
-            if t == TX_T:
-                lines += ["                tx_h[n_tx] = hk", "                tx_l[n_tx] = lk", "                n_tx += 1"]
-            elif t == DROP_T:
-                lines += ["                free_h[n_free] = hk", "                n_free += 1"]
-            else:
-                if aos:
-                    lines += [f"                m = counts[{t}]",
-                              f"                frames_x[{t}][m]['handle'] = hk",
-                              f"                frames_x[{t}][m]['length'] = lk"]
-                else:
-                    lines += [f"                m = counts[{t}]",
-                              f"                frames_h[{t}, m] = hk",
-                              f"                frames_l[{t}, m] = lk"]
-                lines.append(f"                counts[{t}] = m + 1")
-        lines += [f"        counts[{i}] = 0",
-                  f"        stats[{i}, 0] += 1",
-                  f"        stats[{i}, 1] += n",
-                  f"        stats[{i}, 2] += rdtsc() - t0"]
+            lines += [f"        hs = frames_h[{me}]", f"        ls = frames_l[{me}]", f"        nxt = frames_x[{me}]",
+                      f"        {_fname(node)}_node(arena, hs, ls, n, nxt{ntbl})"]
+        lines += _enqueue(g, i, aos)
+        lines += [f"        counts[{me}] = 0",
+                  f"        stats[{me}, CALLS] += 1",
+                  f"        stats[{me}, VECTORS] += n",
+                  f"        stats[{me}, CLOCKS] += rdtsc() - t0"]
     lines.append("    return n_tx, n_free")
     return "\n".join(lines) + "\n"
 
 
 def generate(g, knobs, handle_shift=LINE_SHIFT):
-    """The whole generated module's source for graph g under these knobs.
+    """The graph's part of a generated module: node loops and dispatch, under these knobs.
 
     handle_shift: LINE_SHIFT when handles are mempool buffers, 0 when they are
     byte offsets of frames in an AF_PACKET ring (zero-copy on veth)."""
@@ -208,10 +230,11 @@ def generate(g, knobs, handle_shift=LINE_SHIFT):
                      {(n.prefetch.__module__, n.prefetch.__name__) for n in g.nodes if n.prefetch})
     head = [f'"""Generated by labkit.graph.compile for graph {g.name!r}: '
             f'unroll={knobs.unroll} prefetch={knobs.prefetch} layout={knobs.layout} jit={knobs.jit}.',
-            "", "Do not edit: it is rewritten from the node declarations.", '"""',
+            "", "Do not edit: it is rewritten from the node declarations (labkit gen prints it).", '"""',
             "import numpy as np",
             "from numba import njit",
-            "from labkit.memory.intrinsics import rdtsc, prefetch"]
+            "from labkit.memory.intrinsics import rdtsc, prefetch",
+            "from labkit.memory.layouts import DATA_OFF, LINE_SHIFT"]
     for mod, name in imports:
         head.append(f"from {mod} import {name}")
     if knobs.jit:
@@ -231,21 +254,20 @@ def generate(g, knobs, handle_shift=LINE_SHIFT):
         head.append(f"{_fname(n)}_one = {n.one.__name__}")
         if n.prefetch:
             head.append(f"{_fname(n)}_pf = {n.prefetch.__name__}")
-    parts = ["\n".join(head) + "\n"]
-    parts += [_node_loop(n, i, knobs, handle_shift) for i, n in enumerate(g.nodes)]
+    parts = ["\n".join(head) + "\n", "\n".join(_constants(g, handle_shift)) + "\n"]
+    parts += [_node_loop(n, knobs) for n in g.nodes]
     parts.append(_dispatch(g, knobs))
     return "\n\n".join(parts)
 
 
-def load_source(source, stem):
-    """Write generated source to the cache directory and import it. Its name
-    hashes the text and labkit's source (``labkit.source_fingerprint``): numba
-    caches the module's compiled code, the kernels it calls inlined, and would
-    keep their old code after an update if only the kernels' files changed."""
+def write_source(source, stem):
+    """Write generated source to the cache directory, under a name that hashes
+    the text and labkit's source (``labkit.settings.source_fingerprint``):
+    numba caches the module's compiled code, the kernels it calls inlined, and
+    would keep their old code after an update if only the kernels' files
+    changed. Returns (module name, path)."""
     digest = hashlib.sha1(f"{GEN_VERSION}\n{source_fingerprint()}\n{source}".encode()).hexdigest()[:16]
     name = f"labkit_gen_{stem}_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
     d = cache_root() / "gen"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.py"
@@ -253,6 +275,14 @@ def load_source(source, stem):
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(source)
         os.replace(tmp, path)        # atomic: a concurrent process sees old or new, never half
+    return name, path
+
+
+def load_source(source, stem):
+    """Write generated source to the cache directory (``write_source``) and import it."""
+    name, path = write_source(source, stem)
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
@@ -261,7 +291,7 @@ def load_source(source, stem):
 
 
 def compile_graph(graph_name, knobs):
-    """(Graph, module with node_i and dispatch) for these knobs."""
+    """(Graph, module with the node loops and dispatch) for these knobs."""
     g = resolve(graph_name)
     src = generate(g, knobs)
     return g, load_source(src, f"{graph_name}")

@@ -89,6 +89,19 @@ NIC_DESC = np.dtype([("handle", "<u4"), ("length", "<u2"), ("flags", "<u2"),
                      ("hash", "<u4"), ("_pad", "<u4")])
 assert NIC_DESC.itemsize == 16
 
+# --- drop counters: every graph's counters array starts with these reasons ---
+# (the run loop and the NIC count them, not a node; the graph's node errors follow:
+# labkit.graph.compile.resolve)
+RUN_REASONS = (
+    ("mempool_empty", "no free buffer for an arriving frame (DPDK's rx_nombuf)"),
+    ("rx_frame_too_long", "frame longer than a buffer's data room"),
+    ("tx_full", "the NIC's tx ring had no room; dropped rather than queued (ixy's rule)"),
+    ("tx_bad_descriptor", "the NIC rejected a tx descriptor (handle or length out of range)"),
+)
+MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, TX_FULL, TX_BAD_DESCRIPTOR = (
+    [r for r, _ in RUN_REASONS].index(name)
+    for name in ("mempool_empty", "rx_frame_too_long", "tx_full", "tx_bad_descriptor"))
+
 # --- packet vector, array-of-structures variant (Knobs.layout == "aos") --------
 PKT_VEC_AOS = np.dtype([("handle", "<u4"), ("length", "<u4"), ("next", "<i4"), ("hash", "<u4")])
 assert PKT_VEC_AOS.itemsize == 16

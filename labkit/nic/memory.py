@@ -19,14 +19,13 @@ import numpy as np
 from numba import njit
 
 from ..memory.layouts import DATA_OFF, LINE_SHIFT, META_HASH_OFF
+from ..memory.layouts import MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, TX_BAD_DESCRIPTOR
 from ..memory.bytes import wr32le
 from ..memory.ring import ring_enqueue, ring_dequeue
 
 # nst: the port's counters and cursors
 POS, SENT, FWD, FWD_BYTES, CAP_N, CAP_BYTES, NIC_CYC, DUT_CYC, STOPPED, CAP_LOST = range(10)
 NST_SIZE = 16
-# counters (drop reasons) this module bumps: fixed indices, first in every graph
-MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, TX_FULL, TX_BAD_DESCRIPTOR = 0, 1, 2, 3
 
 
 @njit(nogil=True, cache=True)

@@ -57,8 +57,8 @@ from ..memory.layouts import (CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, M
                               aligned_zeros)
 from ..memory.ring import Ring, ring_enqueue, ring_dequeue
 from .rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, hash_ipv4_frames, make_tables
-from .memory import (capture, FWD, FWD_BYTES, MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, SENT,
-                     TX_BAD_DESCRIPTOR)
+from ..memory.layouts import MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, TX_BAD_DESCRIPTOR
+from .memory import capture, FWD, FWD_BYTES, SENT
 
 RETA_SIZE = 128
 

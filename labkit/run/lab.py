@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..graph.acl import Acl
-from ..graph.compile import generate, load_source, make_frames, resolve
+from ..graph.compile import make_frames, resolve
 from ..graph.fib import Fib
 from ..graph.nodes import GRAPHS
 from ..memory.layouts import MAX_FRAME_DEFAULT
@@ -29,7 +29,7 @@ from ..nic import memory as nicmem
 from ..nic.pcap import PcapWriter, load_traffic
 from ..nic.traffic import make_traffic
 from .knobs import NET_KNOBS, WORKER_KNOBS, Knobs, KnobError
-from .loop import loop_source
+from .loopgen import load_module, port_for
 from .measure import now_tsc, tsc_hz
 from .result import NodeRuntime, Result
 from .trace import trace as _trace
@@ -170,8 +170,7 @@ class Lab:
             if getattr(knobs, name) != getattr(Knobs(), name):
                 self.notes.append(f"knob {name} applies to several workers (workers=N), not to one")
         self.rx, self.tx = Ring(ring_size), Ring(ring_size)
-        src = generate(self.graph, knobs) + "\n\n" + loop_source(self.graph, knobs)
-        self.mod = load_source(src, graph)
+        self.mod = load_module(self.graph, knobs, port_for(self.graph, knobs, "memory"))
         self.frames = make_frames(self.graph, knobs.batch, knobs.layout)
         b = knobs.batch
         self.tx_h, self.tx_l = np.zeros(b, np.uint32), np.zeros(b, np.uint32)

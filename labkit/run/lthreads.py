@@ -50,10 +50,11 @@ import sys
 from collections import deque
 
 import numpy as np
-from numba import typeof
+from numba import njit, typeof
 from numba.core.typing.typeof import Purpose
 
 from ..graph.compile import load_source
+from ..nic.syscalls import sys_sched_yield
 
 
 def run_cooperative(stages):
@@ -208,3 +209,11 @@ def run_until_done(run, args, failed):
             state[STATE_HEAD + i] = 1
             failed(i, e)
     return int(state[SWITCHES])
+
+@njit(nogil=True, cache=True)
+def give_way(yield_each, counts, i):
+    """model="threads": a stage (worker or dispatcher) gives the CPU to the next
+    one after each burst or idle poll, and counts it in counts[i]."""
+    if yield_each:
+        sys_sched_yield()
+        counts[i] += 1

@@ -21,7 +21,7 @@ group, so the kernel gives every frame to one worker chosen by the flow
 hash, and each ring asks for that hash in the frame's header (tp_rxhash):
 the worker writes it, and its queue, into the frame's metadata, as the
 multi-queue in-memory NIC writes its Toeplitz hash (``labkit.nic.afpacket``,
-``labkit.run.netloop``). The kernel computes the hash in the softirq that
+``labkit.run.ports``). The kernel computes the hash in the softirq that
 delivers the frame, so the data plane gets it with the frame, for free;
 ``labkit.run.workers.measure_toeplitz`` is what computing it in software
 costs. Every worker's books balance on their own: the frames its socket
@@ -50,16 +50,17 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from ..graph.compile import generate, load_source, make_frames
-from ..memory.layouts import LINE_SHIFT, own_lines, rehome
+from ..graph.compile import make_frames
+from ..memory.layouts import own_lines, rehome
 from ..nic import afpacket as af
 from ..nic import generator as gen
 from ..nic import labnet
 from ..nic.pcap import PcapWriter
 from ..nic.syscalls import strerror
 from .measure import now_tsc, tsc_hz
-from .netloop import (N_BUSY_ITER, N_CAP_LOST, N_CAP_N, N_DUT_CYC, N_ERR, N_KICKS, N_LAST_BUSY,
-                      N_NIC_CYC, N_POLLS, N_RX, N_STOP, N_TX, NST_SIZE, net_loop_source)
+from .loopgen import load_module, port_for
+from .ports import (N_BUSY_ITER, N_CAP_LOST, N_CAP_N, N_DUT_CYC, N_ERR, N_KICKS, N_LAST_BUSY, N_NIC_CYC, N_POLLS,
+                    N_RX, N_STOP, N_TX, NST_SIZE)
 from .result import NIC_SIDE_DROPS, NodeRuntime, Result
 from ..settings import SLICE_S
 
@@ -155,11 +156,8 @@ class NetBackend:
             max_link = min(self.gen_tx.max_frame, self.duts[0].tx.max_frame)
         self.max_link = max_link
         self.traffic = traffic_for(max_link)
-        shift = 0 if self.port == "ring" else LINE_SHIFT     # ring handles are byte offsets
-        capture = self.fanout and self.capture_max > 0
-        src = generate(self.g, k, handle_shift=shift) + "\n\n" + \
-            net_loop_source(self.g, k, self.port, fanout=self.fanout, capture=capture)
-        self.mod = load_source(src, f"{self.g.name}_{self.port}" + ("_fanout" if self.fanout else ""))
+        options = dict(fanout=self.fanout, capture=self.fanout and self.capture_max > 0) if self.port == "ring" else {}
+        self.mod = load_module(self.g, k, port_for(self.g, k, self.port, **options))
         self._zeros = lambda shape, dtype: np.zeros(shape, dtype)
         if self.fanout:      # each worker's arrays on cache lines of its own: no line written by two
             self._zeros = own_lines

@@ -2,7 +2,7 @@
 
 ``Lab(graph=..., workers=N)`` runs the graph on N workers over the
 multi-queue in-memory NIC (``labkit.nic.multiqueue``). Each worker is the
-single-queue loop of ``labkit.run.loop`` for its own queue: it frees what its
+single-queue loop (``labkit.run.loopgen``) for its own queue: it frees what its
 queue transmitted, refills its RX ring from its own pool, takes a vector,
 runs the graph, posts the rest on its TX ring. Nothing on that path is
 shared with another worker, so nothing is locked.
@@ -80,8 +80,7 @@ import time
 import numpy as np
 from numba import njit
 
-from ..graph.compile import generate, load_source, make_frames
-from .loop import copy_lines
+from ..graph.compile import make_frames
 from ..memory.intrinsics import load_acquire, rdtsc, store_release
 from ..memory.layouts import CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, own_lines, rehome
 from ..memory.bytes import wr32le
@@ -90,10 +89,12 @@ from ..memory.ring import Ring, ring_count, ring_dequeue, ring_enqueue
 from ..nic import multiqueue as mq
 from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lock, spin_unlock
 from ..nic.rss import hash_ipv4_frames
-from ..nic.memory import CAP_LOST, CAP_N, DUT_CYC, FWD, MEMPOOL_EMPTY, NIC_CYC, RX_FRAME_TOO_LONG, SENT
+from ..memory.layouts import MEMPOOL_EMPTY, RX_FRAME_TOO_LONG
+from ..nic.memory import CAP_LOST, CAP_N, DUT_CYC, FWD, NIC_CYC, SENT
 from ..nic.pcap import PcapWriter
-from ..nic.syscalls import sys_sched_yield
 from . import lthreads
+from .loopgen import load_module, port_for
+from .lthreads import give_way
 from .measure import now_tsc, tsc_hz
 from .result import NIC_SIDE_DROPS, NodeRuntime, Result
 from ..settings import SLICE_S
@@ -131,150 +132,12 @@ def hot_counters(n, packed):
     return a, [w * 8 * COUNTER_LINES for w in range(n)], 1
 
 
-# --- the generated worker loop -----------------------------------------------------------
-
-def worker_source(g, knobs, mode):
-    """run_slice for one worker. mode "device": the worker runs its queue's part of
-    the device (RSS in the NIC); "dispatch": a dispatcher thread feeds its RX ring
-    (locked when knobs.sync == "lock") and the worker keeps the fill ring full."""
-    aos = knobs.layout == "aos"
-    alloc, free = ("stack_alloc", "stack_free") if knobs.mempool else ("heap_alloc", "heap_free")
-    tbl = "".join(", " + t for t in g.tables)
-    locked = mode == "dispatch" and knobs.sync == "lock"
-    mqf = ("mq_rx_dma", "mq_tx_collect", "mq_pending", "stop_wire", "spin_lock", "spin_unlock", "link_up")
-    imports = [
-        "from labkit.memory.mempool import " + alloc + ", " + free,
-        "from labkit.memory.ring import ring_enqueue, ring_dequeue, ring_dequeue_aos, ring_count",
-        "from labkit.memory.layouts import DATA_OFF, LINE_SHIFT",
-        "from labkit.memory.intrinsics import load_acquire, store_release",
-        "from labkit.nic.multiqueue import " + ", ".join(mqf) + ", WIRE, DONE, STOP_BIT, IDLE_CYC",
-        "from labkit.nic.memory import DUT_CYC, NIC_CYC, MEMPOOL_EMPTY, TX_FULL",
-        "from labkit.run.workers import give_way, YIELDS",
-    ]
-    if not knobs.jit:
-        for f in (alloc, free, "ring_enqueue", "ring_dequeue", "ring_dequeue_aos", "ring_count", "give_way") + mqf:
-            imports.append(f"{f} = {f}.py_func")
-    if aos:
-        deq = "ring_dequeue_aos(rx_desc, rx_cur, frames_x[0], batch)"
-        rx_h, rx_l = "frames_x[0][i]['handle']", "frames_x[0][i]['length']"
-    else:
-        deq = "ring_dequeue(rx_desc, rx_cur, frames_h[0], frames_l[0], tmp_hash, batch)"
-        rx_h, rx_l = "frames_h[0, i]", "frames_l[0, i]"
-    if locked:
-        rx = ["        spin_lock(locks, lock_i)",
-              f"        n = {deq}",
-              "        spin_unlock(locks, lock_i)"]
-    else:
-        rx = [f"        n = {deq}"]
-    # as labkit.run.loop: a fresh buffer per frame on the way in and out
-    copy_rx, copy_tx = copy_lines(alloc, free, rx_h, rx_l) if knobs.copy else ([], [])
-    if mode == "device":
-        refill = [
-            "        if t0 >= stop_tsc and (load_acquire(ws, WIRE) & STOP_BIT) == 0:",
-            "            stop_wire(ws)",
-            "        if not up:",
-            "            up = link_up(ws, n_queues, nst)",
-            "        if mq_pending(ws, budget, plist, nseq, nst):",
-            "            want = min(ring_size - ring_count(rx_cur), tmp_h.size)",
-            "            if want > 0:",
-            f"                got = {alloc}(pa, pb, tmp_h, want)",
-            "                t2 = rdtsc()",
-            "                used = mq_rx_dma(arena, tmp_h, got, want, frames, flens, seq, plist, q, ws, budget,",
-            "                                 claim_max, max_frame, rx_desc, rx_cur, tmp_l, tmp_hash, bases,",
-            "                                 rss_tables, reta, nst, counters, qfull, up)",
-            "                nic += rdtsc() - t2",
-            "                if used < got:",
-            f"                    {free}(pa, pb, tmp_h[used:], got - used)",
-        ]
-        finished = "not mq_pending(ws, budget, plist, nseq, nst)"
-    else:
-        refill = [
-            "        if not up:",
-            "            up = link_up(ws, n_queues, nst)",
-            "        room = fill_desc.size - ring_count(fill_cur)",
-            "        if room > 0 and load_acquire(ws, DONE) == 0:",
-            f"            got = {alloc}(pa, pb, tmp_h, min(room, tmp_h.size))",
-            "            if got > 0:",
-            "                ring_enqueue(fill_desc, fill_cur, tmp_h, tmp_l, tmp_hash, got)",
-        ]
-        finished = "load_acquire(ws, DONE) != 0"
-    bump = lambda idx, v: f"store_release(wc, {idx}, load_acquire(wc, {idx}) + {v})"
-    # model="threads": after each burst or empty poll, give the CPU to the next stage
-    give_way = ["        give_way(yield_each, nst, YIELDS)"]
-    body = [
-        "@JIT",
-        "def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_cur, locks, lock_i,",
-        "              frames, flens, seq, plist, q, n_queues, ws, budget, claim_max, max_frame, rss_tables, reta,",
-        "              cap_data, cap_len, cap_wire, nst, stop_tsc, slice_end_tsc, batch,",
-        "              frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, bases,",
-        f"              counters, qfull, stats, wc, wo, wstep, yield_each{tbl}):",
-        '    """One worker, until the slice ends (False) or its queue is drained for good (True).',
-        '    slice_end_tsc 0: one burst (or one empty poll), a lightweight thread\'s turn."""',
-        "    ring_size = rx_desc.size",
-        "    nseq = seq.size",
-        "    c_rx, c_rxb, c_tx, c_txb = wo, wo + wstep, wo + 2 * wstep, wo + 3 * wstep",
-        "    up = False",
-        "    while True:",
-        "        t0 = rdtsc()",
-        "        k = mq_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len,",
-        "                          cap_wire, nst, counters)",
-        "        t1 = rdtsc()",
-        "        nic = t1 - t0",
-        "        if k > 0:",
-        f"            {free}(pa, pb, tmp_h, k)",
-        *refill,
-        "        nst[NIC_CYC] += nic",
-        *rx,
-        "        if n == 0:",
-        "            t2 = rdtsc()",
-        "            nst[DUT_CYC] += t2 - t0 - nic",
-        "            nst[IDLE_CYC] += t2 - t0 - nic",
-        # (`finished` first: once DONE is seen, the dispatcher has posted its last frame)
-        f"            if {finished} and ring_count(rx_cur) == 0 and ring_count(tx_cur) == 0:",
-        "                return True",
-        "            if t2 >= slice_end_tsc:",
-        "                return False",
-        *["    " + line for line in give_way],
-        "            continue",
-        "        for i in range(n):       # per-packet counters: the false-sharing knob's subject",
-        f"            {bump('c_rx', 1)}",
-        f"            {bump('c_rxb', f'np.int64({rx_l})')}",
-        *copy_rx,
-        "        counts[0] = n",
-        f"        n_tx, n_free = dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, counters, stats{tbl})",
-        "        if n_free > 0:",
-        f"            {free}(pa, pb, free_h, n_free)",
-        "        if n_tx > 0:",
-        *copy_tx,
-        "            s = ring_enqueue(tx_desc, tx_cur, tx_h, tx_l, tmp_hash, n_tx)",
-        "            for i in range(s):",
-        f"                {bump('c_tx', 1)}",
-        f"                {bump('c_txb', 'np.int64(tx_l[i])')}",
-        "            if s < n_tx:",
-        "                counters[TX_FULL] += n_tx - s",
-        f"                {free}(pa, pb, tx_h[s:], n_tx - s)",
-        "        t2 = rdtsc()",
-        "        nst[DUT_CYC] += t2 - t0 - nic",
-        "        if t2 >= slice_end_tsc:",
-        "            return False",
-        *give_way,
-    ]
-    return "\n".join(imports) + "\n\n\n" + "\n".join(body) + "\n"
-
-
 # --- the software dispatcher (sync="lock", or dispatcher=True) ------------------------------
 
 # dispatcher state dnst (int64): its wire cursor, its cycles, its sched_yield calls (model="threads")
 D_WIRE, D_POS, D_NIC_CYC, D_CPU_CYC, D_IDLE_CYC, D_YIELDS = 0, 1, 2, 3, 4, 5
 
 
-@njit(nogil=True, cache=True)
-def give_way(yield_each, counts, i):
-    """model="threads": a stage (worker or dispatcher) gives the CPU to the next
-    one after each burst or idle poll, and counts it in counts[i]."""
-    if yield_each:
-        sys_sched_yield()
-        counts[i] += 1
 
 
 @njit(nogil=True, cache=True)
@@ -445,8 +308,7 @@ class Workers:
         self.qfull = len(graph.reasons)
         self.capture_max = int(capture_max)
         mode = "dispatch" if self.dispatcher else "device"
-        src = generate(graph, knobs) + "\n\n" + worker_source(graph, knobs, mode)
-        self.mod = load_source(src, f"{graph.name}_workers")
+        self.mod = load_module(graph, knobs, port_for(graph, knobs, mode))
         self.w = [_Worker(q, graph, knobs, self.pools[q], ring_size, len(self.reasons), self.capture_max,
                           self.max_frame, traffic.stride) for q in range(self.n)]
         self.wc, self.wo, self.wstep = hot_counters(self.n, knobs.counters == "packed")

@@ -567,6 +567,7 @@ def node_loop_source(layout, graph="l2fwd"):
     layout (single loop, no prefetch: the shortest form), as text."""
     from labkit import Knobs
     from labkit.graph.compile import generate, resolve
-    src = generate(resolve(graph), Knobs(layout=layout, unroll=1, prefetch=False))
-    start = src.index("def node_0")
+    g = resolve(graph)
+    src = generate(g, Knobs(layout=layout, unroll=1, prefetch=False))
+    start = src.index(f"def {g.nodes[0].name.replace('-', '_')}_node(")
     return src[start:src.index("\n\n", start)].rstrip()

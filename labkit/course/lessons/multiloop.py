@@ -458,7 +458,7 @@ def node_source(graph="ip4", node="ip4-rewrite", **knobs):
     if node not in names:
         raise ValueError(f"graph {graph!r} has no node {node!r}; its nodes are: {', '.join(names)}")
     src = generate(g, Knobs(**knobs))
-    start = src.index(f"def node_{names.index(node)}(")
+    start = src.index(f"def {node.replace('-', '_')}_node(")
     start = src.rindex("@JIT", 0, start)
     return src[start:src.index("\n\n", start)].rstrip() + "\n"
 
