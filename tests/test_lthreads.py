@@ -87,8 +87,7 @@ def test_os_threads_share_one_cpu():
 
 def test_cooperative_turns_with_threads_false_count_switches():
     lab = Lab(graph="ip4", workers=2, ring_size=4, knobs=Knobs(model="lthreads", batch=4))
-    wall = lab.workers.run(packets=5000, threads=False)
-    res = lab.workers.result("memory", "ip4", [], wall)
+    res = lab.workers.run(packets=5000, threads=False)
     assert_sound(lab, res, 5000)
     assert res.extra["switches"] > 3 and res.dropped.get("rx_queue_full", 0) > 0
 

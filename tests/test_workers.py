@@ -156,8 +156,7 @@ def test_a_tiny_ring_overflows_and_every_frame_is_still_counted(design, threads)
     they take turns, so it certainly is not), its queue overflows; each frame
     lost there is counted rx_queue_full, and every buffer is back."""
     lab = Lab(graph="ip4", workers=2, ring_size=4, malformed=0.1, knobs=Knobs(batch=4, sync=design))
-    wall = lab.workers.run(packets=30_000, threads=threads)
-    res = lab.workers.result("memory", "ip4", [], wall)
+    res = lab.workers.run(packets=30_000, threads=threads)
     assert_sound(lab, res, 30_000)
     if not threads:
         assert res.dropped.get("rx_queue_full", 0) > 0

@@ -871,126 +871,155 @@ def _f(x, fmt):
     return "-" if x is None else format(x, fmt)
 
 
-def _print(res, out=sys.stdout):
-    def table(title, cols, rows):
-        print_table(title, cols, rows, out)
+class _Out:
+    """Where the report goes, and how its numbers are written."""
 
+    def __init__(self, out):
+        self.out = out
+
+    def print(self, text):
+        print(text, file=self.out)
+
+    def table(self, title, cols, rows):
+        print_table(title, cols, rows, self.out)
+
+    @staticmethod
     def kpps(d, key="pps"):
         return _f(d.get(key) / 1e3 if d and d.get(key) is not None else None, ".0f")
 
+    @staticmethod
     def ratio(x):
         return _f(x, ".2f") + ("x" if x is not None else "")
 
-    def noise(*summaries):
+    def noise(self, *summaries):
+        """What else ran on the machine during these measurements."""
         runs = [r for d in summaries if d and "runs" in d for r in d["runs"]]
         xs = [r["others_cpu_percent"] for r in runs if r.get("others_cpu_percent") is not None]
         waited = sum(r.get("waited_s") or 0.0 for r in runs)
         if xs:
-            print(f"   other processes meanwhile: median {_med(xs):.0f}%, max {max(xs):.0f}% of a CPU"
-                  + (f"; waited {waited:.0f} s for quiet" if waited >= 0.5 else ""), file=out)
+            self.print(f"   other processes meanwhile: median {_med(xs):.0f}%, max {max(xs):.0f}% of a CPU"
+                       + (f"; waited {waited:.0f} s for quiet" if waited >= 0.5 else ""))
 
-    m = res["meta"]
-    print(f"labkit bench veth: {m['runs']} runs per number (medians), {m['seconds_per_run']:g} s each, "
-          f"{m['frame_bytes']}-byte frames (64 on the wire), TSC {m['tsc_hz'] / 1e9:.3f} GHz, "
-          f"CPUs {','.join(map(str, m['cpus']))}, {'quick, ' if m['quick'] else ''}{m['seconds']:.0f} s",
-          file=out)
+
+def _print_meta(o, m):
+    o.print(f"labkit bench veth: {m['runs']} runs per number (medians), {m['seconds_per_run']:g} s each, "
+            f"{m['frame_bytes']}-byte frames (64 on the wire), TSC {m['tsc_hz'] / 1e9:.3f} GHz, "
+            f"CPUs {','.join(map(str, m['cpus']))}, {'quick, ' if m['quick'] else ''}{m['seconds']:.0f} s")
     if m.get("quiet_wait"):
-        print(f"   waited up to {m['quiet_wait']:g} s before each measurement for other processes to use "
-              f"< {m['quiet_others_percent']:g}% of a CPU", file=out)
+        o.print(f"   waited up to {m['quiet_wait']:g} s before each measurement for other processes to use "
+                f"< {m['quiet_others_percent']:g}% of a CPU")
     missing = [k for k, v in m["tools"].items() if v is None]
     if missing:
-        print(f"   {' and '.join(missing)} not installed ({INSTALL}): comparisons not measured", file=out)
+        o.print(f"   {' and '.join(missing)} not installed ({INSTALL}): comparisons not measured")
 
-    if "rx" in res:
-        rx = res["rx"]
-        rows = []
-        for name in ("labkit", "netsniff-ng"):
-            d = rx[name]
-            if "not_measured" in d:
-                rows.append([name, "not measured", "-", "-", "-"])
-            else:
-                med_drop = _med([r["ring_full"] for r in d["runs"]])
-                med_arr = _med([r["arrived"] for r in d["runs"]])
-                rows.append([name, kpps(d), f"{med_drop:.0f}", f"{med_arr:.0f}",
-                             _f(d.get("cpu_percent"), ".0f")])
-        table(f"1. RX on lk-d0, trafgen sending on lk-g0 (labkit / netsniff-ng = {ratio(rx['ratio'])})",
-              ["receiver", "kpps", "ring full", "frames arrived", "CPU%"], rows)
-        noise(rx["labkit"], rx["netsniff-ng"])
 
-    if "tx" in res:
-        tx = res["tx"]
-        rows = []
-        if "not_measured" in tx["trafgen"]:
-            rows.append(["trafgen", "not measured", "-", "-"])
+def _print_rx(o, res, m):
+    rx = res["rx"]
+    rows = []
+    for name in ("labkit", "netsniff-ng"):
+        d = rx[name]
+        if "not_measured" in d:
+            rows.append([name, "not measured", "-", "-", "-"])
         else:
-            d = tx["trafgen"]
-            rows.append(["trafgen", kpps(d), "1.00x", f"{_med([r['link_dropped'] for r in d['runs']]):.0f}"])
-        for b, d in tx["labkit"].items():
-            rows.append([f"labkit, gen_batch {b}", kpps(d), ratio(tx["ratios"][b]),
-                         f"{_med([r['link_dropped'] for r in d['runs']]):.0f}"])
-        table("2. TX on lk-g0 as fast as possible (frames lk-d0 received / s), same CPU",
-              ["sender", "kpps", "vs trafgen", "lk-g0 tx_dropped"], rows)
-        noise(tx["trafgen"], *tx["labkit"].values())
+            med_drop = _med([r["ring_full"] for r in d["runs"]])
+            med_arr = _med([r["arrived"] for r in d["runs"]])
+            rows.append([name, o.kpps(d), f"{med_drop:.0f}", f"{med_arr:.0f}",
+                         _f(d.get("cpu_percent"), ".0f")])
+    o.table(f"1. RX on lk-d0, trafgen sending on lk-g0 (labkit / netsniff-ng = {o.ratio(rx['ratio'])})",
+            ["receiver", "kpps", "ring full", "frames arrived", "CPU%"], rows)
+    o.noise(rx["labkit"], rx["netsniff-ng"])
 
-    if "forwarding" in res:
-        fw = res["forwarding"]
-        fl, fb = fw["labkit"], fw["bridge"]
-        table(f"3. Forwarding lk-d0 -> lk-d1, labkit's generator (frames back / s) "
-              f"(labkit / bridge = {ratio(fw['ratio'])})",
-              ["forwarder", "kpps", "sent kpps", "DUT CPU%", "generator CPU%"],
-              [["labkit l2fwd (ring)", kpps(fl), _f(_med([r["gen_tx_pps"] / 1e3 for r in fl["runs"]]), ".0f"),
-                _f(fl.get("cpu_percent"), ".0f"), _f(_med([r["gen_cpu_percent"] for r in fl["runs"]]), ".0f")],
-               ["Linux bridge", kpps(fb), _f(_med([r["sent"] / r["seconds"] / 1e3 for r in fb["runs"]]), ".0f"),
-                "(softirq)", _f(fb.get("gen_cpu_percent"), ".0f")]])
-        noise(fl, fb)
 
-    if "polling" in res:
-        pol = res["polling"]
-        rows = []
-        for poll in ("busy", "wait"):
-            for load, d in pol[poll].items():
-                rows.append([poll, load, kpps(d), _f(d.get("cpu_percent"), ".0f"),
-                             _f(d.get("cycles_per_packet"), ".0f")])
-        table("4. Polling: busy-poll vs sleep in poll(), l2fwd", ["poll", "offered", "kpps", "DUT CPU%",
-                                                                 "TSC cyc/pkt"], rows)
-        noise(*[d for v in pol.values() for d in v.values()])
+def _print_tx(o, res, m):
+    tx = res["tx"]
+    rows = []
+    if "not_measured" in tx["trafgen"]:
+        rows.append(["trafgen", "not measured", "-", "-"])
+    else:
+        d = tx["trafgen"]
+        rows.append(["trafgen", o.kpps(d), "1.00x", f"{_med([r['link_dropped'] for r in d['runs']]):.0f}"])
+    for b, d in tx["labkit"].items():
+        rows.append([f"labkit, gen_batch {b}", o.kpps(d), o.ratio(tx["ratios"][b]),
+                     f"{_med([r['link_dropped'] for r in d['runs']]):.0f}"])
+    o.table("2. TX on lk-g0 as fast as possible (frames lk-d0 received / s), same CPU",
+            ["sender", "kpps", "vs trafgen", "lk-g0 tx_dropped"], rows)
+    o.noise(tx["trafgen"], *tx["labkit"].values())
 
-    if "copy" in res:
-        rows = []
-        for size, d in res["copy"].items():
-            z, c = d["zero_copy"], d["copy"]
-            rows.append([size, kpps(z), _f(z.get("cycles_per_packet"), ".0f"), kpps(c),
-                         _f(c.get("cycles_per_packet"), ".0f"), ratio(d["speedup"])])
-        table("5. Zero-copy (rings) vs copy (recv()/send() per frame), l2fwd, by Lab size",
-              ["size", "zero-copy kpps", "cyc/pkt", "copy kpps", "cyc/pkt", "speedup"], rows)
-        noise(*[x for d in res["copy"].values() for x in (d["zero_copy"], d["copy"])])
 
-    if "fanout" in res:
-        fo = res["fanout"]
-        rows = []
-        for n in FANOUT_WORKERS:
-            d = fo[f"workers_{n}"]
-            rows.append([f"{n} socket{'s' if n > 1 else ''}", kpps(d),
-                         " + ".join(_f(x, ".0f") for x in d["worker_cpu_percent"]),
-                         " / ".join(_f(100 * x, ".0f") for x in d["worker_share"]),
-                         _f(d.get("gen_cpu_percent"), ".0f"), _f(d.get("cycles_per_packet"), ".0f")])
-        table(f"6. Fanout: l2fwd on 1 vs {FANOUT_WORKERS[-1]} DUT sockets in a PACKET_FANOUT_HASH group, "
-              f"frames back / s ({FANOUT_WORKERS[-1]} / 1 = {ratio(fo['ratio'])})",
-              ["DUT", "kpps", "worker CPU%", "frames %", "generator CPU%", "TSC cyc/pkt"], rows)
-        noise(*[fo[f"workers_{n}"] for n in FANOUT_WORKERS])
-        h = fo["hash"]
-        share = h["software_toeplitz_share"]
-        print(f"   flow hash: the kernel's comes with each frame (tp_rxhash), no data-plane cycles; software "
-              f"Toeplitz costs {_f(h['software_toeplitz_cycles_per_frame'], '.0f')} TSC cycles/frame "
-              f"({_f(share and 100 * share, '.2g')}% of a 1-socket packet on veth)", file=out)
-        print(f"   veth does the receiver's kernel work on the sender's core: the generator and "
-              f"{FANOUT_WORKERS[-1]} workers share {len(m['cpus'])} CPU(s)", file=out)
+def _print_forwarding(o, res, m):
+    fw = res["forwarding"]
+    fl, fb = fw["labkit"], fw["bridge"]
+    o.table(f"3. Forwarding lk-d0 -> lk-d1, labkit's generator (frames back / s) "
+            f"(labkit / bridge = {o.ratio(fw['ratio'])})",
+            ["forwarder", "kpps", "sent kpps", "DUT CPU%", "generator CPU%"],
+            [["labkit l2fwd (ring)", o.kpps(fl), _f(_med([r["gen_tx_pps"] / 1e3 for r in fl["runs"]]), ".0f"),
+            _f(fl.get("cpu_percent"), ".0f"), _f(_med([r["gen_cpu_percent"] for r in fl["runs"]]), ".0f")],
+           ["Linux bridge", o.kpps(fb), _f(_med([r["sent"] / r["seconds"] / 1e3 for r in fb["runs"]]), ".0f"),
+            "(softirq)", _f(fb.get("gen_cpu_percent"), ".0f")]])
+    o.noise(fl, fb)
 
+
+def _print_polling(o, res, m):
+    pol = res["polling"]
+    rows = []
+    for poll in ("busy", "wait"):
+        for load, d in pol[poll].items():
+            rows.append([poll, load, o.kpps(d), _f(d.get("cpu_percent"), ".0f"),
+                         _f(d.get("cycles_per_packet"), ".0f")])
+    o.table("4. Polling: busy-poll vs sleep in poll(), l2fwd", ["poll", "offered", "kpps", "DUT CPU%",
+                                                             "TSC cyc/pkt"], rows)
+    o.noise(*[d for v in pol.values() for d in v.values()])
+
+
+def _print_copy(o, res, m):
+    rows = []
+    for size, d in res["copy"].items():
+        z, c = d["zero_copy"], d["copy"]
+        rows.append([size, o.kpps(z), _f(z.get("cycles_per_packet"), ".0f"), o.kpps(c),
+                     _f(c.get("cycles_per_packet"), ".0f"), o.ratio(d["speedup"])])
+    o.table("5. Zero-copy (rings) vs copy (recv()/send() per frame), l2fwd, by Lab size",
+            ["size", "zero-copy kpps", "cyc/pkt", "copy kpps", "cyc/pkt", "speedup"], rows)
+    o.noise(*[x for d in res["copy"].values() for x in (d["zero_copy"], d["copy"])])
+
+
+def _print_fanout(o, res, m):
+    fo = res["fanout"]
+    rows = []
+    for n in FANOUT_WORKERS:
+        d = fo[f"workers_{n}"]
+        rows.append([f"{n} socket{'s' if n > 1 else ''}", o.kpps(d),
+                     " + ".join(_f(x, ".0f") for x in d["worker_cpu_percent"]),
+                     " / ".join(_f(100 * x, ".0f") for x in d["worker_share"]),
+                     _f(d.get("gen_cpu_percent"), ".0f"), _f(d.get("cycles_per_packet"), ".0f")])
+    o.table(f"6. Fanout: l2fwd on 1 vs {FANOUT_WORKERS[-1]} DUT sockets in a PACKET_FANOUT_HASH group, "
+            f"frames back / s ({FANOUT_WORKERS[-1]} / 1 = {o.ratio(fo['ratio'])})",
+            ["DUT", "kpps", "worker CPU%", "frames %", "generator CPU%", "TSC cyc/pkt"], rows)
+    o.noise(*[fo[f"workers_{n}"] for n in FANOUT_WORKERS])
+    h = fo["hash"]
+    share = h["software_toeplitz_share"]
+    o.print(f"   flow hash: the kernel's comes with each frame (tp_rxhash), no data-plane cycles; software "
+            f"Toeplitz costs {_f(h['software_toeplitz_cycles_per_frame'], '.0f')} TSC cycles/frame "
+            f"({_f(share and 100 * share, '.2g')}% of a 1-socket packet on veth)")
+    o.print(f"   veth does the receiver's kernel work on the sender's core: the generator and "
+            f"{FANOUT_WORKERS[-1]} workers share {len(m['cpus'])} CPU(s)")
+
+
+def _print_targets(o, res, m):
+    o.table("7. targets", ["target", "measured", "target", "status"],
+            [[t["target"], o.ratio(t["value"]), t["limit"],
+              "not measured" if t["met"] is None else ("met" if t["met"] else "not met")]
+             for t in res["targets"]])
+
+
+def _print(res, out=sys.stdout):
+    o, m = _Out(out), res["meta"]
+    _print_meta(o, m)
+    for name, section in (("rx", _print_rx), ("tx", _print_tx), ("forwarding", _print_forwarding),
+                          ("polling", _print_polling), ("copy", _print_copy), ("fanout", _print_fanout)):
+        if name in res:
+            section(o, res, m)
     if res["targets"]:
-        table("7. targets", ["target", "measured", "target", "status"],
-              [[t["target"], ratio(t["value"]), t["limit"],
-                "not measured" if t["met"] is None else ("met" if t["met"] else "not met")]
-               for t in res["targets"]])
+        _print_targets(o, res, m)
 
 
 def main(argv=None):

@@ -61,7 +61,8 @@ from .measure import now_tsc, tsc_hz
 from .loopgen import load_module, port_for
 from .ports import (N_BUSY_ITER, N_CAP_LOST, N_CAP_N, N_DUT_CYC, N_ERR, N_KICKS, N_LAST_BUSY, N_NIC_CYC, N_POLLS,
                     N_RX, N_STOP, N_TX, NST_SIZE)
-from .result import NIC_SIDE_DROPS, NodeRuntime, Result
+from .engine import Engine, tell_progress
+from .result import NIC_SIDE_DROPS, by_reason, make_result
 from ..settings import SLICE_S
 
 WATCH_S = 0.02        # the watcher's period
@@ -85,12 +86,14 @@ class _Dut:
         self.cpu = (0.0, 1.0)            # its thread's CPU seconds, wall seconds
 
 
-class NetBackend:
+class NetEngine(Engine):
     """Ports, rings and compiled loops of one Lab on veth or TAP."""
+    kind = "net"
 
     def __init__(self, backend, graph, knobs, pool, tables, traffic_for, gen_batch=GEN_BATCH,
                  rate=None, capture_path=None, capture_max=0, workers=1):
         self.backend, self.g, self.knobs, self.pool = backend, graph, knobs, pool
+        self.pools, self.max_frame = [pool], pool.max_frame
         self.tables = tables
         self.gen_batch, self.rate = gen_batch, rate
         self.capture_path, self.capture_max = capture_path, (capture_max if capture_path else 0)
@@ -216,166 +219,41 @@ class NetBackend:
             counts, d.tx_h, d.tx_l, d.free_h, d.tmp_h, d.counters, d.stats, *tables)
 
     # -- the run ---------------------------------------------------------------------
-    def run(self, seconds, packets, progress):
-        hz = tsc_hz()
-        g, k, t = self.g, self.knobs, self.traffic
-        gst = np.zeros(gen.GST_SIZE, np.int64)
-        poll_ms = POLL_MS if k.poll == "wait" else 0
-        budget = packets if packets is not None else np.iinfo(np.int64).max
-        cap_n = self.capture_max
-        cap_data = np.zeros(cap_n * min(t.stride, self.max_link) if cap_n else 0, np.uint8)
-        cap_len = np.zeros(cap_n, np.uint32)
-        frames_flat = t.frames.reshape(-1)
-        gh, gl, ghash = (np.zeros(256, np.uint32) for _ in range(3))
-        g_too_long = np.zeros(1, np.int64)
-        rate_cpp = hz / self.rate if self.rate else 0.0
-        duts = self.duts
-        slices = []
-        for d in duts:
-            self._dut_state(d)
-            # a frame longer than a buffer's data room is dropped in every mode alike
-            rx_max = min(d.rx.max_frame, self.pool.max_frame) if d.rx else 0
-            slices.append(self._dut_slice(d, rx_max, poll_ms))
-
-        def gen_slice(t_start, stop_tsc, slice_end):
-            tx, rx = self.gen_tx, self.gen_rx
-            return gen.gen_slice(tx.u8, tx.u32, tx.cur, tx.fileno(), tx.kick_buf, frames_flat, t.stride,
-                                 t.lengths, t.seq, tx.max_frame, rx.u8, rx.u32, rx.cur, gh, gl, ghash,
-                                 rx.max_frame, g_too_long, cap_data, cap_len, gst, budget, t_start,
-                                 stop_tsc, rate_cpp, self.gen_batch, slice_end)
-
-        # Compile (or load from numba's cache) before the clock starts.
-        gst[gen.G_STOP] = 1
-        gen_slice(0, 0, 0)
-        for d, dut_slice in zip(duts, slices):
-            d.nst[N_STOP] = 1
-            dut_slice(0)
-            d.nst[:] = 0
-        gst[:] = 0
-        for s, _ in self.kernel_socks:
-            af.read_stats(s)                                  # zero the kernel's counters
-        wire0 = {name: labnet.link_stats(ns, ifn)["tx_dropped"] for ns, ifn, name, _ in self.wires}
-        retried, freezes = {}, {}
-        kernel = {name: 0 for _, name in self.kernel_socks}
-        dut_socks = [(d, d.rx.sock) for d in duts if d.rx is not None]
-
-        start = now_tsc()
-        stop_tsc = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
-        errors, cpu = [], {}
-        gen_final = threading.Event()
-
-        def dut_main(d, dut_slice):
-            c0, w0 = time.thread_time(), time.perf_counter()
-            try:
-                while not dut_slice(now_tsc() + int(SLICE_S * hz)):
-                    pass
-            except BaseException as e:        # shown by the watcher, not lost in a thread
-                errors.append(e)
-            d.cpu = (time.thread_time() - c0, time.perf_counter() - w0)
-
-        def gen_main():
-            c0, w0 = time.thread_time(), time.perf_counter()
-            try:
-                while True:
-                    gen_slice(start, stop_tsc, now_tsc() + int(SLICE_S * hz))
-                    if gen_final.is_set() or gst[gen.G_ERR]:
-                        break
-            except BaseException as e:
-                errors.append(e)
-            cpu["gen"] = (time.thread_time() - c0, time.perf_counter() - w0)
-
-        wire = {}                    # link drops as last read (netlink: read them every LINK_S)
-        links_read = [0.0]
-        per_sock = {id(s): d for d, s in dut_socks}
-
-        def drops(links=False):
-            for s, name in self.kernel_socks:
-                _, dropped, frozen = af.read_stats(s)
-                kernel[name] += dropped
-                freezes[name] = freezes.get(name, 0) + frozen
-                if id(s) in per_sock:
-                    per_sock[id(s)].ring_full += dropped
-            if links or time.monotonic() - links_read[0] >= LINK_S:
-                links_read[0] = time.monotonic()
-                for ns, ifn, name, lost in self.wires:
-                    n = labnet.link_stats(ns, ifn)["tx_dropped"] - wire0[name]
-                    (wire if lost else retried)[name] = n
-            d = dict(wire)
-            d.update(kernel)
-            d["gen_unsendable"] = int(gst[gen.G_UNSENDABLE])
-            d["gen_rx_too_long"] = int(g_too_long[0])
-            for w in duts:
-                for r, c in zip(g.reasons, w.counters):
-                    d[r] = d.get(r, 0) + int(c)
-            return {r: int(c) for r, c in d.items() if c}
-
-        def dut_sum(i):
-            return sum(int(d.nst[i]) for d in duts)
-
-        names = ["labkit-dut"] if len(duts) == 1 else [f"labkit-dut{d.q}" for d in duts]
-        threads = [threading.Thread(target=dut_main, args=(d, f), name=n, daemon=True)
-                   for d, f, n in zip(duts, slices, names)]
-        threads.append(threading.Thread(target=gen_main, name="labkit-gen", daemon=True))
-        for th in threads:
-            th.start()
-        interrupted, stalled = None, False
-        last_change, last_seen = time.monotonic(), None
+    def run(self, seconds=None, packets=None, progress=None):
+        r = _Run(self, packets)
+        r.compile()
+        r.start = now_tsc()
+        r.stop_tsc = r.start + int(seconds * r.hz) if seconds is not None else np.iinfo(np.int64).max
+        threads = r.start_threads()
         try:
-            while True:
-                try:
-                    time.sleep(WATCH_S)
-                    if errors:
-                        break
-                    d = drops()
-                    if progress is not None:
-                        if packets is not None:
-                            progress(min(1.0, gst[gen.G_SENT] / packets))
-                        else:
-                            progress(min(1.0, (now_tsc() - start) / (stop_tsc - start)))
-                    if gst[gen.G_ERR] or any(w.nst[N_ERR] for w in duts):
-                        break
-                    seen = (int(gst[gen.G_SENT]), int(gst[gen.G_RX]), dut_sum(N_RX), tuple(sorted(d.items())))
-                    if seen != last_seen:
-                        last_seen, last_change = seen, time.monotonic()
-                    quiet = time.monotonic() - last_change
-                    if gst[gen.G_TX_DONE_TSC] == 0:             # still sending
-                        if quiet > STALL_S:
-                            stalled = True                      # the kernel takes no frame: give up
-                            break
-                        continue
-                    if gst[gen.G_SENT] == gst[gen.G_RX] + sum(d.values()):
-                        break                                   # every frame accounted for
-                    if quiet > QUIET_S:
-                        break                                   # the books will not balance: say so
-                except KeyboardInterrupt as e:
-                    # Stop offering; let what is in flight drain, so the books
-                    # still balance; then let the interrupt go on.
-                    interrupted = e
-                    gst[gen.G_STOP] = 1
+            interrupted, stalled = r.watch(progress)
         finally:
-            for w in duts:
+            for w in self.duts:
                 w.nst[N_STOP] = 1
-            gen_final.set()
+            r.gen_final.set()
             for th in threads:
                 th.join()
-        d = drops(links=True)
-        if errors:
-            raise errors[0]
-        dut_err = next((int(w.nst[N_ERR]) for w in duts if w.nst[N_ERR]), 0)
-        for code, who in ((gst[gen.G_ERR], "generator"), (dut_err, "device under test")):
+        dropped = r.drops(links=True)
+        if r.errors:
+            raise r.errors[0]
+        dut_err = next((int(w.nst[N_ERR]) for w in self.duts if w.nst[N_ERR]), 0)
+        for code, who in ((r.gst[gen.G_ERR], "generator"), (dut_err, "device under test")):
             if code:
                 raise OSError(int(code), f"the {who}'s port failed: {strerror(int(code))}")
         if interrupted is not None:
             raise interrupted
-        if cap_n:
-            self._write_capture(cap_data, cap_len, gst)
+        if self.capture_max:
+            self._write_capture(r.cap_data, r.cap_len, r.gst)
+        return self._result(r, dropped, stalled)
+
+    def _result(self, r, dropped, stalled):
+        """The Result of run r: the generator's books, the DUT's cycles and CPU, the kernel's drops."""
+        g, k, gst, duts, hz = self.g, self.knobs, r.gst, self.duts, r.hz
         end = max([int(w.nst[N_LAST_BUSY]) for w in duts] + [int(gst[gen.G_TX_DONE_TSC])])
-        wall = max(end - start, 1) / hz
+        wall = max(end - r.start, 1) / hz
         dut_cpu = sum(w.cpu[0] for w in duts)
         dut_wall = max(w.cpu[1] for w in duts)
-        gen_tx_s = max(int(gst[gen.G_TX_DONE_TSC]) - start, 1) / hz
-        stats = sum(w.stats for w in duts)
-        runtime = [NodeRuntime(n.name, int(s[0]), int(s[1]), int(s[2])) for n, s in zip(g.nodes, stats)]
+        gen_tx_s = max(int(gst[gen.G_TX_DONE_TSC]) - r.start, 1) / hz
         notes = list(self.notes)
         if stalled:
             notes.append(f"the run stopped early: for {STALL_S:g} s the kernel took no frame from the "
@@ -383,27 +261,27 @@ class NetBackend:
         if gst[gen.G_CAP_LOST]:
             notes.append(f"capture: {gst[gen.G_CAP_LOST]} returned frames not written "
                          f"(the capture holds at most {self.capture_max})")
+        gen_cpu = r.cpu.get("gen", (0.0, 1.0))
         extra = {"port": self.port, "poll": k.poll, "qdisc_bypass": k.qdisc_bypass,
                  "gen_tx_pps": int(gst[gen.G_SENT]) / gen_tx_s, "gen_batch": self.gen_batch,
-                 "rate": self.rate, "dut_polls": dut_sum(N_POLLS), "dut_kicks": dut_sum(N_KICKS),
-                 "dut_busy_iterations": dut_sum(N_BUSY_ITER),
-                 "kernel_tx_retries": {k: int(v) for k, v in retried.items()},
-                 "kernel_ring_freezes": {k.replace("_full", ""): int(v) for k, v in freezes.items()},
-                 "gen_cpu_percent": 100.0 * cpu.get("gen", (0.0, 1.0))[0] / max(cpu.get("gen", (0, 1.0))[1], 1e-9)}
+                 "rate": self.rate, "dut_polls": r.dut_sum(N_POLLS), "dut_kicks": r.dut_sum(N_KICKS),
+                 "dut_busy_iterations": r.dut_sum(N_BUSY_ITER),
+                 "kernel_tx_retries": {k: int(v) for k, v in r.retried.items()},
+                 "kernel_ring_freezes": {k.replace("_full", ""): int(v) for k, v in r.freezes.items()},
+                 "gen_cpu_percent": 100.0 * gen_cpu[0] / max(gen_cpu[1], 1e-9)}
         pool_ok = self.pool is None or self.pool.n_free == self.pool.capacity
         if self.fanout:
             rows = [self._worker_row(w, wall, hz, pool_ok) for w in duts]
             extra.update(workers=rows, queues=len(duts), hash_source=HASH_SOURCE, fanout_group=self.fanout_group)
-            pool_ok = all(r["pool_ok"] for r in rows)
+            pool_ok = all(row["pool_ok"] for row in rows)
             lost = sum(int(w.nst[N_CAP_LOST]) for w in duts)
             if lost:
                 notes.append(f"capture: {lost} frames the workers forwarded not kept (each keeps at most "
                              f"{self.capture_max})")
-        return Result(backend=self.backend, graph=g.name, knobs=k.as_dict(), sent=int(gst[gen.G_SENT]),
-                      forwarded=int(gst[gen.G_RX]), dropped=d, seconds=wall, tsc_hz=hz,
-                      dut_cycles=dut_sum(N_DUT_CYC), nic_cycles=dut_sum(N_NIC_CYC), runtime=runtime,
-                      notes=notes, pool_ok=pool_ok,
-                      cpu_percent=100.0 * dut_cpu / max(dut_wall, 1e-9), extra=extra)
+        return make_result(self.backend, g, k, stats=sum(w.stats for w in duts), sent=int(gst[gen.G_SENT]),
+                           forwarded=int(gst[gen.G_RX]), dropped=dropped, seconds=wall, tsc_hz=hz,
+                           dut_cycles=r.dut_sum(N_DUT_CYC), nic_cycles=r.dut_sum(N_NIC_CYC), notes=notes,
+                           pool_ok=pool_ok, cpu_percent=100.0 * dut_cpu / max(dut_wall, 1e-9), extra=extra)
 
     def _worker_row(self, w, wall, hz, pool_ok):
         """Worker w's share of the run, in the shape of labkit.run.workers' rows.
@@ -445,3 +323,147 @@ class NetBackend:
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         with PcapWriter(self.capture_path) as w:
             w.write_many(cap_data, offsets, lengths)
+
+
+class _Run:
+    """One run of a NetEngine: the generator's state, the DUT workers' slices, the
+    watcher's books (the kernel's drops, the links' drops) and the threads."""
+
+    def __init__(self, eng, packets):
+        self.eng, self.hz, self.packets = eng, tsc_hz(), packets
+        t, k = eng.traffic, eng.knobs
+        self.gst = np.zeros(gen.GST_SIZE, np.int64)
+        self.budget = packets if packets is not None else np.iinfo(np.int64).max
+        cap_n = eng.capture_max
+        self.cap_data = np.zeros(cap_n * min(t.stride, eng.max_link) if cap_n else 0, np.uint8)
+        self.cap_len = np.zeros(cap_n, np.uint32)
+        self.frames_flat = t.frames.reshape(-1)
+        self.gh, self.gl, self.ghash = (np.zeros(256, np.uint32) for _ in range(3))
+        self.g_too_long = np.zeros(1, np.int64)
+        self.rate_cpp = self.hz / eng.rate if eng.rate else 0.0
+        poll_ms = POLL_MS if k.poll == "wait" else 0
+        self.slices = []
+        for d in eng.duts:
+            eng._dut_state(d)
+            # a frame longer than a buffer's data room is dropped in every mode alike
+            rx_max = min(d.rx.max_frame, eng.pool.max_frame) if d.rx else 0
+            self.slices.append(eng._dut_slice(d, rx_max, poll_ms))
+        self.errors, self.cpu = [], {}
+        self.gen_final = threading.Event()
+        self.retried, self.freezes, self.wire = {}, {}, {}     # link drops as last read (every LINK_S)
+        self.kernel = {name: 0 for _, name in eng.kernel_socks}
+        self.per_sock = {id(d.rx.sock): d for d in eng.duts if d.rx is not None}
+        self.links_read = 0.0
+        self.start = self.stop_tsc = 0
+
+    def gen_slice(self, t_start, stop_tsc, slice_end):
+        eng, t = self.eng, self.eng.traffic
+        tx, rx = eng.gen_tx, eng.gen_rx
+        return gen.gen_slice(tx.u8, tx.u32, tx.cur, tx.fileno(), tx.kick_buf, self.frames_flat, t.stride,
+                             t.lengths, t.seq, tx.max_frame, rx.u8, rx.u32, rx.cur, self.gh, self.gl, self.ghash,
+                             rx.max_frame, self.g_too_long, self.cap_data, self.cap_len, self.gst, self.budget,
+                             t_start, stop_tsc, self.rate_cpp, eng.gen_batch, slice_end)
+
+    def compile(self):
+        """Compile (or load from numba's cache) before the clock starts; zero the kernel's counters."""
+        self.gst[gen.G_STOP] = 1
+        self.gen_slice(0, 0, 0)
+        for d, dut_slice in zip(self.eng.duts, self.slices):
+            d.nst[N_STOP] = 1
+            dut_slice(0)
+            d.nst[:] = 0
+        self.gst[:] = 0
+        for s, _ in self.eng.kernel_socks:
+            af.read_stats(s)
+        self.wire0 = {name: labnet.link_stats(ns, ifn)["tx_dropped"] for ns, ifn, name, _ in self.eng.wires}
+
+    def start_threads(self):
+        duts = self.eng.duts
+        names = ["labkit-dut"] if len(duts) == 1 else [f"labkit-dut{d.q}" for d in duts]
+        threads = [threading.Thread(target=self._dut_main, args=(d, f), name=n, daemon=True)
+                   for d, f, n in zip(duts, self.slices, names)]
+        threads.append(threading.Thread(target=self._gen_main, name="labkit-gen", daemon=True))
+        for th in threads:
+            th.start()
+        return threads
+
+    def _dut_main(self, d, dut_slice):
+        c0, w0 = time.thread_time(), time.perf_counter()
+        try:
+            while not dut_slice(now_tsc() + int(SLICE_S * self.hz)):
+                pass
+        except BaseException as e:        # shown by the watcher, not lost in a thread
+            self.errors.append(e)
+        d.cpu = (time.thread_time() - c0, time.perf_counter() - w0)
+
+    def _gen_main(self):
+        c0, w0 = time.thread_time(), time.perf_counter()
+        try:
+            while True:
+                self.gen_slice(self.start, self.stop_tsc, now_tsc() + int(SLICE_S * self.hz))
+                if self.gen_final.is_set() or self.gst[gen.G_ERR]:
+                    break
+        except BaseException as e:
+            self.errors.append(e)
+        self.cpu["gen"] = (time.thread_time() - c0, time.perf_counter() - w0)
+
+    def drops(self, links=False):
+        """Every drop so far by reason: the kernel's (ring full), the links' (read every
+        LINK_S: a netlink round trip costs ~1 ms), the generator's, the graph's."""
+        for s, name in self.eng.kernel_socks:
+            _, dropped, frozen = af.read_stats(s)
+            self.kernel[name] += dropped
+            self.freezes[name] = self.freezes.get(name, 0) + frozen
+            if id(s) in self.per_sock:
+                self.per_sock[id(s)].ring_full += dropped
+        if links or time.monotonic() - self.links_read >= LINK_S:
+            self.links_read = time.monotonic()
+            for ns, ifn, name, lost in self.eng.wires:
+                n = labnet.link_stats(ns, ifn)["tx_dropped"] - self.wire0[name]
+                (self.wire if lost else self.retried)[name] = n
+        d = dict(self.wire)
+        d.update(self.kernel)
+        d["gen_unsendable"] = int(self.gst[gen.G_UNSENDABLE])
+        d["gen_rx_too_long"] = int(self.g_too_long[0])
+        for w in self.eng.duts:
+            for r, c in by_reason(self.eng.g.reasons, w.counters).items():
+                d[r] = d.get(r, 0) + c
+        return {r: int(c) for r, c in d.items() if c}
+
+    def dut_sum(self, i):
+        return sum(int(d.nst[i]) for d in self.eng.duts)
+
+    def watch(self, progress):
+        """Until every frame is accounted for (or a thread failed, or the kernel stalled):
+        progress, and the books. Ctrl-C stops the generator and lets what is in flight
+        drain, so the books still balance; it is raised afterwards.
+        Returns (the interrupt or None, stalled)."""
+        gst, duts = self.gst, self.eng.duts
+        interrupted, stalled = None, False
+        last_change, last_seen = time.monotonic(), None
+        while True:
+            try:
+                time.sleep(WATCH_S)
+                if self.errors:
+                    break
+                d = self.drops()
+                tell_progress(progress, self.packets, gst[gen.G_SENT], self.start, self.stop_tsc)
+                if gst[gen.G_ERR] or any(w.nst[N_ERR] for w in duts):
+                    break
+                seen = (int(gst[gen.G_SENT]), int(gst[gen.G_RX]), self.dut_sum(N_RX), tuple(sorted(d.items())))
+                if seen != last_seen:
+                    last_seen, last_change = seen, time.monotonic()
+                quiet = time.monotonic() - last_change
+                if gst[gen.G_TX_DONE_TSC] == 0:             # still sending
+                    if quiet > STALL_S:
+                        stalled = True                      # the kernel takes no frame: give up
+                        break
+                    continue
+                if gst[gen.G_SENT] == gst[gen.G_RX] + sum(d.values()):
+                    break                                   # every frame accounted for
+                if quiet > QUIET_S:
+                    break                                   # the books will not balance: say so
+            except KeyboardInterrupt as e:
+                interrupted = e
+                gst[gen.G_STOP] = 1
+        return interrupted, stalled

@@ -82,3 +82,15 @@ class Result:
 # frame; with several workers: the frame's queue was full): they count in
 # `sent` and in conservation, but the data plane spent no cycles on them.
 NIC_SIDE_DROPS = ("mempool_empty", "rx_frame_too_long", "dut_rx_ring_full", "gen_unsendable", "rx_queue_full")
+
+
+def by_reason(reasons, counters):
+    """{reason: count} of a counters array, the reasons that counted something."""
+    return {r: int(c) for r, c in zip(reasons, counters) if c}
+
+
+def make_result(backend, g, knobs, *, stats, **fields):
+    """The one way a Result is made: the graph's per-node runtime from `stats`
+    (one row per node: calls, packets, TSC cycles), the knobs as a dict."""
+    runtime = [NodeRuntime(n.name, int(s[0]), int(s[1]), int(s[2])) for n, s in zip(g.nodes, stats)]
+    return Result(backend=backend, graph=g.name, knobs=knobs.as_dict(), runtime=runtime, **fields)

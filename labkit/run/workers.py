@@ -96,7 +96,8 @@ from . import lthreads
 from .loopgen import load_module, port_for
 from .lthreads import give_way
 from .measure import now_tsc, tsc_hz
-from .result import NIC_SIDE_DROPS, NodeRuntime, Result
+from .engine import Engine, tell_progress
+from .result import NIC_SIDE_DROPS, by_reason, make_result
 from ..settings import SLICE_S
 
 RR_SLICE_S = 0.0005       # a worker's turn when they run one after another (threads=False)
@@ -278,12 +279,13 @@ class _Worker:
         self.frames[3][...] = 0
 
 
-class Workers:
+class Workers(Engine):
     """N workers over a MultiQueueNic; ``run()`` returns a Result summed over them
     with per-worker numbers in ``extra["workers"]``."""
+    kind = "workers"
 
     def __init__(self, graph, knobs, tables, traffic, n, pool_size, ring_size, capture_max=0,
-                 rss_key="default", reta=None, dispatcher=None, pin=False):
+                 rss_key="default", reta=None, dispatcher=None, pin=False, notes=(), capture_path=None):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_WORKERS:
             raise ValueError(f"workers={n!r}: use 1..{MAX_WORKERS} workers")
         self.g, self.knobs, self.n = graph, knobs, int(n)
@@ -302,7 +304,8 @@ class Workers:
         self.pin = pin
         self.nic = mq.MultiQueueNic(self.n, traffic, ring_size, rss_key, reta)
         self.pools = [make_pool(knobs.mempool, pool_size, hugepages=knobs.hugepages) for _ in range(self.n)]
-        self.notes = sorted({p.note for p in self.pools if p.note})
+        self.notes = list(notes) + sorted({p.note for p in self.pools if p.note})
+        self.capture_path = capture_path
         self.max_frame = self.pools[0].max_frame
         self.reasons = list(graph.reasons) + ["rx_queue_full"]
         self.qfull = len(graph.reasons)
@@ -403,7 +406,7 @@ class Workers:
 
     # -- a run -----------------------------------------------------------------------------------
     def run(self, seconds=None, packets=None, progress=None, threads=True):
-        """One run; returns its wall time (``result()`` then says what it measured).
+        """One run; returns its Result.
 
         The threading model (knob ``model``) says where the stages run: "rtc" and
         "pipeline", one OS thread per stage (the kernel gives each busy thread a
@@ -422,60 +425,54 @@ class Workers:
         Tests use it to make overflow certain."""
         hz = tsc_hz()
         budget = int(packets) if packets is not None else int(mq.WIRE_MASK)
+        self._compile(threads)
+        self._prefill()
+        start = now_tsc()
+        stop = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
+        stages = self._stages(budget, stop, threads and self.model == "threads")
+        self.cpu = [0.0] * len(stages)
+        self.switches = self.context_switches = 0
+        errors = []
+        if threads:
+            self._on_threads(stages, errors, lambda: tell_progress(
+                progress, packets, int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK), start, stop))
+        else:
+            ticks = int(RR_SLICE_S * hz)
+            calls = [self._timed(i, lambda fn=fn, h=head, t=tail: fn(*h, now_tsc() + ticks, *t))
+                     for i, (_, fn, head, tail) in enumerate(stages)]
+            try:
+                self._cooperative(calls, [s[0] for s in stages], errors)
+            finally:
+                self._return_fill_buffers()
+        wall = self._finish(start, hz, errors)
+        if self.capture_path:
+            self.write_capture(self.capture_path)
+        return self._result(wall)
+
+    def _compile(self, threads):
+        """Compile (or load the cache) with nothing to send, before the clock starts."""
         self._reset()
-        # Compile (or load the cache) with nothing to send, before the clock starts.
         for _, fn, head, tail in self._stages(0, 0, False):
             fn(*head, 0, *tail)
         if threads and self.model == "lthreads":           # and the scheduler, on the same (empty) stages
             self._lthreads(self._stages(0, 0, False), errors=None)
         self._return_fill_buffers()
         self._reset()
-        self._prefill()
-        start = now_tsc()
-        stop = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
-        stages = self._stages(budget, stop, threads and self.model == "threads")
-        names = [s[0] for s in stages]
-        self.cpu = [0.0] * len(stages)
-        self.switches = self.context_switches = 0
-        errors = []
-        if not threads:
-            ticks = int(RR_SLICE_S * hz)
-            calls = [self._timed(i, lambda fn=fn, h=head, t=tail: fn(*h, now_tsc() + ticks, *t))
-                     for i, (_, fn, head, tail) in enumerate(stages)]
-            try:
-                self._cooperative(calls, names, errors)
-            finally:
-                self._return_fill_buffers()
-            return self._finish(start, hz, errors)
-        slice_ticks = int(SLICE_S * hz)
+
+    def _on_threads(self, stages, errors, report):
+        """Run the stages on OS threads (or, model="lthreads", on one OS thread under the
+        compiled scheduler) until all are done; report() progress meanwhile. Ctrl-C stops
+        the wire and lets every stage drain before it goes on."""
+        slice_ticks = int(SLICE_S * tsc_hz())
         if self.model == "lthreads":          # one OS thread, the compiled scheduler; a turn is one burst
-            works = [lambda: self._lthreads(stages, errors)]
-            cpus = [None]
+            works, cpus, names = [lambda: self._lthreads(stages, errors)], [None], ["lthreads"]
         else:
             works = [lambda fn=fn, h=head, t=tail: self._spin(fn, h, t, slice_ticks) for _, fn, head, tail in stages]
-            cpus = self._cpus(len(works))
+            cpus, names = self._cpus(len(works)), [s[0] for s in stages]
         go = threading.Barrier(len(works) + 1)
-        tnames = ["lthreads"] if self.model == "lthreads" else names
         ctx = [0] * len(works)
-
-        def body(i, work):
-            try:
-                if cpus[i] is not None:
-                    os.sched_setaffinity(0, {cpus[i]})     # this thread only
-                go.wait()
-                c0, r0 = time.thread_time(), _rusage()
-                work()
-                r1 = _rusage()
-                ctx[i] = (r1.ru_nvcsw - r0.ru_nvcsw) + (r1.ru_nivcsw - r0.ru_nivcsw)
-                if self.model == "lthreads":
-                    self._split_cpu(time.thread_time() - c0)
-                else:
-                    self.cpu[i] = time.thread_time() - c0
-            except BaseException as e:                # noqa: BLE001  (re-raised in the caller)
-                self._failed(tnames[i], e, errors)
-
-        ths = [threading.Thread(target=body, args=(i, w), name=f"labkit {tnames[i]}", daemon=True)
-               for i, w in enumerate(works)]
+        ths = [threading.Thread(target=self._stage_thread, args=(i, w, cpus[i], names[i], go, ctx, errors),
+                                name=f"labkit {names[i]}", daemon=True) for i, w in enumerate(works)]
         for th in ths:
             th.start()
         go.wait()
@@ -483,11 +480,7 @@ class Workers:
             for th in ths:
                 while th.is_alive():
                     th.join(SLICE_S)
-                    if progress is not None:
-                        if packets is not None:
-                            progress(min(1.0, (int(self.nic.ws[mq.WIRE]) & int(mq.WIRE_MASK)) / packets))
-                        else:
-                            progress(min(1.0, (now_tsc() - start) / (stop - start)))
+                    report()
         except KeyboardInterrupt:
             mq.stop_wire(self.nic.ws)                 # stop offering; every stage drains
             for th in ths:
@@ -498,7 +491,24 @@ class Workers:
         self.context_switches = sum(ctx)
         if self.model != "lthreads":
             self.switches = self.context_switches
-        return self._finish(start, hz, errors)
+
+    def _stage_thread(self, i, work, cpu, name, go, ctx, errors):
+        """The body of stage thread i: pinned to `cpu` (None: not pinned), its CPU time
+        and context switches counted; a failure stops the wire (see _failed)."""
+        try:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})     # this thread only
+            go.wait()
+            c0, r0 = time.thread_time(), _rusage()
+            work()
+            r1 = _rusage()
+            ctx[i] = (r1.ru_nvcsw - r0.ru_nvcsw) + (r1.ru_nivcsw - r0.ru_nivcsw)
+            if self.model == "lthreads":
+                self._split_cpu(time.thread_time() - c0)
+            else:
+                self.cpu[i] = time.thread_time() - c0
+        except BaseException as e:                # noqa: BLE001  (re-raised in the caller)
+            self._failed(name, e, errors)
 
     def _finish(self, start, hz, errors):
         wall = (now_tsc() - start) / hz
@@ -596,39 +606,17 @@ class Workers:
         flat = self.wc.reshape(-1)
         return {name: int(flat[self.wo[q] + j * self.wstep]) for j, name in enumerate(HOT)}
 
-    def result(self, backend, graph_name, notes, wall):
-        g = self.g
-        reasons = self.reasons
+    def _result(self, wall):
+        g, reasons = self.g, self.reasons
         total = np.zeros(len(reasons), np.int64)
-        per = []
         stats = np.zeros((len(g.nodes), 3), np.int64)
-        sent = fwd = dut = nic_c = 0
         sent_wire = self._wire()
+        per = [self._worker_row(w, wall) for w in self.w]
         for w in self.w:
             total += w.counters
             stats += w.stats
-            dropped = {r: int(c) for r, c in zip(reasons, w.counters) if c}
-            handled = int(w.nst[FWD]) + sum(v for r, v in dropped.items() if r not in NIC_SIDE_DROPS)
-            q_sent = int(w.nst[SENT])
-            if self.dispatcher:
-                q_sent = int(self.d_qsent[w.q])
-            row = {"queue": w.q, "sent": q_sent, "forwarded": int(w.nst[FWD]), "dropped": dropped,
-                   "handled": handled, "dut_cycles": int(w.nst[DUT_CYC]), "nic_cycles": int(w.nst[NIC_CYC]),
-                   "cycles_per_packet": int(w.nst[DUT_CYC]) / handled if handled else 0.0,
-                   # the same without the polls that found nothing (waiting for the dispatcher)
-                   "busy_cycles_per_packet": int(w.nst[DUT_CYC] - w.nst[mq.IDLE_CYC]) / handled if handled else 0.0,
-                   "mpps": handled / wall / 1e6 if wall > 0 else 0.0,
-                   "rss_mismatch": int(w.nst[mq.RSS_BAD]),
-                   # CPU time the worker's thread got: on a shared machine TSC cycles also
-                   # count the time it waited for a core; CPU cycles per packet do not.
-                   "cpu_percent": 100.0 * self.cpu[w.q] / wall if wall > 0 else 0.0,
-                   "cpu_cycles_per_packet": self.cpu[w.q] * tsc_hz() / handled if handled else 0.0,
-                   "pool_ok": w.pool.n_free == w.pool.capacity, **self.hot(w.q)}
-            per.append(row)
-            sent += q_sent
-            fwd += int(w.nst[FWD])
-            dut += int(w.nst[DUT_CYC])
-            nic_c += int(w.nst[NIC_CYC])
+        sent = sum(r["sent"] for r in per)
+        fwd, dut, nic_c = (sum(int(w.nst[i]) for w in self.w) for i in (FWD, DUT_CYC, NIC_CYC))
         extra = {"workers": per, "queues": self.n, "sync": self.knobs.sync,
                  "counters": self.knobs.counters, "dispatcher": self.dispatcher, "rss_key": self.nic.rss_key,
                  "model": self.model, **self._switch_counts(sent_wire)}
@@ -636,28 +624,47 @@ class Workers:
             total += self.d_counters
             dut += int(self.dnst[D_CPU_CYC])
             nic_c += int(self.dnst[D_NIC_CYC])
-            extra["dispatcher_cycles"] = int(self.dnst[D_CPU_CYC])
-            extra["dispatcher_idle_cycles"] = int(self.dnst[D_IDLE_CYC])
-            # per frame it took off the wire: software hash, hand-over (and locks)
-            extra["dispatcher_busy_cycles_per_packet"] = \
-                int(self.dnst[D_CPU_CYC] - self.dnst[D_IDLE_CYC]) / max(sent, 1)
-            extra["dispatcher_cpu_percent"] = 100.0 * self.cpu[-1] / wall if wall > 0 else 0.0
-            extra["dispatcher_dropped"] = {r: int(c) for r, c in zip(reasons, self.d_counters) if c}
+            extra.update(self._dispatcher_extra(wall, sent))
         extra["wire"] = sent_wire
         extra["nic_cycles"] = nic_c       # the in-memory NIC's share (Result.cycles_per_packet leaves it out)
-        dropped = {r: int(c) for r, c in zip(reasons, total) if c}
-        runtime = [NodeRuntime(n.name, int(s[0]), int(s[1]), int(s[2])) for n, s in zip(g.nodes, stats)]
-        notes = list(notes)
+        notes = list(self.notes)
         lost = sum(int(w.nst[CAP_LOST]) for w in self.w)
         if lost:
             notes.append(f"capture: {lost} forwarded frames not written (each queue holds at most "
                          f"{self.capture_max})")
         if sent != sent_wire:
             notes.append(f"workers: the queues took {sent} frames but {sent_wire} arrived on the wire")
-        return Result(backend=backend, graph=graph_name, knobs=self.knobs.as_dict(), sent=sent_wire,
-                      forwarded=fwd, dropped=dropped, seconds=wall, tsc_hz=tsc_hz(), dut_cycles=dut,
-                      nic_cycles=nic_c, runtime=runtime, notes=notes,
-                      pool_ok=all(p.n_free == p.capacity for p in self.pools), extra=extra)
+        return make_result("memory", g, self.knobs, stats=stats, sent=sent_wire, forwarded=fwd,
+                           dropped=by_reason(reasons, total), seconds=wall, tsc_hz=tsc_hz(), dut_cycles=dut,
+                           nic_cycles=nic_c, notes=notes, pool_ok=all(p.n_free == p.capacity for p in self.pools),
+                           extra=extra)
+
+    def _worker_row(self, w, wall):
+        """Worker w's share of the run (a row of extra["workers"])."""
+        dropped = by_reason(self.reasons, w.counters)
+        handled = int(w.nst[FWD]) + sum(v for r, v in dropped.items() if r not in NIC_SIDE_DROPS)
+        q_sent = int(self.d_qsent[w.q]) if self.dispatcher else int(w.nst[SENT])
+        return {"queue": w.q, "sent": q_sent, "forwarded": int(w.nst[FWD]), "dropped": dropped,
+                "handled": handled, "dut_cycles": int(w.nst[DUT_CYC]), "nic_cycles": int(w.nst[NIC_CYC]),
+                "cycles_per_packet": int(w.nst[DUT_CYC]) / handled if handled else 0.0,
+                # the same without the polls that found nothing (waiting for the dispatcher)
+                "busy_cycles_per_packet": int(w.nst[DUT_CYC] - w.nst[mq.IDLE_CYC]) / handled if handled else 0.0,
+                "mpps": handled / wall / 1e6 if wall > 0 else 0.0,
+                "rss_mismatch": int(w.nst[mq.RSS_BAD]),
+                # CPU time the worker's thread got: on a shared machine TSC cycles also
+                # count the time it waited for a core; CPU cycles per packet do not.
+                "cpu_percent": 100.0 * self.cpu[w.q] / wall if wall > 0 else 0.0,
+                "cpu_cycles_per_packet": self.cpu[w.q] * tsc_hz() / handled if handled else 0.0,
+                "pool_ok": w.pool.n_free == w.pool.capacity, **self.hot(w.q)}
+
+    def _dispatcher_extra(self, wall, sent):
+        """What the dispatcher thread measured: its cycles, per frame it took off the
+        wire (software hash, hand-over, and locks), its CPU share, its drops."""
+        return {"dispatcher_cycles": int(self.dnst[D_CPU_CYC]),
+                "dispatcher_idle_cycles": int(self.dnst[D_IDLE_CYC]),
+                "dispatcher_busy_cycles_per_packet": int(self.dnst[D_CPU_CYC] - self.dnst[D_IDLE_CYC]) / max(sent, 1),
+                "dispatcher_cpu_percent": 100.0 * self.cpu[-1] / wall if wall > 0 else 0.0,
+                "dispatcher_dropped": by_reason(self.reasons, self.d_counters)}
 
     def _wire(self):
         """Frames that arrived on the wire in the last run (the dispatcher's count when it took them)."""
