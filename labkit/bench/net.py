@@ -36,7 +36,7 @@ made it), against the C tools and the kernel doing the same job:
    kernel's comes with each frame (tp_rxhash), computed in the softirq that
    delivers it, so it costs the data plane nothing and is not measured apart
    (its kernel cost is inside the veth numbers); what computing Toeplitz in
-   software would cost per frame is ``labkit.run.workers.measure_toeplitz``.
+   software would cost per frame is ``labkit.bench.cores.measure_toeplitz``.
    veth does the receiver's kernel work on the *sender's* core, so with a
    generator and two workers on a 2-CPU machine, fanout may buy nothing:
    the cores it would spread over are already busy.

@@ -23,7 +23,7 @@ the worker writes it, and its queue, into the frame's metadata, as the
 multi-queue in-memory NIC writes its Toeplitz hash (``labkit.nic.afpacket``,
 ``labkit.run.ports``). The kernel computes the hash in the softirq that
 delivers the frame, so the data plane gets it with the frame, for free;
-``labkit.run.workers.measure_toeplitz`` is what computing it in software
+``labkit.bench.cores.measure_toeplitz`` is what computing it in software
 costs. Every worker's books balance on their own: the frames its socket
 received plus those its ring had no room for (its PACKET_STATISTICS) are
 forwarded or dropped by reason; the run's, summed, as above. With

@@ -694,11 +694,3 @@ class Workers(Engine):
         with PcapWriter(path) as wr:
             for _, b in frames:
                 wr.write(b)
-
-
-# --- the software Toeplitz hash, per frame ---------------------------------------------------------
-
-
-# --- measuring (not a test): python -m labkit.run.workers ---------------------------------------
-
-
