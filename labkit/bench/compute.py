@@ -21,7 +21,6 @@ TSC cycles tick at a constant rate, not the core's clock (see
 ``labkit.run.measure``).
 """
 import argparse
-import json
 import sys
 import time
 
@@ -32,7 +31,7 @@ from ..run.knobs import Knobs
 from ..run.lab import Lab
 from ..run.measure import tsc_hz
 from . import ckernels as ck
-from .report import Progress, jsonable, med as _med, print_table
+from .report import Progress, emit, med as _med, print_table
 
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_SIZES = (1, 32, 256)
@@ -265,12 +264,7 @@ def main(argv=None):
         prog.done()
         return 130
     prog.done()
-    if args.json:
-        json.dump(jsonable(res), sys.stdout, indent=2)
-        print()
-    else:
-        _print(res)
-    return 0
+    return emit(res, args.json, _print)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ run, the comparisons say "not measured". ``--only fanout,copy`` runs only
 those sections.
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -85,7 +84,7 @@ from ..run.lab import Lab
 from ..run.measure import now_tsc, tsc_hz
 from ..settings import SLICE_S
 from .cores import measure_toeplitz
-from .report import Progress, jsonable as _jsonable, print_table
+from .report import Progress, emit, print_table
 
 PREFIX = "labkit-bench"           # the lab network of this benchmark (never a user's or a test's)
 FRAME = 60                        # bytes of a 64-byte Ethernet frame without its FCS
@@ -1080,12 +1079,7 @@ def main(argv=None):
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     prog.done()
-    if args.json:
-        json.dump(_jsonable(res), sys.stdout, indent=2)
-        print()
-    else:
-        _print(res)
-    return 0
+    return emit(res, args.json, _print)
 
 
 if __name__ == "__main__":

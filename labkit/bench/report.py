@@ -1,4 +1,5 @@
 """What every benchmark shares: a progress line, medians, tables, JSON."""
+import json
 import statistics
 import sys
 import time
@@ -72,3 +73,13 @@ def print_table(title, cols, rows, out=sys.stdout):
         t.add_row(*[str(x) for x in r])
     con.print(t)
 
+
+
+def emit(res, as_json, print_tables):
+    """A benchmark's result on stdout: JSON (--json) or its tables; exit code 0."""
+    if as_json:
+        json.dump(jsonable(res), sys.stdout, indent=2)
+        print()
+    else:
+        print_tables(res)
+    return 0

@@ -178,6 +178,15 @@ class PcapWriter:
         self.write_many(traffic.frames.reshape(-1), t * traffic.stride, stored)
 
 
+def write_packed(path, data, lengths, n):
+    """Write the first n frames of a capture packed back to back in `data`
+    (frame i is lengths[i] bytes, right after frame i - 1) as a pcap file."""
+    lengths = lengths[:n].astype(np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    with PcapWriter(path) as w:
+        w.write_many(data, offsets, lengths)
+
+
 @njit(cache=True, nogil=True)
 def _pack(data, offsets, incl, headers, out):
     """Lay out record header i then its incl[i] captured bytes, back to back."""

@@ -55,7 +55,7 @@ from ..memory.layouts import own_lines, rehome
 from ..nic import afpacket as af
 from ..nic import generator as gen
 from ..nic import labnet
-from ..nic.pcap import PcapWriter
+from ..nic.pcap import write_packed
 from ..nic.syscalls import strerror
 from .measure import now_tsc, tsc_hz
 from .loopgen import load_module, port_for
@@ -243,7 +243,7 @@ class NetEngine(Engine):
         if interrupted is not None:
             raise interrupted
         if self.capture_max:
-            self._write_capture(r.cap_data, r.cap_len, r.gst)
+            write_packed(self.capture_path, r.cap_data, r.cap_len, int(r.gst[gen.G_CAP_N]))
         return self._result(r, dropped, stalled)
 
     def _result(self, r, dropped, stalled):
@@ -317,12 +317,6 @@ class NetEngine(Engine):
         return [(int(d.cap_meta[i, 0]), int(d.cap_meta[i, 1]), d.cap_data[offs[i]:offs[i + 1]].tobytes())
                 for i in range(n)]
 
-    def _write_capture(self, cap_data, cap_len, gst):
-        n = int(gst[gen.G_CAP_N])
-        lengths = cap_len[:n].astype(np.int64)
-        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        with PcapWriter(self.capture_path) as w:
-            w.write_many(cap_data, offsets, lengths)
 
 
 class _Run:

@@ -23,7 +23,7 @@ import numpy as np
 from ..graph.compile import make_frames
 from ..memory.ring import Ring
 from ..nic import memory as nicmem
-from ..nic.pcap import PcapWriter
+from ..nic.pcap import write_packed
 from ..settings import SLICE_S
 from .engine import Engine, tell_progress
 from .loopgen import load_module, port_for
@@ -96,7 +96,7 @@ class SingleLoop(Engine):
             raise
         wall = (now_tsc() - start) / hz
         if self.capture_path:
-            self._write_capture(cap_data, cap_len, nst)
+            write_packed(self.capture_path, cap_data, cap_len, int(nst[nicmem.CAP_N]))
         notes = list(self.notes)
         if nst[nicmem.CAP_LOST]:
             notes.append(f"capture: {nst[nicmem.CAP_LOST]} forwarded frames not written "
@@ -105,13 +105,6 @@ class SingleLoop(Engine):
                            forwarded=int(nst[nicmem.FWD]), dropped=by_reason(g.reasons, counters), seconds=wall,
                            tsc_hz=hz, dut_cycles=int(nst[nicmem.DUT_CYC]), nic_cycles=int(nst[nicmem.NIC_CYC]),
                            notes=notes, pool_ok=self.pool.n_free == self.pool.capacity)
-
-    def _write_capture(self, cap_data, cap_len, nst):
-        n = int(nst[nicmem.CAP_N])
-        lengths = cap_len[:n].astype(np.int64)
-        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        with PcapWriter(self.capture_path) as w:
-            w.write_many(cap_data, offsets, lengths)
 
     def close(self):
         self.rx = self.tx = None
