@@ -141,6 +141,105 @@ D_WIRE, D_POS, D_NIC_CYC, D_CPU_CYC, D_IDLE_CYC, D_YIELDS = 0, 1, 2, 3, 4, 5
 
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _idle(dnst, t0, slice_end_tsc, yield_each):
+    """The dispatcher found nothing to do: count the cycles as idle; True when its slice is over."""
+    t1 = rdtsc()
+    dnst[D_CPU_CYC] += t1 - t0
+    dnst[D_IDLE_CYC] += t1 - t0
+    if t0 >= slice_end_tsc:
+        return True
+    give_way(yield_each, dnst, D_YIELDS)
+    return False
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _room(rx_descs, rx_curs, locks, locked, room, n_stage):
+    """Room on each worker's RX ring (read under its lock when `locked`); the most of them."""
+    best = 0
+    for q in range(len(rx_descs)):
+        if locked:
+            spin_lock(locks, q * LOCK_STRIDE)
+        r = rx_descs[q].size - ring_count(rx_curs[q])
+        if locked:
+            spin_unlock(locks, q * LOCK_STRIDE)
+        room[q] = r
+        best = max(best, r)
+        n_stage[q] = 0
+    return best
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _off_the_wire(seq, flens, stride, pos, nb, b_t, b_base, b_len):
+    """The next nb frames on the wire (templates, where each starts, its length); the new position."""
+    for k in range(nb):
+        t = seq[pos]
+        pos += 1
+        if pos == seq.size:
+            pos = 0
+        b_t[k] = t
+        b_base[k] = np.int64(t) * stride - DATA_OFF
+        b_len[k] = min(np.int64(flens[t]), stride)
+    return pos
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _stage(arenas, frames, flens, reta, fill_descs, fill_curs, stash, n_stash, wire, nb, max_frame, qsent,
+           counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h):
+    """"DMA" each frame into a buffer of its worker's (from the worker's fill ring), write
+    its wire position, hash and queue into the metadata, and stage it for that worker;
+    count what has no room (rx_queue_full), no buffer (mempool_empty) or is too long."""
+    stride, mask = frames.shape[1], reta.size - 1
+    for k in range(nb):
+        h = b_h[k]
+        q = reta[h & mask]
+        qsent[q] += 1
+        t = b_t[k]
+        length = np.int64(flens[t])
+        if length > max_frame or length > stride:
+            counters[RX_FRAME_TOO_LONG] += 1
+            continue
+        if n_stage[q] >= room[q]:
+            counters[qfull] += 1
+            continue
+        if n_stash[q] == 0:
+            n_stash[q] = ring_dequeue(fill_descs[q], fill_curs[q], stash[q], scratch_l, scratch_h, stash.shape[1])
+            if n_stash[q] == 0:
+                counters[MEMPOOL_EMPTY] += 1
+                continue
+        n_stash[q] -= 1
+        hd = stash[q, n_stash[q]]
+        arena = arenas[q]
+        base = np.int64(hd) << LINE_SHIFT
+        for b in range(length):
+            arena[base + DATA_OFF + b] = frames[t, b]
+        p = wire + k
+        wr32le(arena, base + META_WIRE_OFF, p & 0xFFFFFFFF)
+        wr32le(arena, base + META_WIRE_OFF + 4, p >> 32)
+        wr32le(arena, base + META_HASH_OFF, h)
+        arena[base + META_RXQ_OFF] = q & 0xFF
+        arena[base + META_RXQ_OFF + 1] = (q >> 8) & 0xFF
+        m = n_stage[q]
+        stage_h[q, m] = hd
+        stage_l[q, m] = length
+        stage_hash[q, m] = h
+        n_stage[q] = m + 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _hand_over(rx_descs, rx_curs, locks, locked, stage_h, stage_l, stage_hash, n_stage):
+    """Post each worker's staged frames on its RX ring: one lock per queue per burst."""
+    for q in range(len(rx_descs)):
+        m = n_stage[q]
+        if m > 0:
+            if locked:
+                spin_lock(locks, q * LOCK_STRIDE)
+            s = ring_enqueue(rx_descs[q], rx_curs[q], stage_h[q], stage_l[q], stage_hash[q], m)
+            if locked:
+                spin_unlock(locks, q * LOCK_STRIDE)
+            assert s == m                  # only the dispatcher posts: the room it saw is still there
+
+
 @njit(nogil=True, cache=True)
 def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, rx_curs, fill_descs, fill_curs,
                      stash, n_stash, locks, locked, ws, budget, stop_tsc, slice_end_tsc, batch, max_frame,
@@ -152,9 +251,6 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
     (False) or the run is over and DONE is posted (True); slice_end_tsc 0:
     one burst (or one idle poll). yield_each: sched_yield after each."""
     n_q = len(rx_descs)
-    nseq = seq.size
-    stride = frames.shape[1]
-    mask = reta.size - 1
     while True:
         t0 = rdtsc()
         wire = dnst[D_WIRE]
@@ -162,89 +258,22 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
             store_release(ws, DONE, 1)
             return True
         if load_acquire(ws, READY) < n_q:      # the link is up once every worker polls
-            t1 = rdtsc()
-            dnst[D_CPU_CYC] += t1 - t0
-            dnst[D_IDLE_CYC] += t1 - t0
-            if t0 >= slice_end_tsc:
+            if _idle(dnst, t0, slice_end_tsc, yield_each):
                 return False
-            give_way(yield_each, dnst, D_YIELDS)
             continue
-        best = 0
-        for q in range(n_q):
-            if locked:
-                spin_lock(locks, q * LOCK_STRIDE)
-            r = rx_descs[q].size - ring_count(rx_curs[q])
-            if locked:
-                spin_unlock(locks, q * LOCK_STRIDE)
-            room[q] = r
-            best = max(best, r)
-            n_stage[q] = 0
+        best = _room(rx_descs, rx_curs, locks, locked, room, n_stage)
         if best == 0:                          # every worker's ring is full: wait, as a closed loop
-            t1 = rdtsc()
-            dnst[D_CPU_CYC] += t1 - t0
-            dnst[D_IDLE_CYC] += t1 - t0
-            if t0 >= slice_end_tsc:
+            if _idle(dnst, t0, slice_end_tsc, yield_each):
                 return False
-            give_way(yield_each, dnst, D_YIELDS)
             continue
         nb = min(batch, best, budget - wire)
-        pos = dnst[D_POS]
-        for k in range(nb):                    # the frames on the wire, and their software hash
-            t = seq[pos]
-            pos += 1
-            if pos == nseq:
-                pos = 0
-            b_t[k] = t
-            b_base[k] = np.int64(t) * stride - DATA_OFF
-            b_len[k] = min(np.int64(flens[t]), stride)
-        dnst[D_POS] = pos
+        dnst[D_POS] = _off_the_wire(seq, flens, frames.shape[1], dnst[D_POS], nb, b_t, b_base, b_len)
         hash_ipv4_frames(tables, tflat, b_base, b_len, nb, b_h)
         t1 = rdtsc()
-        for k in range(nb):                    # "DMA" into the worker's buffers (NIC work)
-            h = b_h[k]
-            q = reta[h & mask]
-            qsent[q] += 1
-            t = b_t[k]
-            length = np.int64(flens[t])
-            if length > max_frame or length > stride:
-                counters[RX_FRAME_TOO_LONG] += 1
-                continue
-            if n_stage[q] >= room[q]:
-                counters[qfull] += 1
-                continue
-            if n_stash[q] == 0:
-                n_stash[q] = ring_dequeue(fill_descs[q], fill_curs[q], stash[q], scratch_l, scratch_h,
-                                          stash.shape[1])
-                if n_stash[q] == 0:
-                    counters[MEMPOOL_EMPTY] += 1
-                    continue
-            n_stash[q] -= 1
-            hd = stash[q, n_stash[q]]
-            arena = arenas[q]
-            base = np.int64(hd) << LINE_SHIFT
-            for b in range(length):
-                arena[base + DATA_OFF + b] = frames[t, b]
-            p = wire + k
-            wr32le(arena, base + META_WIRE_OFF, p & 0xFFFFFFFF)
-            wr32le(arena, base + META_WIRE_OFF + 4, p >> 32)
-            wr32le(arena, base + META_HASH_OFF, h)
-            arena[base + META_RXQ_OFF] = q & 0xFF
-            arena[base + META_RXQ_OFF + 1] = (q >> 8) & 0xFF
-            m = n_stage[q]
-            stage_h[q, m] = hd
-            stage_l[q, m] = length
-            stage_hash[q, m] = h
-            n_stage[q] = m + 1
+        _stage(arenas, frames, flens, reta, fill_descs, fill_curs, stash, n_stash, wire, nb, max_frame, qsent,
+               counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h)
         t2 = rdtsc()
-        for q in range(n_q):                   # hand over: one lock per queue per burst
-            m = n_stage[q]
-            if m > 0:
-                if locked:
-                    spin_lock(locks, q * LOCK_STRIDE)
-                s = ring_enqueue(rx_descs[q], rx_curs[q], stage_h[q], stage_l[q], stage_hash[q], m)
-                if locked:
-                    spin_unlock(locks, q * LOCK_STRIDE)
-                assert s == m                  # only the dispatcher posts: the room it saw is still there
+        _hand_over(rx_descs, rx_curs, locks, locked, stage_h, stage_l, stage_hash, n_stage)
         dnst[D_WIRE] = wire + nb
         t3 = rdtsc()
         dnst[D_NIC_CYC] += t2 - t1
