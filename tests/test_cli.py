@@ -305,8 +305,11 @@ def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
 def test_ctrl_c_during_a_run_exits_130_without_traceback():
     import signal
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    # SIGINT as a terminal's Ctrl-C finds it: a shell without job control starts
+    # background jobs (a CI runner's, say) with SIGINT ignored, and children inherit that
     p = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--seconds", "60"], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert "compiling numba kernels" in p.stderr.readline()    # main() is running
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)

@@ -167,9 +167,13 @@ def test_frame_longer_than_a_buffer_is_counted_not_fatal(tmp_path, copy):
 # -- clean-up ------------------------------------------------------------------------
 
 def _labkit(*args, prefix, **popen):
+    """labkit in a child process, with SIGINT as a terminal's Ctrl-C finds it: a shell
+    without job control starts background jobs (a CI runner's, say) with SIGINT
+    ignored, and children inherit that."""
     env = dict(os.environ, LABKIT_NET_PREFIX=prefix)
     return subprocess.Popen([sys.executable, "-m", "labkit", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def _namespaces(prefix):

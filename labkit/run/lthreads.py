@@ -1,4 +1,4 @@
-"""Lightweight threads: a cooperative scheduler of stages, and what a switch costs.
+"""Lightweight threads: a cooperative scheduler of stages (and the OS threads' yield).
 
 A lightweight thread is a task the program switches itself, without the
 kernel: it runs until it gives the CPU up (``yield``), and a scheduler on the
@@ -209,6 +209,9 @@ def run_until_done(run, args, failed):
             state[STATE_HEAD + i] = 1
             failed(i, e)
     return int(state[SWITCHES])
+
+
+# --- model="threads": the same stages as OS threads, the kernel switching them ---------------
 
 @njit(nogil=True, cache=True)
 def give_way(yield_each, counts, i):

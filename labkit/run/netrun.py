@@ -57,13 +57,13 @@ from ..nic import generator as gen
 from ..nic import labnet
 from ..nic.pcap import write_packed
 from ..nic.syscalls import strerror
-from .measure import now_tsc, tsc_hz
+from ..settings import SLICE_S
+from .engine import Engine, tell_progress
 from .loopgen import load_module, port_for
+from .measure import now_tsc, tsc_hz
 from .ports import (N_BUSY_ITER, N_CAP_LOST, N_CAP_N, N_DUT_CYC, N_ERR, N_KICKS, N_LAST_BUSY, N_NIC_CYC, N_POLLS,
                     N_RX, N_STOP, N_TX, NST_SIZE)
-from .engine import Engine, tell_progress
 from .result import NIC_SIDE_DROPS, by_reason, make_result
-from ..settings import SLICE_S
 
 WATCH_S = 0.02        # the watcher's period
 QUIET_S = 5.0         # give up waiting for the books to balance after this long without activity

@@ -81,24 +81,24 @@ import numpy as np
 from numba import njit
 
 from ..graph.compile import make_frames
-from ..memory.intrinsics import load_acquire, rdtsc, store_release
-from ..memory.layouts import CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, own_lines, rehome
 from ..memory.bytes import wr32le
+from ..memory.intrinsics import load_acquire, rdtsc, store_release
+from ..memory.layouts import (CACHE_LINE, DATA_OFF, LINE_SHIFT, MEMPOOL_EMPTY, META_HASH_OFF, META_RXQ_OFF,
+                              RX_FRAME_TOO_LONG, own_lines, rehome)
 from ..memory.mempool import make_pool
 from ..memory.ring import Ring, ring_count, ring_dequeue, ring_enqueue
 from ..nic import multiqueue as mq
-from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lock, spin_unlock
-from ..nic.rss import hash_ipv4_frames
-from ..memory.layouts import MEMPOOL_EMPTY, RX_FRAME_TOO_LONG
 from ..nic.memory import CAP_LOST, CAP_N, DUT_CYC, FWD, NIC_CYC, SENT
+from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lock, spin_unlock
 from ..nic.pcap import PcapWriter
+from ..nic.rss import hash_ipv4_frames
+from ..settings import SLICE_S
 from . import lthreads
+from .engine import Engine, tell_progress
 from .loopgen import load_module, port_for
 from .lthreads import give_way
 from .measure import now_tsc, tsc_hz
-from .engine import Engine, tell_progress
 from .result import NIC_SIDE_DROPS, by_reason, make_result
-from ..settings import SLICE_S
 
 RR_SLICE_S = 0.0005       # a worker's turn when they run one after another (threads=False)
 MAX_WORKERS = 64
