@@ -23,6 +23,7 @@ import sys
 
 from labkit import __version__
 from labkit.run.knobs import MODELS, Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES
+from labkit.run.ports import KINDS as PORTS     # light: dataclasses only
 from labkit.settings import quick
 
 EXIT_USAGE = 2
@@ -33,7 +34,6 @@ EXIT_TERMINATED = 143
 SIZE_MIN_BYTES, SIZE_MAX_BYTES = 60, 1920
 
 BACKENDS = ("memory", "veth", "tap", "auto")
-PORTS = ("memory", "device", "dispatch", "ring", "socket", "tap")     # labkit.run.ports.KINDS
 # Why a backend is the one the demo uses, said at the top of its output.
 BACKEND_WHY = {
     "memory": "in-memory NIC (no root needed)",
