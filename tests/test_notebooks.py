@@ -16,6 +16,7 @@ No test asserts a rate or a time.
 import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import pytest
 from labkit import Knobs
 from labkit.run.result import NodeRuntime, Result
 from labkit.course import dashboard as widgets
+from labkit.course import findings
 from labkit.course.dashboard import Dashboard, check_figure, table_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +131,133 @@ def test_static_figures_show_what_was_measured(path):
         spec = meta["spec"]
         points = {(r["value"], r["x"]) for r in rows}
         assert len(rows) == len(points) * spec["repeats"], "every point measured `repeats` times"
+
+
+# -- what the notebooks say about their measurements (labkit.course.findings) ------------------
+
+SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9]*.ipynb"))
+# a number with the unit of a measurement, typed into Markdown
+TYPED = re.compile(r"(?<![\w.$])\d[\d,.]*(?:\s*(?:-|to)\s*\d[\d,.]*)?\s*"
+                   r"(?:[GM]pps\b|(?:TSC )?cycles?\b|%|µs\b|us\b|ns\b|x\b|×|times\b|-?fold\b)")
+
+
+def typed_measurements(nb):
+    """[(cell id, text)] of numbers with a measurement's unit in Markdown cells, except those the
+    notebook lists as not measured here (metadata.labkit.not_measured: line rates, the chapter's
+    figures, arithmetic)."""
+    allowed = nb["metadata"].get("labkit", {}).get("not_measured", [])
+    out = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            out += [(cell["id"], m.group(0)) for m in TYPED.finditer("".join(cell["source"]))
+                    if not any(m.group(0) in a or a in m.group(0) for a in allowed)]
+    return out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_claim_is_computed_from_the_stored_measurement_and_holds(path):
+    nb = json.loads(path.read_text())
+    if path.parent == NOTEBOOK_DIR:
+        assert findings.findings_cells(nb), f"{path.name}: no findings cell (what you should see, computed)"
+    assert findings.recheck(nb) == []
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            assert "what you should see" not in "".join(cell["source"]).lower(), \
+                f"cell {cell['id']}: 'What you should see' is typed; compute it (labkit.course.findings)"
+    assert typed_measurements(nb) == [], "numbers typed into the prose: compute them, or list a constant " \
+        "in metadata.labkit.not_measured"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_notebook_ends_with_troubleshooting_and_next(path):
+    heads = [line for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"
+             for line in "".join(c["source"]).splitlines() if line.startswith("## ")]
+    assert heads[-2:] == ["## Troubleshooting", "## Next"], heads[-4:]
+
+
+def _batching():
+    return json.loads((NOTEBOOK_DIR / "02_io_batching.ipynb").read_text())
+
+
+def test_a_claim_made_false_by_a_new_measurement_fails():
+    """A re-run that measures something else (here: batching made no difference in memory)
+    stores a consistent record, and the recheck says which sentence is now false."""
+    nb = _batching()
+    assert findings.recheck(nb) == []
+    cell = next(c for c in findings.findings_cells(nb) if "compute_batch" in "".join(c["source"]))
+    record = findings.records(cell)[0]
+    old = record["inputs"]["mem"]["sweep"]
+    fig = next(o["data"][PLOTLY] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+               if PLOTLY in o.get("data", {}) and findings.stored_sweeps({"cells": [c]}).get(old))
+    rows = fig["layout"]["meta"]["labkit"]["rows"]
+    flat = {r["value"]: r for r in rows}[256]
+    for r in rows:                                   # every batch as fast as 256
+        r["cycles_per_packet"], r["mpps"] = flat["cycles_per_packet"], flat["mpps"]
+    record["inputs"]["mem"]["sweep"] = widgets.sweep_key(fig["layout"]["meta"]["labkit"])
+    problems = findings.recheck(nb)
+    assert ("iobatch-12", "does not hold: from batch 1 to 256 the cycles per packet fall fivefold or more") \
+        in problems
+    assert ("iobatch-12", "the stored text is not what the stored data gives") in problems
+
+
+def test_edited_prose_or_a_missing_figure_is_caught():
+    nb = _batching()
+    cell = next(c for c in findings.findings_cells(nb) if "compute_batch" in "".join(c["source"]))
+    cell["source"] = "".join(cell["source"]).replace("A large effect", "A huge effect")
+    assert findings.recheck(nb) == [("iobatch-12", "the stored text is not what the stored data gives")]
+    findings.refresh(nb)
+    assert findings.recheck(nb) == [] and "A huge effect" in findings.records(cell)[0]["text"]
+    nb = _batching()
+    for c in nb["cells"]:                            # the figures gone: the findings cannot be re-checked
+        c["outputs"] = [o for o in c.get("outputs", []) if PLOTLY not in o.get("data", {})]
+    assert any("figure is not stored" in why for _, why in findings.recheck(nb))
+
+
+def test_typed_measurements_are_found_and_constants_may_be_listed():
+    nb = {"metadata": {}, "cells": [{"cell_type": "markdown", "id": "a", "source":
+          "At 10 GbE 14.88 Mpps; we measured 0.37 Mpps, 486 TSC cycles, 12.1x fewer, 20 to 30% and 3.96 µs. "
+          "Section 3, 64-byte frames, batch 256 and Table 1 are not measurements."}]}
+    assert [t for _, t in typed_measurements(nb)] == ["14.88 Mpps", "0.37 Mpps", "486 TSC cycles", "12.1x",
+                                                      "20 to 30%", "3.96 µs"]
+    nb["metadata"]["labkit"] = {"not_measured": ["14.88 Mpps"]}
+    assert len(typed_measurements(nb)) == 5
+
+
+def test_findings_show_the_text_the_claims_and_what_did_not_hold(monkeypatch):
+    shown = []
+    import IPython.display
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj))
+    d = Dashboard("batch", [1, 4], backend="memory", repeats=2, lab_factory=fake([]))
+    with pytest.raises(ValueError, match="nothing measured yet"):
+        findings.findings(lambda d: "", d=d)
+    d.run()
+
+    def see(d, floor):
+        cyc = d.medians("cycles")
+        findings.expect(cyc[4] > cyc[1], "batch 4 costs more cycles than batch 1")
+        findings.expect(cyc[4] > floor, f"batch 4 costs more than {floor} cycles")
+        return f"batch 1: {cyc[1]:.1f} cycles"
+
+    findings.findings(see, d=d, floor=1e9)
+    (bundle,) = shown
+    record = bundle[findings.MIME]
+    assert record["inputs"] == {"d": {"sweep": d.sweep().key}, "floor": {"data": 1e9}}
+    assert record["claims"] == [{"says": "batch 4 costs more cycles than batch 1", "holds": True},
+                                {"says": "batch 4 costs more than 1000000000.0 cycles", "holds": False}]
+    md = bundle["text/markdown"]
+    assert md.startswith(f"batch 1: {d.median(1, metric='cycles'):.1f} cycles")
+    assert "**Not seen in this run:** batch 4 costs more than 1000000000.0 cycles" in md
+    assert "✓ batch 4 costs more cycles than batch 1" in md
+    with pytest.raises(RuntimeError, match="inside one"):
+        findings.expect(True, "outside")
+    with pytest.raises(TypeError, match="numbers, strings"):
+        findings.findings(see, d=d, floor=object())
+
+
+def test_definitions_keep_imports_functions_and_constants_only():
+    src = "import os\nfrom x import y\nN = (1, 2)\nd = Dashboard('batch')\nd.run()\ndef f(a):\n    return a\n"
+    assert [ln for ln in findings.definitions(src).splitlines() if ln] == ["import os", "from x import y", "N = (1, 2)", "def f(a):",
+                                                      "    return a"]
 
 
 def test_a_hand_edited_figure_is_caught():

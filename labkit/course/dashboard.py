@@ -46,6 +46,7 @@ makes ``backend="auto"`` use the in-memory NIC even where veth is possible
 (how the notebooks are tested as a student without root sees them).
 """
 import datetime
+import hashlib
 import html
 import json
 import math
@@ -414,6 +415,51 @@ def _per_worker(rows):
     if n == 0 or any(len(r.get("worker_mpps") or []) != n for r in rows):
         return "-"
     return " / ".join(_fmt("mpps", _median([r["worker_mpps"][w] for r in rows])) for w in range(n))
+
+
+def medians_of(spec, rows, metric="mpps"):
+    """{knob value: median of `metric`} or, with `over`, {(knob value, over value): median}."""
+    out = {}
+    for v in spec["values"]:
+        for x in spec["over_values"] or [None]:
+            ms = [_metric(r, metric) for r in rows if r["value"] == v and r["x"] == x]
+            if any(m is not None for m in ms):
+                out[(v, x) if spec["over"] else v] = _median(ms)
+    return out
+
+
+class Sweep:
+    """A dashboard's measurement as its static figure stores it (``layout.meta``):
+    what a notebook's findings read (``labkit.course.findings``), live or from
+    the stored notebook alike. ``rows`` are the runs, ``spec`` what was swept."""
+
+    def __init__(self, meta):
+        self.meta, self.spec, self.rows = meta, meta["spec"], meta["rows"]
+        self.knob, self.values, self.over = self.spec["knob"], self.spec["values"], self.spec["over"]
+        self.over_values = self.spec["over_values"]
+        self.key = sweep_key(meta)
+
+    def medians(self, metric="mpps"):
+        return medians_of(self.spec, self.rows, metric)
+
+    def median(self, value, x=None, metric="mpps"):
+        return self.medians(metric).get((value, x) if self.over else value)
+
+    def runs(self, value, x=None, metric="mpps"):
+        """Each run's `metric` at one point, in the order measured."""
+        return [m for m in (_metric(r, metric) for r in self.rows
+                            if r["value"] == value and r["x"] == x) if m is not None]
+
+    def label(self, value):
+        return self.spec["labels"][self.values.index(value)]
+
+    def __repr__(self):
+        return f"<Sweep {self.knob}: {len(self.rows)} runs, {self.meta.get('date')}>"
+
+
+def sweep_key(meta):
+    """A short digest of a measurement's runs: names a stored figure."""
+    return hashlib.sha1(json.dumps(meta["rows"], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def figure_from_meta(meta):
@@ -813,12 +859,7 @@ class Dashboard:
         """{knob value: median} or, with `over`, {(knob value, over value): median}."""
         with self._lock:
             rows = list(self.results)
-        out = {}
-        for v, x in self.plan():
-            rs = [_metric(r, metric) for r in rows if r["value"] == v and r["x"] == x]
-            if any(m is not None for m in rs):
-                out[(v, x) if self.over else v] = _median(rs)
-        return out
+        return medians_of(self.spec, rows, metric)
 
     def median(self, value, x=None, metric="mpps"):
         return self.medians(metric).get((value, x) if self.over else value)
@@ -830,6 +871,10 @@ class Dashboard:
             notes = list(self.notes)
         return {"spec": json.loads(json.dumps(self.spec)), "rows": rows, "machine": machine(),
                 "date": self._date, "quick": quick(), "notes": notes}
+
+    def sweep(self):
+        """What was measured, exactly as the static figure stores it (a Sweep)."""
+        return Sweep(json.loads(self.figure().to_json())["layout"]["meta"]["labkit"])
 
     def figure(self):
         """A static go.Figure of what was measured; layout.meta['labkit'] holds the numbers."""
