@@ -16,6 +16,11 @@ script) with the repository first on PYTHONPATH, so it measures the labkit of
 this checkout. On veth the lab network gets the prefix $LABKIT_NET_PREFIX
 (default labkit-nb), so a `labkit net up` of your own is not touched; each
 dashboard removes the network it built.
+
+After each notebook, its findings (labkit.course.findings) are re-checked on
+what was stored: a claim this run did not bear out is printed, and the exit
+code is 1, so that a sentence made false by a new measurement is seen before
+the notebook lands (tests/test_notebooks.py fails on it too).
 """
 import argparse
 import os
@@ -91,7 +96,18 @@ def main(argv=None):
         out = (args.out / path.name) if args.out else path
         nbformat.write(nb, out)
         print(f"{out}: {out.stat().st_size / 1024:.0f} KB, {time.monotonic() - t0:.0f} s", flush=True)
+        failed += not findings_hold(nb)
     return 1 if failed else 0
+
+
+def findings_hold(nb):
+    """Say which claims of the notebook's findings this run did not bear out (the notebook
+    is stored anyway: it is what was measured; its text needs a look before it lands)."""
+    from labkit.course import findings
+    problems = findings.recheck(nb)
+    for cell_id, why in problems:
+        print(f"  findings, cell {cell_id}: {why}", file=sys.stderr)
+    return not problems
 
 
 if __name__ == "__main__":
