@@ -50,7 +50,8 @@ KNOB_HELP = {
     "prefetch": "software prefetch of the next packets' headers and table entries",
 }
 
-COMPILE_NOTE = "compiling numba kernels (first run only; cached in ~/.cache/labkit afterwards)..."
+# Said when numba starts compiling (a kernel not in its cache yet), with numba's cache folder.
+COMPILE_NOTE = "compiling numba kernels (once; then cached in {cache})..."
 
 
 class UsageError(Exception):
@@ -154,8 +155,11 @@ def _lab_options(p):
     t.add_argument("--mix", choices=("udp", "tcp", "mixed"), default="udp", help="L4 protocols (default: udp)")
     t.add_argument("--malformed", type=_fraction, default=0.0, metavar="FRACTION",
                    help="fraction of frames with broken headers, 0..1 (default: 0)")
-    t.add_argument("--pcap", type=_pcap_in, metavar="FILE", help="replay this capture instead of generating")
-    t.add_argument("--out", type=_pcap_out, metavar="FILE", help="write the forwarded frames to this pcap")
+    t.add_argument("--pcap", type=_pcap_in, metavar="FILE",
+                   help="replay this capture instead of generating: each frame once, in order, then the run "
+                        "ends when all are forwarded or dropped (as tcpreplay does; --loop N: N times, "
+                        "--seconds S: over and over for S seconds)")
+    t.add_argument("--out", type=_pcap_out, metavar="FILE", help="write the forwarded frames to this pcap, in order")
     t.add_argument("--seed", type=int, default=1, help="traffic generator seed (default: 1)")
     _knob_options(p)
     w = p.add_argument_group("several cores")
@@ -209,10 +213,15 @@ def _gen_parser(sub):
 
 
 def _length_options(p):
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--seconds", type=_positive_float, metavar="S", help="measure for S seconds (default: 1)")
+    g = p.add_argument_group("how long (one of --seconds, --packets, --loop)").add_mutually_exclusive_group()
+    g.add_argument("--seconds", type=_positive_float, metavar="S",
+                   help="measure for S seconds; with --pcap, replay the capture over and over for S seconds "
+                        "(default: 1, or with --pcap one pass over the capture)")
     g.add_argument("--packets", type=_int_at_least(1, "1 or more packets"), metavar="N",
-                   help="measure until N packets were sent")
+                   help="measure until N packets were sent (with --pcap: N frames, from the capture's start)")
+    g.add_argument("--loop", type=_int_at_least(1, "1 or more passes over the capture"), metavar="N",
+                   help="with --pcap: replay the capture N times, each frame once per pass, then drain "
+                        "(default: 1)")
 
 
 def _rss_parser(sub):
@@ -286,6 +295,7 @@ def _knobs(args):
 
 def _lab_module():
     try:
+        _watch_compiles()                    # before anything that may compile is imported
         from labkit.run import lab
     except ImportError as e:
         raise UsageError(f"the data plane did not import ({e}); reinstall with `make test` or `pip install -e .`")
@@ -319,7 +329,6 @@ def _make_lab(args):
     if note:
         _say(f"note: {note}")
     args.backend = backend
-    _before_first_run()                      # a Lab compiles its graph when it is made
     with _spinner(not args.json, "building the data plane (tables, traffic, kernels)"):
         return lab.Lab(backend=backend, graph=args.graph, knobs=knobs,
                        size=args.size, flows=args.flows, mix=args.mix, malformed=args.malformed,
@@ -353,15 +362,32 @@ def _say(text):
     print(text, file=sys.stderr, flush=True)
 
 
-_compile_note_shown = False
+_compile_watch = None
 
 
-def _before_first_run():
-    """A first run compiles the kernels for tens of seconds: say so, so it does not look hung."""
-    global _compile_note_shown
-    if not _compile_note_shown:
-        _say(COMPILE_NOTE)
-        _compile_note_shown = True
+def _watch_compiles():
+    """Say COMPILE_NOTE once, as numba starts the first compile of this process,
+    so a run that compiles for tens of seconds does not look hung. numba raises
+    "numba:compile" only when it compiles: a kernel loaded from its cache raises
+    none, so a run that finds everything cached says nothing."""
+    global _compile_watch
+    if _compile_watch is not None:
+        return
+    import numba
+    from numba.core import event
+
+    class Note(event.Listener):
+        said = False
+
+        def on_start(self, ev):
+            if not self.said:            # (numba compiles under its global lock: one at a time)
+                self.said = True
+                _say(COMPILE_NOTE.format(cache=numba.config.CACHE_DIR))
+
+        def on_end(self, ev):
+            pass
+    _compile_watch = Note()
+    event.register("numba:compile", _compile_watch)
 
 
 def _spinner(enabled, text):
@@ -406,9 +432,21 @@ class _Progress:
             self.bar.update(self.task, completed=min(max(done, 0.0), 1.0))
 
 
-def _measure(args, lab, label):
-    """Run the lab for --seconds or --packets with a progress bar; returns the Result."""
-    length = {"packets": args.packets} if args.packets else {"seconds": args.seconds or 1.0}
+def _run_length(args):
+    """The Lab.run argument --seconds, --packets or --loop asks for: a capture
+    replays once by default (as tcpreplay does), generated traffic runs 1 s."""
+    if args.loop is not None and args.pcap is None:
+        raise UsageError("--loop N replays a capture N times: give --pcap FILE too, "
+                         "or use --packets N or --seconds S")
+    if args.packets:
+        return {"packets": args.packets}
+    if args.seconds or args.pcap is None:
+        return {"seconds": args.seconds or 1.0}
+    return {"loops": args.loop or 1}
+
+
+def _measure(args, lab, label, length):
+    """Run the lab for `length` (``_run_length``) with a progress bar; returns the Result."""
     with _Progress(not args.json, label) as bar:
         return lab.run(progress=bar.advance, **length)
 
@@ -454,8 +492,9 @@ def _finish(res):
 
 def _measured(args):
     """One run as the arguments describe it; with --json, also printed as JSON."""
+    length = _run_length(args)               # first: a bad combination is reported before anything compiles
     with _make_lab(args) as lab:
-        res = _measure(args, lab, f"{args.graph} on {args.backend}")
+        res = _measure(args, lab, f"{args.graph} on {args.backend}", length)
     if args.json:
         _print_json(res.to_dict())
     return res
@@ -590,7 +629,6 @@ def _demo_rows(args, lab_mod, seconds, nic):
     todo = _demo_plan(nic)
     rows, notes = [], []
     traffic = dict(size=64, flows=1024, mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1)
-    _before_first_run()
     with _Progress(not args.json, "demo") as bar:
         for i, (technique, knob, off_value, on_value, where, off_lab, on_lab) in enumerate(todo):
             row = {"technique": technique, "knob": knob, "off": off_value, "on": on_value, "where": where}

@@ -18,10 +18,15 @@ from labkit.run.knobs import TECHNIQUES, WORKER_TECHNIQUES
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def labkit(*args, extra_env=None, timeout=300):
+def labkit(*args, extra_env=None, timeout=300, cache=None):
+    """`labkit args...` in a subprocess; with `cache`, every cache of it (generated
+    source, numba's kernels) in that folder, not the test session's."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("COLUMNS", None)
+    if cache is not None:
+        env["LABKIT_CACHE_DIR"] = str(cache)
+        env.pop("NUMBA_CACHE_DIR", None)        # (conftest points numba at the session's cache)
     env.update(extra_env or {})
     return subprocess.run([sys.executable, "-m", "labkit", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -54,6 +59,13 @@ BAD = [
     ["run", "--packets", "0"],
     ["run", "--seconds", "1", "--packets", "5"],
     ["run", "--mix", "icmp"],
+    ["run", "--loop", "0"],
+    ["run", "--loop", "-1"],
+    ["run", "--loop", "x"],
+    ["run", "--loop", "2"],                          # without --pcap
+    ["runtime", "--loop", "2"],
+    ["run", "--loop", "2", "--seconds", "1"],
+    ["run", "--loop", "2", "--packets", "5"],
     ["runtime", "--batch", "0"],
     ["trace", "-n", "0"],
     ["demo", "--backend", "nope"],
@@ -201,7 +213,6 @@ def test_run_human_output():
     assert p.returncode == 0, p.stderr
     for word in ("sent", "forwarded", "Mpps", "TSC cycles/packet"):
         assert word in p.stdout
-    assert "compiling numba kernels" in p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -211,6 +222,86 @@ def test_pcap_out_then_replay(tmp_path):
     assert out.stat().st_size > 24                      # a pcap header and some frames
     again = run_json("run", "--graph", "l2fwd", "--packets", "500", "--pcap", str(out))
     assert first["forwarded"] > 0 and again["forwarded"] == again["sent"]
+
+
+# -- replaying a capture: once by default, --loop N times, --seconds S over and over ------------
+
+def _capture(path, n, **traffic):
+    """A capture of n generated frames, all different (a flow each); returns its frames."""
+    from labkit.nic.pcap import PcapWriter, read_frames
+    from labkit.nic.traffic import make_traffic
+    with PcapWriter(path) as w:
+        w.write_traffic(make_traffic(flows=n, seed=3, **traffic), n=n)
+    return read_frames(path)
+
+
+def _swapped(frame):
+    """The frame as l2fwd forwards it: destination and source MAC swapped."""
+    return frame[6:12] + frame[:6] + frame[12:]
+
+
+@pytest.mark.parametrize("loop", [None, 1, 3])
+def test_pcap_replays_each_frame_once_per_loop_and_out_holds_the_forwarded_frames(tmp_path, loop):
+    from labkit.nic.pcap import read_frames
+    frames = _capture(tmp_path / "in.pcap", 300)
+    more = ["--loop", str(loop)] if loop else []
+    r = run_json("run", "--graph", "l2fwd", "--pcap", str(tmp_path / "in.pcap"), "--out", str(tmp_path / "out.pcap"),
+                 *more)
+    n = loop or 1
+    assert r["sent"] == r["forwarded"] == n * len(frames) and r["dropped"] == {}
+    assert r["conserved"] and r["pool_ok"]
+    assert read_frames(tmp_path / "out.pcap") == [_swapped(f) for f in frames] * n     # in order, MACs swapped
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_pcap_replay_with_drops_counts_every_frame(tmp_path, workers):
+    from labkit.nic.pcap import read_frames
+    frames = _capture(tmp_path / "in.pcap", 400, malformed=0.2, size="imix")
+    r = run_json("run", "--graph", "ip4", "--workers", workers, "--pcap", str(tmp_path / "in.pcap"),
+                 "--loop", "2", "--out", str(tmp_path / "out.pcap"))
+    assert r["sent"] == 2 * len(frames) == r["forwarded"] + sum(r["dropped"].values())
+    assert r["dropped"] and r["conserved"] and r["pool_ok"]
+    assert len(read_frames(tmp_path / "out.pcap")) == r["forwarded"]
+
+
+def test_pcap_with_seconds_repeats_the_capture(tmp_path):
+    _capture(tmp_path / "in.pcap", 50)
+    r = run_json("run", "--graph", "l2fwd", "--pcap", str(tmp_path / "in.pcap"), "--seconds", "0.2")
+    assert r["sent"] > 0 and r["sent"] == r["forwarded"] and r["conserved"] and r["pool_ok"]
+
+
+def test_loop_without_pcap_says_to_give_one(tmp_path):
+    p = labkit("run", "--loop", "2")
+    assert p.returncode == 2 and "--pcap FILE" in p.stderr
+    _capture(tmp_path / "in.pcap", 10)
+    p = labkit("run", "--pcap", str(tmp_path / "in.pcap"), "--loop", "2", "--seconds", "1")
+    assert p.returncode == 2 and "--seconds" in p.stderr and "--loop" in p.stderr
+
+
+def test_help_says_what_pcap_and_loop_do():
+    text = " ".join(labkit("run", "--help").stdout.split())
+    assert "each frame once, in order" in text
+    assert "replay the capture N times" in text and "one of --seconds, --packets, --loop" in text
+
+
+# -- the compile note: said when numba compiles, not when everything is cached -----------------
+
+def test_compile_note_only_when_something_compiles(tmp_path):
+    args = ("run", "--graph", "l2fwd", "--packets", "1000", "--json")
+    first = labkit(*args, cache=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.startswith(cli.COMPILE_NOTE.split("{")[0])          # first, before the pause
+    line = first.stderr.splitlines()[0]
+    assert str(tmp_path / "numba") in line and "~/.cache" not in line      # the cache it really uses
+    for _ in range(3):
+        versions = sorted(os.listdir(tmp_path / "numba"))
+        again = labkit(*args, cache=tmp_path)
+        assert again.returncode == 0, again.stderr
+        # (labkit's source changed in between, e.g. in a checkout being edited: a new version
+        # folder, compiled afresh; once more)
+        if sorted(os.listdir(tmp_path / "numba")) == versions:
+            break
+    assert "compiling numba kernels" not in again.stderr, again.stderr
 
 
 def test_runtime_table():
@@ -302,15 +393,22 @@ def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_ctrl_c_during_a_run_exits_130_without_traceback():
+def test_ctrl_c_during_a_run_exits_130_without_traceback(tmp_path):
     import signal
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    import time
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               LABKIT_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_CACHE_DIR", None)        # an empty cache: the run compiles, and says so
     # SIGINT as a terminal's Ctrl-C finds it: a shell without job control starts
     # background jobs (a CI runner's, say) with SIGINT ignored, and children inherit that
-    p = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--seconds", "60"], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--graph", "l2fwd", "--seconds", "60"], cwd=ROOT,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert "compiling numba kernels" in p.stderr.readline()    # main() is running
+    # numba writes the run loop's cache index when it has compiled it, just before the run starts
+    give_up = time.monotonic() + 240
+    while not any(tmp_path.rglob("*.run_slice-*.nbi")) and p.poll() is None and time.monotonic() < give_up:
+        time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130

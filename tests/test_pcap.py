@@ -181,3 +181,27 @@ def test_tshark_pcapng_refused_with_hint(tmp_path):
                    timeout=120)
     with pytest.raises(PcapError, match="editcap"):
         read_pcap(ng)
+
+
+def test_lab_replays_a_capture_once_or_loops_times(tmp_path):
+    """A Lab on a capture sends each frame once (tcpreplay's default), or once per pass of
+    loops=N, in file order, then drains; the capture of what it forwarded is those frames."""
+    from labkit.run.lab import Lab, LabError
+    t = make_traffic(flows=100, seed=5)
+    with PcapWriter(tmp_path / "c.pcap") as w:
+        w.write_traffic(t, n=100)
+    frames = read_frames(tmp_path / "c.pcap")
+    with Lab(graph="l2fwd", pcap_in=str(tmp_path / "c.pcap"), pcap_out=str(tmp_path / "o.pcap")) as lab:
+        r = lab.run()
+        assert r.sent == r.forwarded == 100 and r.conserved and r.pool_ok
+        r = lab.run(loops=3)
+        assert r.sent == r.forwarded == 300 and r.conserved and r.pool_ok
+        swapped = [f[6:12] + f[:6] + f[12:] for f in frames]
+        assert read_frames(tmp_path / "o.pcap") == swapped * 3
+        for bad in (dict(loops=0), dict(loops=-1), dict(loops=True), dict(loops=2.0), dict(loops=10**12),
+                    dict(loops=2, seconds=1), dict(loops=2, packets=5), dict(seconds=1, packets=5)):
+            with pytest.raises(LabError):
+                lab.run(**bad)
+    with Lab(graph="l2fwd") as lab:
+        with pytest.raises(LabError, match="pcap_in"):
+            lab.run(loops=2)

@@ -147,14 +147,19 @@ class Lab:
         return self.engine if self.engine.kind == "net" else None
 
     # -- running ---------------------------------------------------------------
-    def run(self, seconds=None, packets=None, progress=None):
+    def run(self, seconds=None, packets=None, progress=None, loops=None):
         """Offer traffic for `seconds` of wall time or `packets` frames, then
-        drain: every frame offered is forwarded or dropped by a counted reason."""
-        if seconds is not None and packets is not None:
-            raise LabError("give seconds or packets, not both")
+        drain: every frame offered is forwarded or dropped by a counted reason.
+        A capture (pcap_in) is replayed `loops` times, each pass every frame
+        once in file order (default: once, as tcpreplay does), then the run
+        drains; `seconds` repeats it for that long, `packets` sends that many."""
+        if sum(x is not None for x in (seconds, packets, loops)) > 1:
+            raise LabError("give one of seconds, packets or loops")
+        if loops is not None and not self.from_pcap:
+            raise LabError("loops replays a capture: make the Lab with pcap_in=FILE, or give seconds or packets")
         if seconds is None and packets is None:
             if self.from_pcap:
-                packets = int(self.traffic.seq.size)   # a capture replays once
+                packets = self._replay(1 if loops is None else loops)
             else:
                 seconds = 1.0
         if seconds is not None and not (isinstance(seconds, (int, float)) and 0 < seconds <= 3600):
@@ -164,6 +169,15 @@ class Lab:
         if self.closed:
             raise LabError("this Lab is closed; make a new one")
         return self.engine.run(seconds, packets, progress)
+
+    def _replay(self, loops):
+        """Frames in `loops` passes over the capture."""
+        frames = int(self.traffic.seq.size)             # one pass: every frame of the file, in order
+        if not (isinstance(loops, (int, np.integer)) and not isinstance(loops, bool)
+                and 1 <= loops <= 10**12 // frames):
+            raise LabError(f"loops={loops!r}: use a whole number of passes over the capture from 1 to "
+                           f"{10**12 // frames}")
+        return frames * int(loops)
 
     def trace(self, n=5):
         """The first n packets' path through the graph (see labkit.run.trace)."""
