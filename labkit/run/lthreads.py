@@ -14,7 +14,7 @@ graph dispatcher are the same idea: cooperative, one thread per core.
 Two schedulers here, one idea:
 
 * ``run_cooperative``: Python generators, ``yield`` is ``lthread_yield()``,
-  ``next()`` the switch (exercise 15 has the student write it). Its switch
+  ``next()`` the switch (exercise 15 has the student write its compiled twin). Its switch
   costs what Python costs; resuming a compiled stage from it costs more (each
   turn crosses from Python into a function of ~50 arrays), about as much as
   the kernel's context switch, so it cannot show what the technique buys.
