@@ -211,6 +211,10 @@ def test_edited_prose_or_a_missing_figure_is_caught():
     for c in nb["cells"]:                            # the figures gone: the findings cannot be re-checked
         c["outputs"] = [o for o in c.get("outputs", []) if PLOTLY not in o.get("data", {})]
     assert any("figure is not stored" in why for _, why in findings.recheck(nb))
+    nb = _batching()
+    cell = next(c for c in findings.findings_cells(nb) if "compute_batch" in "".join(c["source"]))
+    cell["outputs"] = []                             # a findings cell never run
+    assert findings.recheck(nb) == [("iobatch-12", "shows findings but stores none: run the notebook")]
 
 
 def test_typed_measurements_are_found_and_constants_may_be_listed():

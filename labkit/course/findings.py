@@ -189,6 +189,8 @@ def recheck(nb):
     text that is not what the stored data gives, a record that cannot be re-run."""
     sweeps, problems = stored_sweeps(nb), []
     for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and not records(cell) and _calls("".join(cell["source"])):
+            problems.append((cell.get("id"), "shows findings but stores none: run the notebook"))
         for record in records(cell) if cell["cell_type"] == "code" else []:
             try:
                 text, claims = rerun(cell, record, sweeps)
