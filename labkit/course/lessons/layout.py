@@ -12,6 +12,10 @@ behind a vector that stays in L1):
 - ``measure_straddle``: the whole of each 64-byte record read, the records
   placed on a line boundary (one line each) or 4, 32 or 60 bytes past it (two
   lines each; at 4 and 60 one 8-byte field is itself split across the two).
+- ``measure_vector_field``: the knob's own two layouts (``Knobs(layout=...)``:
+  ``PKT_VEC_AOS`` records, or one array per field) under a node that reads one
+  field of every packet (it sums the lengths, as a byte counter does), for one
+  vector of 256 packets and for many vectors' worth (in L2, and beyond the L3).
 
 For the exercise: ``DESC``, a 64-byte packet descriptor laid out like the
 first cache line of DPDK's ``rte_mbuf``; bursts of them (``make_burst``); the
@@ -487,6 +491,92 @@ def measure_field_read(sizes=FIELD_SIZES, word=5, seed=6):
             row[key] = float(np.median(times)) / CHUNK
         rows.append(row)
     return rows
+
+
+@njit(nogil=True, cache=True)
+def _lengths_aos(v, span, passes, times):
+    """Sum v[i]['length'] over PKT_VEC_AOS records (16 bytes each: 4 packets per line),
+    a range of `span` packets `passes` times per chunk; chunk c takes the next range."""
+    n = v.size
+    s = np.uint64(0)
+    lo = 0
+    for c in range(times.size):
+        seg = v[lo:lo + span]
+        t0 = rdtsc()
+        for _ in range(passes):
+            for i in range(seg.size):
+                s += seg[i]['length']
+        times[c] = rdtsc() - t0
+        lo = lo + span if lo + 2 * span <= n else 0
+    return s
+
+
+@njit(nogil=True, cache=True)
+def _lengths_soa(ls, span, passes, times):
+    """The same over the vector's array of lengths (4 bytes each: 16 packets per line)."""
+    n = ls.size
+    s = np.uint64(0)
+    lo = 0
+    for c in range(times.size):
+        seg = ls[lo:lo + span]
+        t0 = rdtsc()
+        for _ in range(passes):
+            for i in range(seg.size):
+                s += seg[i]
+        times[c] = rdtsc() - t0
+        lo = lo + span if lo + 2 * span <= n else 0
+    return s
+
+
+# packets: one vector of 256 (4 KiB of records: L1), 64 vectors (256 KiB: L2), 16,384
+# vectors (64 MiB of records: twice the 32 MiB L3 of the VM this was written on)
+VECTOR_SIZES = (256, 1 << 14, 1 << 22)
+QUICK_VECTOR_SIZES = (256, 1 << 14, 1 << 20)
+
+
+def measure_vector_field(sizes=None, seed=6):
+    """TSC cycles per packet of a node that reads one field of every packet (it sums
+    the lengths, as a byte counter does), on the packet vector in the two layouts
+    of ``Knobs(layout=...)``: ``PKT_VEC_AOS`` records ("aos", 16 bytes per packet,
+    4 packets' lengths per cache line) or one array per field ("soa", 16 lengths
+    per line); n packets in index order, as a node walks its vectors. Medians of
+    timed chunks of 4096 packets. Returns a list of dicts (n, aos_bytes,
+    soa_bytes: the bytes the node's field spans in each layout, aos, soa)."""
+    if sizes is None:
+        sizes = QUICK_VECTOR_SIZES if quick() else VECTOR_SIZES
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in sizes:
+        lengths = rng.integers(60, 1515, n).astype(np.uint32)
+        aos = aligned_array(n, PKT_VEC_AOS)
+        aos["length"] = lengths
+        soa = tuple(aligned_array(n, dt) for dt in FIELD_DTYPES)
+        soa[LENGTH][:] = lengths
+        span, passes = min(n, CHUNK), max(1, CHUNK // n)
+        # a vector that fits the caches is walked again and again (warm after the first chunk);
+        # many vectors' worth is walked once, start to end, as packets pass through a node once
+        n_chunks = max(_chunks(), n // CHUNK)
+        row = {"n": n, "aos_bytes": n * PKT_VEC_AOS.itemsize, "soa_bytes": n * soa[LENGTH].itemsize}
+        for key, run, compile_on in (
+                ("aos", lambda t: _lengths_aos(aos, span, passes, t), lambda t: _lengths_aos(aos[:1], 1, 1, t)),
+                ("soa", lambda t: _lengths_soa(soa[LENGTH], span, passes, t),
+                 lambda t: _lengths_soa(soa[LENGTH][:1], 1, 1, t))):
+            compile_on(np.zeros(1, np.int64))             # compiles, touching one packet only
+            times = np.zeros(n_chunks, np.int64)
+            run(times)
+            row[key] = float(np.median(times)) / CHUNK
+        rows.append(row)
+    return rows
+
+
+def vector_field_table(rows):
+    """measure_vector_field's rows as text."""
+    out = [f"{'packets':>9} {'records':>8} {'lengths':>8}   {'AoS':>6} {'SoA':>6} {'AoS/SoA':>7}   "
+           f"(TSC cycles per packet)"]
+    for r in rows:
+        out.append(f"{r['n']:9,} {_size(r['aos_bytes']):>8} {_size(r['soa_bytes']):>8}   {r['aos']:6.2f} "
+                   f"{r['soa']:6.2f} {r['aos'] / r['soa']:7.1f}")
+    return "\n".join(out)
 
 
 SLOT_STRIDE = 3 * CACHE_LINE     # records 192 bytes apart: an odd number of lines (see mempool.slot_lines)

@@ -463,17 +463,22 @@ def node_source(graph="ip4", node="ip4-rewrite", **knobs):
     return src[start:src.index("\n\n", start)].rstrip() + "\n"
 
 
-def per_node_table(dash):
-    """Per node, the median TSC cycles per packet over a Dashboard's runs, for
-    each value of its knob (from ``dash.raw``, each run's per-node runtime)."""
+def per_node_medians(dash):
+    """{node: {knob value: median TSC cycles per packet in that node}} over a
+    Dashboard's runs (from ``dash.raw``, each run's per-node runtime)."""
     by = {}
     for r in dash.raw:
         v = r["knobs"][dash.knob]
         for node in r["runtime"]:
             by.setdefault(node["node"], {}).setdefault(v, []).append(node["cycles_per_packet"])
+    return {node: {v: float(np.median(c)) for v, c in d.items()} for node, d in by.items()}
+
+
+def per_node_table(dash):
+    """Per node, the median TSC cycles per packet over a Dashboard's runs, for
+    each value of its knob (``per_node_medians``), as text."""
     values = dash.values
     rows = [f"{'node':<12} " + " ".join(f"{dash.knob + '=' + str(v):>10}" for v in values)]
-    for node, d in by.items():
-        rows.append(f"{node:<12} " + " ".join(f"{np.median(d[v]):10.1f}" if v in d else f"{'-':>10}"
-                                               for v in values))
+    for node, d in per_node_medians(dash).items():
+        rows.append(f"{node:<12} " + " ".join(f"{d[v]:10.1f}" if v in d else f"{'-':>10}" for v in values))
     return "\n".join(rows) + "\n(TSC cycles per packet spent in each node, median of the runs)"
