@@ -4,17 +4,15 @@ every one, and each check says what is wrong with one plausible mistake at a
 time. The functions are taken from the notebooks themselves.
 
 No test asserts a time or a rate."""
-from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 from numba import njit
 
+from exercise_cells import functions
 from labkit.course.lessons import rss as lesson
 from labkit.nic import rss
 
-ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ("tables", "random", "microsoft", "reta", "steer", "spread", "rebalance", "symmetric")
 
 
@@ -23,24 +21,14 @@ def _quick(monkeypatch):
     monkeypatch.setenv("LABKIT_QUICK", "1")
 
 
-def _functions(folder):
-    """Run the notebook's setup, starter and student cells; return their namespace."""
-    nb = nbformat.read(str(ROOT / folder / "13_rss.ipynb"), as_version=4)
-    ns = {}
-    for cell in nb.cells:
-        if cell.get("id") in ("setup", "starter") or "student" in cell.metadata.get("tags", []):
-            exec(compile(cell.source, f"{folder}/13_rss.ipynb:{cell.id}", "exec"), ns)
-    return ns
-
-
 @pytest.fixture(scope="module")
 def solution():
-    return _functions("solutions")
+    return functions("solutions", "13_rss")
 
 
 @pytest.fixture(scope="module")
 def starter():
-    return _functions("exercises")
+    return functions("exercises", "13_rss")
 
 
 def _all_problems(f):

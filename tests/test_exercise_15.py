@@ -6,19 +6,17 @@ with one plausible mistake at a time (numba's own traps included). The functions
 taken from the notebooks themselves.
 
 No test asserts a time or a rate."""
-from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 from numba import jit, literal_unroll, njit
 
+from exercise_cells import functions
 from labkit.course.lessons import lthreads as lesson
 from labkit.course.lessons.lthreads import (Stalled, compiled_pipeline, logger, make_ring, new_log,
                                             python_round_robin, ring_count, ring_items, ring_put, ring_room,
                                             ring_take, source, turns)
 
-ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ("order", "finish", "pipeline", "compiled")
 
 
@@ -27,24 +25,14 @@ def _quick(monkeypatch):
     monkeypatch.setenv("LABKIT_QUICK", "1")
 
 
-def _functions(folder):
-    """Run the notebook's setup, starter and student cells; return their namespace."""
-    nb = nbformat.read(str(ROOT / folder / "15_lthreads.ipynb"), as_version=4)
-    ns = {}
-    for cell in nb.cells:
-        if cell.get("id") in ("setup", "starter") or "student" in cell.metadata.get("tags", []):
-            exec(compile(cell.source, f"{folder}/15_lthreads.ipynb:{cell.id}", "exec"), ns)
-    return ns
-
-
 @pytest.fixture(scope="module")
 def solution():
-    return _functions("solutions")
+    return functions("solutions", "15_lthreads")
 
 
 @pytest.fixture(scope="module")
 def starter():
-    return _functions("exercises")
+    return functions("exercises", "15_lthreads")
 
 
 def _all_problems(run):
