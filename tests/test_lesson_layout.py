@@ -276,6 +276,22 @@ def test_micro_measurements_run_and_print():
     st = L.measure_straddle(sizes=(128,), offsets=(0, 32, 60))
     assert [r["order"] for r in st] == ["random", "in order"] and all(r[o] > 0 for r in st for o in (0, 32, 60))
     assert "at +60" in L.straddle_table(st, offsets=(0, 32, 60))
+    vf = L.measure_vector_field(sizes=(256, 8192))
+    assert [(r["n"], r["aos_bytes"], r["soa_bytes"]) for r in vf] == [(256, 256 * 16, 256 * 4), (8192, 8192 * 16,
+                                                                                                 8192 * 4)]
+    assert all(r["aos"] > 0 and r["soa"] > 0 for r in vf) and len(L.vector_field_table(vf).splitlines()) == 3
+
+
+def test_the_vector_field_kernels_read_the_same_field_in_either_layout():
+    lengths = np.arange(60, 60 + 1000, dtype=np.uint32)
+    aos = L.aligned_array(1000, PKT_VEC_AOS)
+    aos["length"] = lengths
+    aos["handle"] = 7                                  # another field: must not be summed
+    times = np.zeros(5, np.int64)
+    # 5 chunks of 250 packets: the ranges follow each other over the 1000 packets, then start again
+    want = sum(int(lengths[lo:lo + 250].sum()) for lo in (0, 250, 500, 750, 0))
+    assert L._lengths_aos(aos, 250, 1, times) == want == L._lengths_soa(lengths, 250, 1, times)
+    assert L._lengths_aos(aos, 250, 2, times) == 2 * want and (times > 0).all()
 
 
 def test_node_loop_source_shows_each_layout():
