@@ -37,10 +37,12 @@ single submission in that state prints one line on stderr; in a folder it is
 a row of the table and the other notebooks are still graded.
 """
 import argparse
+import ast
 import copy
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -60,6 +62,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CHECK_TAG = "check"
 MEASURE_TAG = "measure"          # timing cells: not graded, skipped in the graded copy
 SKIP_TAG = "nbval-skip"
+STUDENT_TAG = "student"
 CHECK_PREFIX = "check-"
 DEFAULT_TIMEOUT_S = 600          # per notebook, kernel start to last cell
 CELL_TIMEOUT_S = 120             # per cell: a check or a student's cell that hangs
@@ -87,6 +90,7 @@ class Report:
     exercise: str = None
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    flags: list = field(default_factory=list)    # what a human should read first (suspicious code)
     first_error: str = None       # the first cell (not a check) that raised, or a time-out
     error: str = None             # why the submission could not be graded at all
     seconds: float = 0.0
@@ -113,6 +117,7 @@ class Report:
                 "ok": self.ok, "passed": self.passed, "total": self.total,
                 "score": f"{self.passed}/{self.total}" if self.error is None else None,
                 "error": self.error, "first_error": self.first_error, "notes": list(self.notes),
+                "flags": list(self.flags),
                 "checks": [c.to_dict() for c in self.checks], "seconds": round(self.seconds, 2)}
 
 
@@ -277,85 +282,315 @@ def _insert_at(cells, sol_cells, cid):
     return len(cells)
 
 
-# ---- running nbval ---------------------------------------------------------------
+# ---- running the judge -------------------------------------------------------------
 
 def _env():
     env = dict(os.environ)
     env["LABKIT_QUICK"] = "1"
     # Out-of-bounds indexing in compiled student code raises IndexError instead
-    # of reading a neighbour's bytes (or crashing the kernel). The flag changes
+    # of reading a neighbour's bytes (or crashing the process). The flag changes
     # the compiled code, so it gets a numba cache of its own.
     env["NUMBA_BOUNDSCHECK"] = "1"
     env["NUMBA_CACHE_DIR"] = numba_cache_dir("numba-boundscheck")
-    env.pop("PYTEST_ADDOPTS", None)
-    # The kernel imports the labkit this grader is part of, installed or not.
+    for k in ("PYTEST_ADDOPTS", "LABKIT_SOLUTIONS", "PYTHONSTARTUP", "PYTHONINSPECT"):
+        env.pop(k, None)
+    # The judge imports the labkit this grader is part of, installed or not.
     root = str(Path(__file__).resolve().parents[2])      # the folder that holds labkit/
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
 
 
-def run_nbval(nb_path, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S):
-    """Run nbval on one notebook in a fresh kernel. Returns ({code cell index:
-    (status, message)}, error), status "passed", "failed" or "skipped"; error
-    is None, or why nbval gave no (or not all) results."""
-    nb_path = Path(nb_path)
-    xml_path = nb_path.with_suffix(".junit.xml")
-    cmd = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", "-p", "no:cacheprovider",
-           "-q", "--tb=short", "--color=no", "-o", "addopts=", "--rootdir", str(nb_path.parent),
-           f"--nbval-cell-timeout={cell_timeout}", f"--junitxml={xml_path}", str(nb_path)]
-    proc = subprocess.Popen(cmd, cwd=nb_path.parent, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+def _tags(cell):
+    return cell.get("metadata", {}).get("tags") or []
+
+
+def defined_names(source):
+    """Names a cell binds at its top level: functions, classes, assignments."""
     try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)    # pytest and the kernel it started
-        proc.communicate()
-        return {}, f"the notebook did not finish in {timeout:g} s (raise it with --timeout)"
-    if not xml_path.exists():
-        tail = _one_line(out.decode(errors="replace")[-400:])
-        return {}, f"nbval did not run (pytest exit {proc.returncode}): {tail}"
-    results = {}
-    for case in ET.parse(xml_path).getroot().iter("testcase"):
-        m = re.search(r"Cell (\d+)$", case.get("name", ""))
-        if not m:
-            continue
-        bad = case.find("failure")
-        if bad is None:
-            bad = case.find("error")
-        skipped = case.find("skipped")
-        if bad is not None:
-            results[int(m.group(1))] = ("failed", _failure_message(bad))
-        elif skipped is not None:
-            why = _one_line((skipped.get("message") or "").replace("#x1B", "\x1b"))
-            results[int(m.group(1))] = ("skipped", why or "skipped")
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    out = []
+
+    def targets(t):
+        if isinstance(t, ast.Name):
+            out.append(t.id)
+        elif isinstance(t, (ast.Tuple, ast.List)):
+            for e in t.elts:
+                targets(e)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.append(node.name)
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                targets(t)
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets(node.target)
+    return list(dict.fromkeys(out))
+
+
+def judge_job(graded, solution, sol_dir):
+    """What the judge runs (without its key and pipe): the trusted prefix (the
+    solution's code cells before its student cell, measurements left out),
+    the graded sequence (measurement cells left out), the names the student's
+    cell defines, the folders the submission may not read."""
+    trusted = []
+    for c in solution.cells:
+        if STUDENT_TAG in _tags(c):
+            break
+        if c.get("cell_type") == "code" and not is_check(c) and MEASURE_TAG not in _tags(c):
+            trusted.append(c.source)
+    deliverables = []
+    for c in solution.cells:
+        if STUDENT_TAG in _tags(c):
+            deliverables += defined_names(c.source)
+    sequence = [{"kind": "check" if is_check(c) else "cell", "id": c.get("id"), "source": c.source}
+                for c in graded.cells
+                if c.get("cell_type") == "code" and SKIP_TAG not in _tags(c)]
+    denied = {str(Path(sol_dir).resolve())}
+    default = Path(__file__).resolve().parents[2] / "solutions"
+    if default.is_dir():
+        denied.add(str(default.resolve()))
+    return {"trusted": trusted, "sequence": sequence, "deliverables": list(dict.fromkeys(deliverables)),
+            "denied_dirs": sorted(denied)}
+
+
+@dataclass
+class JudgeRun:
+    """What one judge said: per sequence index, ("cell", ok, error) or
+    ("check", passed, message); flags; why it stopped early (or None)."""
+    outcomes: dict = field(default_factory=dict)
+    flags: list = field(default_factory=list)
+    stopped: str = None
+    setup_error: str = None
+
+
+def run_judge(job, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S, log_path=None, cwd=None):
+    """Run the judge on one job (see judge_job); returns a JudgeRun. Only
+    events signed with this run's key count; a cell that runs past
+    cell_timeout, or a notebook past timeout, stops the judge (its process
+    group is killed) and leaves what was not decided undecided."""
+    from labkit.course import judge
+    key = os.urandom(32)
+    r_fd, w_fd = os.pipe()
+    seq = job["sequence"]
+    out = JudgeRun()
+    log = open(log_path or os.devnull, "wb")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "labkit.course.judge"], stdin=subprocess.PIPE, stdout=log,
+                                stderr=subprocess.STDOUT, pass_fds=(w_fd,), start_new_session=True, env=_env(),
+                                cwd=cwd)
+    finally:
+        os.close(w_fd)
+        log.close()
+    try:
+        try:
+            proc.stdin.write(json.dumps(dict(job, key=key.hex(), fd=w_fd)).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        cell_deadline, current = deadline, None
+        expected, buf, forged = 0, b"", 0
+        done = False
+        while not done:
+            now = time.monotonic()
+            wait = min(deadline, cell_deadline) - now
+            if wait <= 0:
+                if now >= deadline:
+                    out.stopped = f"the notebook did not finish in {timeout:g} s (raise it with --timeout)"
+                else:
+                    cid = seq[current]["id"]
+                    out.stopped = f"cell {cid} did not finish in {cell_timeout:g} s"
+                    if seq[current]["kind"] == "check":
+                        out.outcomes[current] = ("check", False, f"it did not finish in {cell_timeout:g} s")
+                    else:
+                        out.outcomes[current] = ("cell", False, f"it did not finish in {cell_timeout:g} s")
+                break
+            ready, _, _ = select.select([r_fd], [], [], wait)
+            if not ready:
+                continue
+            chunk = os.read(r_fd, 1 << 16)
+            if not chunk:
+                code = proc.wait()
+                where = f" during cell {seq[current]['id']}" if current is not None else ""
+                out.stopped = f"the notebook's process ended{where} (exit code {code})"
+                if current is not None and current not in out.outcomes:
+                    kind = seq[current]["kind"]
+                    out.outcomes[current] = (kind, False, f"the notebook's process ended during it (exit code {code})")
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                ev = judge.verify(line, key, expected)
+                if ev is None:
+                    forged += 1
+                    continue
+                expected += 1
+                kind = ev.get("ev")
+                if kind == "setup":
+                    if not ev.get("ok"):
+                        out.setup_error = ev.get("error")
+                        done = True
+                elif kind == "start":
+                    current = ev["i"]
+                    cell_deadline = time.monotonic() + cell_timeout
+                elif kind == "cell":
+                    out.outcomes[ev["i"]] = ("cell", bool(ev["ok"]), ev.get("error"))
+                    cell_deadline = deadline
+                elif kind == "check":
+                    out.outcomes[ev["i"]] = ("check", ev["passed"] is True, ev.get("message"))
+                    cell_deadline = deadline
+                elif kind == "flag":
+                    out.flags.append(str(ev.get("text")))
+                elif kind == "crash":
+                    out.stopped = "the grader's judge failed: " + str(ev.get("error"))
+                    done = True
+                elif kind == "done":
+                    done = True
+                if done:
+                    break
+        if forged:
+            out.flags.append(f"{forged} line(s) on the grader's private channel were not the grader's "
+                             "(forged verdicts?): ignored")
+    finally:
+        os.close(r_fd)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)       # the judge and anything it left behind
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+    return out
+
+
+# ---- flags for a human ---------------------------------------------------------------
+
+SUSPECT_MODULES = {
+    "ctypes": "ctypes (raw memory)", "cffi": "cffi (raw memory)", "gc": "gc (every object)",
+    "inspect": "inspect (frames)", "sys": "sys", "builtins": "builtins", "signal": "signal",
+    "_signal": "signal", "subprocess": "subprocess", "multiprocessing": "multiprocessing",
+    "importlib": "importlib", "faulthandler": "faulthandler", "socket": "socket", "pty": "pty",
+    "traceback": "traceback (frames)", "llvmlite": "llvmlite (LLVM IR: raw memory)",
+    "numba.extending": "numba.extending (intrinsics: raw memory)", "numba.core": "numba.core (numba's internals)",
+    "numba.experimental": "numba.experimental", "IPython": "IPython's internals", "nbformat": "nbformat",
+    "labkit.course.grade": "the grader", "labkit.course.judge": "the grader",
+}
+SUSPECT_CALLS = {"setattr", "delattr", "vars", "globals", "locals", "exec", "eval", "compile", "__import__",
+                 "get_ipython", "id", "breakpoint", "_exit", "kill", "objmode", "intrinsic"}
+SUSPECT_ATTRS = {"__dict__", "__builtins__", "__globals__", "__code__", "__closure__", "__class__", "__subclasses__",
+                 "__mro__", "__bases__", "__defaults__", "__kwdefaults__", "modules", "_exit", "f_back", "f_locals",
+                 "f_globals", "tb_frame", "gi_frame", "__traceback__", "py_func", "overloads", "_insert",
+                 "add_overload", "recompile", "stdout", "stderr", "excepthook", "displayhook", "addaudithook"}
+ALWAYS_EQUAL = {"__eq__", "__ne__", "__bool__", "__hash__", "__len__", "__index__", "__int__", "__instancecheck__"}
+SUSPECT_TEXT = re.compile(r"solutions|\.ipynb|/proc/self|/dev/mem|labkit-grade-", re.I)
+
+
+def static_flags(source, module_names=()):
+    """What a human should read in one cell of a submission: each a short phrase.
+    module_names: names the notebook binds to modules (its imports' aliases)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
+            tree = ast.parse(TransformerManager().transform_cell(source))
+        except Exception:
+            return ["code that does not parse"]
+    out, modules = [], set(module_names)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+            for a in node.names:
+                modules.add((a.asname or a.name).split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+            if (node.module or "").startswith("labkit"):
+                names += [f"{node.module}.{a.name}" for a in node.names]
         else:
-            results[int(m.group(1))] = ("passed", None)
-    return results, None
+            names = []
+        for n in names:
+            for mod, what in SUSPECT_MODULES.items():
+                if n == mod or n.startswith(mod + "."):
+                    out.append(f"imports {what}")
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            for t in targets:
+                for sub in ast.walk(t):
+                    if isinstance(sub, (ast.Attribute, ast.Subscript)) and isinstance(sub.ctx, (ast.Store, ast.Del)):
+                        base = sub.value
+                        while isinstance(base, (ast.Attribute, ast.Subscript)):
+                            base = base.value
+                        if isinstance(base, ast.Name) and base.id in modules | {"ex", "lesson", "np", "numpy",
+                                                                                  "labkit", "builtins", "sys"}:
+                            out.append(f"assigns to {ast.unparse(sub)} (a module's attribute)")
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if name in SUSPECT_CALLS:
+                out.append(f"calls {name}()")
+        if isinstance(node, ast.Attribute) and node.attr in SUSPECT_ATTRS:
+            out.append(f"uses .{node.attr}")
+        if isinstance(node, ast.Name) and node.id in ("__builtins__", "__loader__", "__spec__"):
+            out.append(f"uses {node.id}")
+        if isinstance(node, ast.FunctionDef) and node.name in ALWAYS_EQUAL:
+            out.append(f"defines {node.name} (an object that compares or tests as it likes)")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SUSPECT_TEXT.search(node.value):
+            out.append(f"names {SUSPECT_TEXT.search(node.value).group(0)!r}")
+    return list(dict.fromkeys(out))
 
 
-def _failure_message(elem):
-    """One line from nbval's failure report: the exception, or what differs."""
-    text = elem.text or elem.get("message") or ""             # the message is a truncated text
-    text = _ANSI.sub("", text.replace("#x1B", "\x1b"))     # junitxml escapes ESC as #x1B
-    if "Cell outputs differ" in text:
-        return "its printed output differs from the solution's (it must print exactly the check line)"
-    m = re.search(r"Timeout of [\d.]+ seconds exceeded[^\n]*", text)
-    if m:
-        return m.group(0).strip()
-    if "Traceback:" in text:
-        lines = [ln.strip() for ln in text.split("Traceback:", 1)[1].splitlines() if ln.strip()]
-        for ln in reversed(lines):
-            if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)(: |$)", ln) or \
-               re.match(r"^[A-Za-z_][\w.]*: ", ln):
-                return _one_line(ln)
-        if lines:
-            return _one_line(lines[-1])
-    return _one_line(text.strip().splitlines()[-1] if text.strip() else "failed")
+def submission_flags(submission, solution):
+    """Flags for every code cell a student wrote or changed (not the checks):
+    "cell ID: what", and one when the student's cell is the shipped solution's."""
+    sol = {c.get("id"): c for c in solution.cells}
+    aliases = set()
+    for c in submission.cells:
+        if c.get("cell_type") == "code":
+            aliases |= module_aliases(c.source)
+    flags = []
+    for c in submission.cells:
+        if c.get("cell_type") != "code" or is_check(c) or c.get("id") in {x for x in sol if x.startswith(CHECK_PREFIX)}:
+            continue
+        ref = sol.get(c.get("id"))
+        student = STUDENT_TAG in _tags(c) or (ref is not None and STUDENT_TAG in _tags(ref))
+        if ref is not None and not student and ref.source == c.source:
+            continue                                   # a cell as the course ships it
+        if student and ref is not None and _normal(ref.source) == _normal(c.source):
+            flags.append(f"cell {c.get('id')}: the shipped solution's code, unchanged")
+        flags += [f"cell {c.get('id')}: {f}" for f in static_flags(c.source, aliases)]
+    return flags
+
+
+def module_aliases(source):
+    """Names a cell binds to modules: ``import numpy as np``, ``from labkit.course import exercise as ex``."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            import importlib.util
+            for a in node.names:
+                full = f"{node.module}.{a.name}" if node.module else a.name
+                try:
+                    if node.level == 0 and importlib.util.find_spec(full) is not None:
+                        out.add(a.asname or a.name)
+                except (ImportError, ValueError, AttributeError):
+                    pass
+    return out
+
+
+def _normal(source):
+    return "\n".join(ln.split("#")[0].rstrip() for ln in source.splitlines() if ln.split("#")[0].strip())
 
 
 # ---- grading -----------------------------------------------------------------------
 
-def grade_notebook(path, solutions=None, timeout=DEFAULT_TIMEOUT_S, keep=None):
+def grade_notebook(path, solutions=None, timeout=DEFAULT_TIMEOUT_S, keep=None, cell_timeout=CELL_TIMEOUT_S):
     """Grade one submission; raises GradeError when it cannot be graded."""
     t0 = time.monotonic()
     sol_dir = solutions if isinstance(solutions, Path) else solutions_dir(solutions)
@@ -364,28 +599,33 @@ def grade_notebook(path, solutions=None, timeout=DEFAULT_TIMEOUT_S, keep=None):
     name = exercise_of(nb, path, known)
     solution = load_notebook(sol_dir / f"{name}.ipynb")
     graded, notes = merge_checks(nb, solution)
-    report = Report(path=str(path), exercise=name, notes=notes)
+    report = Report(path=str(path), exercise=name, notes=notes, flags=submission_flags(nb, solution))
+    job = judge_job(graded, solution, sol_dir)
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
-        import nbformat
-        copy_path = Path(tmp) / f"{name}.ipynb"
-        nbformat.write(graded, str(copy_path))
+        log = Path(tmp) / "judge.log"
         if keep:
+            import nbformat
             Path(keep).mkdir(parents=True, exist_ok=True)
             stem = re.sub(r"[^\w.-]+", "_", str(path).strip("/"))
-            shutil.copyfile(copy_path, Path(keep) / (stem if stem.endswith(".ipynb") else stem + ".ipynb"))
-        results, err = run_nbval(copy_path, timeout=timeout)
-    code_cells = [c for c in graded.cells if c.get("cell_type") == "code"]
-    first_error = err
-    for k, cell in enumerate(code_cells):
-        status, msg = results.get(k, (None, None))
-        if is_check(cell):
-            if status is None:
-                msg = "not run: " + (err or "nbval reported nothing for this cell")
-            elif status == "skipped":
-                msg = "not run: " + msg
-            report.checks.append(CheckResult(check_name(cell["id"]), cell["id"], status == "passed", msg))
-        elif status == "failed" and first_error is None:
-            first_error = f"cell {cell['id']}: {msg}"
+            stem = stem if stem.endswith(".ipynb") else stem + ".ipynb"
+            nbformat.write(graded, str(Path(keep) / stem))
+        run = run_judge(job, timeout=timeout, cell_timeout=cell_timeout, log_path=log, cwd=tmp)
+        if keep:
+            shutil.copyfile(log, Path(keep) / (stem[:-len(".ipynb")] + ".log"))
+    report.flags += [f for f in run.flags if f not in report.flags]
+    first_error = None
+    if run.setup_error:
+        first_error = f"the grader's setup (the solution's cells before the student's) failed: {run.setup_error}"
+    for i, item in enumerate(job["sequence"]):
+        kind, ok, msg = run.outcomes.get(i, (item["kind"], None, None))
+        if item["kind"] == "check":
+            if ok is None:
+                msg = "not run: " + (run.stopped or first_error or "the grader got no verdict for it")
+            report.checks.append(CheckResult(check_name(item["id"]), item["id"], ok is True, None if ok else msg))
+        elif ok is False and first_error is None:
+            first_error = f"cell {item['id']}: {msg}"
+    if first_error is None and run.stopped:
+        first_error = run.stopped
     report.first_error = first_error
     report.seconds = time.monotonic() - t0
     return report

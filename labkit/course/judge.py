@@ -1,0 +1,515 @@
+"""The judge: one graded notebook, run in a process of its own, each check decided
+out of the student's reach.
+
+``labkit grade`` (``grade.py``) starts ``python -m labkit.course.judge`` once per
+submission and writes its job on stdin (JSON): a secret key, the solution's
+cells that come before the student's cell (the *trusted prefix*), the graded
+sequence (the submission's cells, the solution's checks in their places), the
+names the student's cell must define, and the folders the submission may not
+read. The judge answers on a pipe of its own, one JSON line per event, each
+signed with the key (HMAC-SHA256 over a sequence number and the event):
+``setup``, ``start`` before each cell, ``cell`` and ``check`` after it,
+``flag`` for what a human should read, ``done`` at the end. The parent counts
+a check as passed only when a correctly signed ``check`` event says so: a
+judge that dies, hangs or goes quiet leaves the checks it did not decide
+failed, and a line the judge did not sign is ignored (and flagged).
+
+How a check stays the solution's, whatever the student's cells do:
+
+1. **Trusted first.** Before any student code runs, the judge imports the
+   checking machinery, compiles every check (code objects cannot be changed
+   afterwards) and runs the trusted prefix (imports, constants, the starter)
+   into a namespace of its own. Then it snapshots the machinery: the globals
+   of every ``labkit`` and ``numpy`` module, of ``threading`` and
+   ``builtins``, the attributes of labkit's classes, the contents of
+   labkit's module-level arrays, the hooks of ``sys`` and its module table.
+2. **A guard that cannot be removed.** An audit hook (PEP 578: once added, a
+   hook stays) refuses what a submission would need to reach the judge's own
+   state or the solutions: frames and the garbage collector
+   (``sys._getframe``, ``tb_frame``, ``gi_frame``, ``gc.get_objects``...),
+   tracing, new audit hooks, changing a function's code or defaults or an
+   object's class, raw memory through ctypes, signal handlers (a handler is
+   handed the interrupted frame) and signals, new processes, and opening the
+   solutions or any notebook. A refusal raises ``PermissionError`` in the
+   submission and becomes a flag.
+3. **Each check in a clean room.** Before a check the machinery is put back
+   as snapshotted; the check (the solution's code, compiled at the start) runs
+   in a fresh namespace: the trusted prefix's names, plus the names the
+   student's cell defines, taken from the submission. It passes when it
+   raises nothing (``SystemExit`` and ``KeyboardInterrupt`` are failures);
+   what it prints does not matter. After it the machinery is compared with
+   the snapshot again: a check during which the machinery changed fails, and
+   so does a check that starts while a thread the notebook started is alive
+   (a thread could change the machinery between the two comparisons).
+
+The judge's own code after the first student cell uses only what it bound
+before: closures over local variables, C functions and the methods of
+built-in types, never a module global that a submission could rebind.
+
+What remains possible is said in ``grading/README.md``: code that writes to
+memory by raw address (numba intrinsics, ctypes function pointers called from
+compiled code) can still change anything in this process. ``grade.py`` flags
+such code for a human.
+"""
+import builtins
+import json
+import os
+import sys
+import types
+
+DENIED_EVENTS = {
+    "gc.get_objects": "walking the garbage collector's objects",
+    "gc.get_referrers": "walking the garbage collector's referrers",
+    "gc.get_referents": "walking the garbage collector's referents",
+    "sys._getframe": "reading the call stack (sys._getframe, inspect)",
+    "sys._current_frames": "walking every thread's call stack (sys._current_frames)",
+    "sys.settrace": "tracing (sys.settrace)",
+    "sys.setprofile": "profiling hooks (sys.setprofile)",
+    "sys.addaudithook": "adding an audit hook",
+    "ctypes.dlopen": "loading a library with ctypes",
+    "ctypes.dlsym/handle": "looking up a C function with ctypes",
+    "subprocess.Popen": "starting a process",
+    "os.system": "starting a process",
+    "os.exec": "starting a process",
+    "os.posix_spawn": "starting a process",
+    "os.spawn": "starting a process",
+    "os.fork": "forking",
+    "os.forkpty": "forking",
+    "pty.spawn": "starting a process",
+    "os.kill": "sending a signal",
+    "os.killpg": "sending a signal",
+    "signal.pthread_kill": "sending a signal",
+    "socket.connect": "opening a network connection",
+    "socket.sendto": "sending on a socket",
+    "socket.sendmsg": "sending on a socket",
+}
+FRAME_ATTRS = ("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_code", "gi_code", "cr_code", "ag_code")
+LOCKED_ATTRS = ("__code__", "__defaults__", "__kwdefaults__", "__class__", "__globals__", "__closure__")
+NO_REIMPORT = ("_signal", "signal", "gc", "ctypes", "_ctypes", "faulthandler", "_testcapi", "_testinternalcapi",
+               "_xxsubinterpreters", "_posixsubprocess", "pty", "labkit.course.judge")
+MACHINERY = ("labkit", "numpy", "threading")   # module families whose globals are put back before each check
+SYS_HOOKS = ("stdout", "stderr", "stdin", "displayhook", "excepthook", "unraisablehook", "breakpointhook")
+MAX_ARRAY_BYTES = 64 << 20                     # labkit's module-level arrays watched (tables), each up to this
+MAX_REFUSED = 200
+
+
+# ---- the channel ---------------------------------------------------------------
+
+def _encoder():
+    """json.dumps(obj, sort_keys=True, separators=(",", ":")) from C parts only."""
+    from json import encoder
+
+    def unsupported(o):
+        raise TypeError(f"{type(o).__name__} in an event")
+    make = encoder.c_make_encoder or None
+    if make is None:                              # no C accelerator: the pure-Python encoder
+        return lambda obj: json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    enc = make(None, unsupported, encoder.c_encode_basestring_ascii, None, ":", ",", True, False, True)
+    join = "".join
+    return lambda obj: join(enc(obj, 0))
+
+
+def _hmac_fn():
+    try:
+        from _hashlib import hmac_digest
+        return lambda key, msg: hmac_digest(key, msg, "sha256")
+    except ImportError:                           # Python without OpenSSL's HMAC
+        import hashlib
+        import hmac
+        return lambda key, msg: hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def make_sender(fd, key):
+    """send(event): one signed line on fd. A closure over C functions only."""
+    dumps, mac_of, write = _encoder(), _hmac_fn(), os.write
+    state = [0]
+
+    def send(ev):
+        n = state[0]
+        body = dumps(ev)
+        mac = mac_of(key, ("%d:%s" % (n, body)).encode()).hex()
+        data = dumps({"n": n, "ev": ev, "mac": mac}).encode() + b"\n"
+        state[0] = n + 1
+        while data:
+            data = data[write(fd, data):]
+    return send
+
+
+def verify(line, key, expected_n):
+    """The event of one line of the channel, or None when the judge did not
+    sign it (bad JSON, wrong signature, out of sequence)."""
+    import hmac
+    try:
+        msg = json.loads(line)
+        ev, n, mac = msg["ev"], msg["n"], msg["mac"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if n != expected_n or not isinstance(ev, dict) or not isinstance(mac, str):
+        return None
+    body = json.dumps(ev, sort_keys=True, separators=(",", ":"))
+    want = _hmac_fn()(key, f"{n}:{body}".encode()).hex()
+    return ev if hmac.compare_digest(want, mac) else None
+
+
+# ---- cells -----------------------------------------------------------------------
+
+def compile_cell(source, filename, magics=True):
+    """(statements, last expression or None) as code objects; IPython's magics
+    turned into calls first (``%timeit x``, as a student may leave it)."""
+    import ast
+    import linecache
+    if magics:
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
+            source = TransformerManager().transform_cell(source)
+        except Exception:
+            pass
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    tree = ast.parse(source, filename)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval")
+    return compile(tree, filename, "exec"), last
+
+
+def make_one_line():
+    """one_line(exc): ``Type: message`` on one line, without touching its frames."""
+    from traceback import format_exception_only
+    join, type_, len_ = "".join, type, len
+
+    def one_line(exc, limit=300):
+        try:
+            text = join(format_exception_only(type_(exc), exc)).strip()
+        except BaseException:                          # a __str__ that raises
+            text = type_(exc).__name__
+        text = " ".join(text.split())
+        return text if len_(text) <= limit else text[:limit - 3] + "..."
+    return one_line
+
+
+# ---- the machinery: snapshot, put back, compare ---------------------------------
+
+def make_machinery(extra=()):
+    """(changes, restore) closures over a snapshot of the checking machinery,
+    taken now. changes() lists what differs ("module.name"); restore() puts
+    it back. Both use bound built-ins only: they work whatever was rebound."""
+    import numpy as np
+    import threading
+    missing = object()
+    ModuleType, ndarray = types.ModuleType, np.ndarray
+    isinstance_, getattr_, setattr_, delattr_, list_, id_ = isinstance, getattr, setattr, delattr, list, id
+    array_equal, copyto = np.array_equal, np.copyto
+    modules = {name: m for name, m in list(sys.modules.items())
+               if isinstance(m, ModuleType) and name.split(".")[0] in MACHINERY}
+    for m in extra:
+        modules["(judge) " + m.__name__] = m
+    modules["builtins"] = builtins
+    watched = [(name, m, m.__dict__, dict(m.__dict__)) for name, m in modules.items()]
+    classes, arrays, seen = [], [], set()
+    for name, m in modules.items():
+        if not name.startswith(("labkit", "threading")):
+            continue
+        for k, v in list(m.__dict__.items()):
+            if isinstance(v, type) and getattr(v, "__module__", "").startswith(("labkit", "threading")) \
+                    and id(v) not in seen:
+                seen.add(id(v))
+                classes.append((v, dict(v.__dict__)))
+            elif isinstance(v, ndarray) and v.nbytes <= MAX_ARRAY_BYTES:
+                arrays.append((f"{name}.{k}", v, v.copy()))
+    hooks = [(k, getattr(sys, k, None)) for k in SYS_HOOKS]
+    lists = [(k, getattr(sys, k), list(getattr(sys, k))) for k in ("meta_path", "path_hooks")]
+    table = sys.modules
+    mod_entries = [(name, m) for name, m in modules.items() if name != "builtins" and not name.startswith("(")]
+    sys_ = sys
+
+    def changes():
+        out = []
+        for name, m, now, saved in watched:
+            for k, v in saved.items():
+                if v is not None and not k.startswith("__") and k != "_" and now.get(k, missing) is not v:
+                    out.append(name + "." + k)
+            for k, v in now.items():
+                if k not in saved and not k.startswith("__") and not isinstance_(v, ModuleType):
+                    out.append(name + "." + k)
+        for cls, saved in classes:
+            now = cls.__dict__
+            for k in list_(saved) + [k for k in now if k not in saved]:
+                if not k.startswith("__") and now.get(k, missing) is not saved.get(k, missing):
+                    out.append(cls.__module__ + "." + cls.__qualname__ + "." + k)
+        for name, a, copy in arrays:
+            if a.shape != copy.shape or a.dtype != copy.dtype or not array_equal(a, copy, equal_nan=True):
+                out.append(name + " (its contents)")
+        for k, v in hooks:
+            if getattr_(sys_, k, None) is not v:
+                out.append("sys." + k)
+        for k, lst, saved in lists:
+            if getattr_(sys_, k) is not lst or lst != saved:
+                out.append("sys." + k)
+        for name, m in mod_entries:
+            if table.get(name) is not m:
+                out.append("sys.modules[" + name + "]")
+        return out
+
+    def restore():
+        for name, m, now, saved in watched:
+            for k, v in saved.items():
+                if k != "_" and now.get(k, missing) is not v:
+                    now[k] = v
+            for k in [k for k, v in now.items() if k not in saved and not k.startswith("__") and k != "_"
+                      and not isinstance_(v, ModuleType)]:
+                del now[k]
+        for cls, saved in classes:
+            for k in [k for k in cls.__dict__ if k not in saved and not k.startswith("__")]:
+                delattr_(cls, k)
+            for k, v in saved.items():
+                if not k.startswith("__") and cls.__dict__.get(k, missing) is not v:
+                    setattr_(cls, k, v)
+        for name, a, copy in arrays:
+            if a.shape == copy.shape and a.dtype == copy.dtype and not array_equal(a, copy, equal_nan=True):
+                a.flags.writeable = True
+                copyto(a, copy)
+        for k, v in hooks:
+            setattr_(sys_, k, v)
+        for k, lst, saved in lists:
+            setattr_(sys_, k, lst)
+            lst[:] = saved
+        for name, m in mod_entries:
+            table[name] = m
+    del threading
+    return changes, restore
+
+
+def make_threads():
+    """alive(): the Python threads alive now, by name (threading's own records)."""
+    import threading
+    enumerate_ = threading.enumerate
+    return lambda: {id(t): t.name for t in enumerate_() if t.is_alive()}
+
+
+# ---- the guard -----------------------------------------------------------------
+
+class Refused(PermissionError, ValueError, RuntimeError):
+    """What the guard raises. A ValueError and a RuntimeError too: the
+    standard library's own uses of frames expect those and carry on
+    (namedtuple and typing call sys._getframe for a module name,
+    traceback.clear_frames reads tb_frame, and numba calls it on every
+    failed lookup of a global)."""
+
+
+def make_guard(denied_dirs, refused):
+    """The audit hook: a closure over locals only. Refuses the events of
+    DENIED_EVENTS, reading frames, changing code, defaults and classes,
+    importing NO_REIMPORT again, opening or listing what is in the denied
+    folders (by inode: symbolic and hard links too) and opening any notebook;
+    appends each reason to ``refused``."""
+    stat, fsdecode_ok = os.stat, (str, bytes)
+    denied_events = dict(DENIED_EVENTS)
+    frame_attrs, locked, no_reimport = frozenset(FRAME_ATTRS), frozenset(LOCKED_ATTRS), frozenset(NO_REIMPORT)
+    inodes = set()
+    for d in denied_dirs:
+        for root, dirs, files in os.walk(d):
+            for name in [root] + [os.path.join(root, f) for f in files + dirs]:
+                try:
+                    st = os.stat(name)
+                    inodes.add((st.st_dev, st.st_ino))
+                except OSError:
+                    pass
+    inodes = frozenset(inodes)
+    isinstance_, len_, str_, append = isinstance, len, str, refused.append
+    busy = [False]
+    quiet_prefix = "reading "           # frames: refused, but libraries try it too (see Refused); not flagged
+    debug = os.environ.get("LABKIT_JUDGE_DEBUG") == "1"      # where each refusal came from, in the log
+    if debug:
+        from traceback import print_stack
+
+    def denied_path(path):
+        if not isinstance_(path, fsdecode_ok):
+            return False
+        if (path.endswith(".ipynb") if isinstance_(path, str_) else path.endswith(b".ipynb")):
+            return True
+        try:
+            st = stat(path)
+        except (OSError, ValueError):
+            return False
+        return (st.st_dev, st.st_ino) in inodes
+
+    def why(event, args):
+        if event in denied_events:
+            return denied_events[event]
+        if event == "object.__getattr__":
+            return "reading a frame's " + args[1] if len_(args) > 1 and args[1] in frame_attrs else None
+        if event == "object.__setattr__":
+            return "changing an object's " + args[1] if len_(args) > 1 and args[1] in locked else None
+        if event == "ctypes.dlsym":
+            lib = args[0] if args else None
+            return None if "llvmlite" in str_(getattr(lib, "_name", lib)) else "looking up a C function with ctypes"
+        if event == "import":
+            return "importing " + str_(args[0]) + " again" if args and str_(args[0]) in no_reimport else None
+        if event == "open":
+            return "opening " + str_(args[0]) if args and denied_path(args[0]) else None
+        if event == "os.listdir" or event == "os.scandir":
+            return "listing " + str_(args[0]) if args and args[0] is not None and denied_path(args[0]) else None
+        return None
+
+    def hook(event, args):
+        if busy[0]:
+            return
+        busy[0] = True
+        try:
+            reason = why(event, args)
+        finally:
+            busy[0] = False
+        if reason is not None:
+            quiet = reason.startswith(quiet_prefix)
+            if debug:
+                busy[0] = True
+                print_stack(limit=8)
+                busy[0] = False
+            if not quiet and len_(refused) < MAX_REFUSED:
+                append(reason)
+            raise Refused("labkit grade does not allow " + reason + " in a graded notebook")
+    return hook
+
+
+def deny_signal_handlers():
+    """A signal handler is called with the interrupted frame: no new handlers.
+    The functions are replaced in both modules and the originals dropped (the
+    guard refuses importing the modules again)."""
+    import _signal
+    import signal
+
+    def signal_refused(*args, **kwargs):
+        raise PermissionError("labkit grade does not allow installing a signal handler in a graded notebook")
+    for m in (_signal, signal):
+        m.signal = signal_refused
+
+
+# ---- the run -------------------------------------------------------------------
+
+def run(job, send):
+    """Run one job; every outcome goes out through send()."""
+    from labkit.course import exercise  # noqa: F401  (the checking helpers, loaded before anything else)
+    me = sys.modules[__name__]          # before IPython makes its own __main__
+    one_line = make_one_line()
+    BaseException_, dict_, print_, repr_, exec_, eval_ = BaseException, dict, print, repr, exec, eval
+    len_, list_, getattr_ = len, list, getattr
+    deliverables = list(job["deliverables"])
+    sequence = job["sequence"]
+    try:
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        checks = {}
+        for i, item in enumerate(sequence):
+            if item["kind"] == "check":
+                checks[i] = compile(item["source"], f"<check-{item['id']}>", "exec")
+        trusted = {"__name__": "__main__", "__builtins__": builtins}
+        for k, src in enumerate(job["trusted"]):
+            code, last = compile_cell(src, f"<solution-cell-{k}>")
+            exec(code, trusted)
+            if last is not None:
+                eval(last, trusted)
+    except BaseException as e:
+        send({"ev": "setup", "ok": False, "error": one_line(e)})
+        return
+    refused = []
+    deny_signal_handlers()
+    changes, restore = make_machinery(extra=[me])
+    alive = make_threads()
+    baseline = alive()
+    compile_ = compile_cell
+    user = shell.user_ns
+    user["__builtins__"] = builtins
+    user["__name__"] = "__main__"
+    sys.addaudithook(make_guard(job.get("denied_dirs", []), refused))
+    send({"ev": "setup", "ok": True})
+    reported = [0]
+
+    def flags_since():
+        new = refused[reported[0]:]
+        reported[0] = len_(refused)
+        for why in dict_.fromkeys(new):
+            send({"ev": "flag", "text": "refused: " + why})
+
+    def foreign_threads():
+        return [name for key, name in alive().items() if key not in baseline]
+
+    for i, item in enumerate(sequence):
+        send({"ev": "start", "i": i})
+        kind, cid = item["kind"], item["id"]
+        if kind == "cell":
+            error = None
+            try:
+                code, last = compile_(item["source"], "<ipython-input-%d-%s>" % (i, cid))
+                exec_(code, user)
+                if last is not None:
+                    value = eval_(last, user)
+                    if value is not None:
+                        print_(repr_(value))
+            except BaseException_ as e:
+                error = one_line(e)
+            flags_since()
+            send({"ev": "cell", "i": i, "id": cid, "ok": error is None, "error": error})
+            continue
+        changed = changes()                        # a check: the machinery as it was, first
+        restore()
+        if changed:
+            more = len_(changed) - 8
+            send({"ev": "flag", "text": "the notebook changed the checking machinery (put back before check "
+                  + cid + "): " + ", ".join(changed[:8]) + (" and %d more" % more if more > 0 else "")})
+        passed, message = False, None
+        foreign = foreign_threads()
+        if foreign:
+            message = ("a thread the notebook started is still running (" + ", ".join(foreign[:3])
+                       + "): checks run only when the notebook's own threads are done")
+        else:
+            ns = dict_(user)
+            ns.update(trusted)
+            for name in deliverables:
+                if name in user:
+                    ns[name] = user[name]
+                else:
+                    ns.pop(name, None)
+            try:
+                exec_(checks[i], ns)
+                passed = True
+            except BaseException_ as e:
+                message = one_line(e)
+            after = changes()
+            if after:
+                restore()
+                if passed:
+                    passed = False
+                    message = "the checking machinery changed while the check ran: " + ", ".join(after[:5])
+                send({"ev": "flag", "text": "the notebook changed the checking machinery during check " + cid
+                      + ": " + ", ".join(after[:8])})
+            foreign = foreign_threads()
+            if foreign and passed:
+                passed = False
+                message = "a thread the check did not start was running (" + ", ".join(foreign[:3]) + ")"
+        flags_since()
+        send({"ev": "check", "i": i, "id": cid, "passed": passed, "message": message})
+    send({"ev": "done"})
+
+
+def main():
+    job = json.loads(sys.stdin.buffer.read())
+    sys.stdin.close()
+    sys.stdin = open(os.devnull)
+    send = make_sender(int(job.pop("fd")), bytes.fromhex(job.pop("key")))
+    try:
+        run(job, send)
+    except BaseException as e:                     # the judge's own failure: say it, if it can
+        try:
+            send({"ev": "crash", "error": f"{type(e).__name__}: {e}"[:300]})
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)             # no interpreter shutdown: nothing of the notebook runs after the last event
+
+
+if __name__ == "__main__":
+    main()
