@@ -159,11 +159,13 @@ def test_folder_grading_table_and_junit(tmp_path):
     table = r.stdout[r.stdout.rindex("\nsubmission") + 1:].splitlines()
     rows = {line.split()[0]: line for line in table[2:-1]}
     assert set(rows) == {f"alice/{NAME}.ipynb", f"bob/{NAME}.ipynb", f"carol/{NAME}.ipynb", "dave/homework.ipynb"}
-    assert rows[f"alice/{NAME}.ipynb"].split()[2:4] == ["3/3", "pass"]
-    assert rows[f"bob/{NAME}.ipynb"].split()[2:4] == ["0/3", "fail"]
+    assert rows[f"alice/{NAME}.ipynb"].split()[2:5] == ["3/3", "1", "pass"]    # flagged: the solution's code
+    assert rows[f"bob/{NAME}.ipynb"].split()[2:5] == ["0/3", "0", "fail"]
     assert "invalid JSON" in rows[f"carol/{NAME}.ipynb"]
     assert "not a labkit exercise" in rows["dave/homework.ipynb"]
-    assert table[-1] == "4 submissions: 1 passed every check, 1 failed some, 2 could not be graded"
+    assert table[-1] == ("4 submissions: 1 passed every check, 1 failed some, 2 could not be graded; "
+                         "1 flagged (read their FLAG lines first)")
+    assert "FLAG  cell student-rx: the shipped solution's code, unchanged" in r.stdout
     assert "FAIL  burst" in r.stdout and "pass  burst" in r.stdout
 
     root = ET.parse(junit).getroot()

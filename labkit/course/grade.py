@@ -1,33 +1,39 @@
-"""Grade exercise notebooks with the solutions' own check cells, run by nbval.
+"""Grade exercise notebooks with the solutions' own checks, decided by a judge
+process that the student's code cannot overrule.
 
     labkit grade SUBMISSION.ipynb|FOLDER [--json] [--junit FILE] [--solutions DIR]
-                 [--timeout SECONDS] [--jobs N] [--keep DIR]
+                 [--timeout SECONDS] [--cell-timeout SECONDS] [--jobs N] [--keep DIR]
 
 For each submission:
 
 1. Which exercise: ``metadata.labkit.course.exercise`` (every shipped exercise has
    it), else the file name (``01_polling.ipynb``, ``alice-01_polling.ipynb``).
-2. A graded copy: the submission's cells, in its order, with its outputs
-   cleared and its measurement cells (tag ``measure``) skipped; every check cell (tag ``check``, id ``check-<name>``) replaced by
-   the solution's cell, source *and* stored outputs; a check cell missing
-   from the submission is put back after the cell that precedes it in the
-   solution. So a check cannot be weakened, reworded or deleted.
-3. nbval runs the copy (``python -m pytest --nbval``, one fresh kernel,
-   ``LABKIT_QUICK=1``, a time limit). A check passes when its cell runs
-   without an exception and prints exactly the solution's line
-   (``check walk-ring: ok``).
-4. Each check's pass/fail, the score (checks passed / checks), and the first
+2. A graded copy: the submission's cells, in its order, its measurement cells
+   (tag ``measure``) left out; every check cell (tag ``check``, id
+   ``check-<name>``) replaced by the solution's; a check cell missing from the
+   submission is put back after the cell that precedes it in the solution. So
+   a check cannot be weakened, reworded, renamed or deleted.
+3. The judge (``labkit.course.judge``, a fresh process, ``LABKIT_QUICK=1``,
+   ``NUMBA_BOUNDSCHECK=1``, a time limit per cell and per notebook) runs the
+   copy. Before any student code it runs the solution's cells that precede
+   the student's cell and snapshots the checking machinery; it guards the
+   process with an audit hook; it puts the machinery back before each check
+   and runs the check in a namespace of its own. A check passes when it
+   raises nothing: what it prints does not matter. Verdicts come back signed
+   with a key only this process and the judge know; a check without a signed
+   verdict (the judge died, hung or was fooled into silence) fails.
+4. Each check's pass/fail, the score (checks passed / checks), the first
    error of a cell that is not a check (a notebook that breaks before its
-   checks fails them, and that error says why).
+   checks fails them, and that error says why), notes on what the grader
+   changed in the copy, and flags: code a human should read first (it
+   imports ctypes, assigns to ``ex.check``, reads a notebook...), what the
+   judge refused, and what it found changed and put back.
 
-A folder grades every ``.ipynb`` under it (checkpoints skipped), one kernel
-per notebook, then prints a summary table. ``--json`` prints one JSON object
+A folder grades every ``.ipynb`` under it (checkpoints skipped), one judge per
+notebook, then prints a summary table. ``--json`` prints one JSON object
 instead of the text; ``--junit FILE`` also writes JUnit XML, one testcase per
-check per submission, for CI.
-
-This keeps checks intact; it does not sandbox the student's code, which runs
-in the same kernel as the checks. Read the code of a submission that passes
-surprisingly.
+check per submission, for CI. ``grading/README.md`` says what the design
+guarantees and what it does not.
 
 Exit codes: 0 every check of every submission passed; 1 a check failed (or a
 notebook did not run to its checks); 2 something could not be graded as
@@ -236,7 +242,7 @@ def merge_checks(submission, solution):
                 cell.metadata["tags"] = tags
             else:
                 cell.metadata.pop("tags", None)
-            cell["outputs"], cell["execution_count"] = [], None   # nbval compares nothing here
+            cell["outputs"], cell["execution_count"] = [], None   # the judge compares no output
         cells.append(cell)
     present = {c.get("id") for c in cells}
     missing = [cid for cid in sol_checks if cid not in present]
@@ -640,20 +646,20 @@ def find_notebooks(folder):
 
 def _check_tools():
     import importlib.util
-    missing = [m for m in ("pytest", "nbval", "ipykernel", "nbformat") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("IPython", "nbformat", "numpy", "numba") if importlib.util.find_spec(m) is None]
     if missing:
         raise GradeError(f"grading needs {', '.join(missing)}: pip install 'labkit[test]' "
-                         "(or pip install pytest nbval ipykernel)")
+                         "(or pip install ipython nbformat numpy numba)")
 
 
-def grade_path(path, solutions=None, timeout=DEFAULT_TIMEOUT_S, jobs=1, keep=None):
+def grade_path(path, solutions=None, timeout=DEFAULT_TIMEOUT_S, jobs=1, keep=None, cell_timeout=CELL_TIMEOUT_S):
     """Reports for one notebook or every notebook under a folder. Raises
     GradeError for a single file that cannot be graded, or a path with no notebook."""
     _check_tools()
     path = Path(path)
     sol_dir = solutions_dir(solutions) if not isinstance(solutions, Path) else solutions
     if path.is_file():
-        return [grade_notebook(path, sol_dir, timeout, keep)]
+        return [grade_notebook(path, sol_dir, timeout, keep, cell_timeout)]
     if not path.is_dir():
         raise GradeError(f"{path}: no such file or folder")
     files = find_notebooks(path)
@@ -662,7 +668,7 @@ def grade_path(path, solutions=None, timeout=DEFAULT_TIMEOUT_S, jobs=1, keep=Non
 
     def one(f):
         try:
-            r = grade_notebook(f, sol_dir, timeout, keep)
+            r = grade_notebook(f, sol_dir, timeout, keep, cell_timeout)
         except GradeError as e:
             r = Report(path=str(f), error=str(e))
         r.student = str(f.relative_to(path))
@@ -682,6 +688,7 @@ def format_report(r):
     if r.error:
         return f"{who}: cannot grade: {r.error}"
     lines = [f"{who} ({r.exercise})"]
+    lines += [f"  FLAG  {f}" for f in r.flags]          # first: what a human should read
     lines += [f"  note: {n}" for n in r.notes]
     if r.first_error:
         lines.append(f"  error before or between the checks: {r.first_error}")
@@ -692,19 +699,22 @@ def format_report(r):
 
 
 def format_table(reports):
-    rows = [("submission", "exercise", "score", "result")]
+    rows = [("submission", "exercise", "score", "flags", "result")]
     for r in reports:
         if r.error:
-            rows.append((r.student or r.path, "-", "-", "cannot grade: " + r.error))
+            rows.append((r.student or r.path, "-", "-", "-", "cannot grade: " + r.error))
         else:
-            rows.append((r.student or r.path, r.exercise, f"{r.passed}/{r.total}", "pass" if r.ok else "fail"))
-    w = [max(len(row[i]) for row in rows) for i in range(3)]
-    out = ["  ".join(row[i].ljust(w[i]) for i in range(3)) + "  " + row[3] for row in rows]
+            rows.append((r.student or r.path, r.exercise, f"{r.passed}/{r.total}", str(len(r.flags)),
+                         "pass" if r.ok else "fail"))
+    w = [max(len(row[i]) for row in rows) for i in range(4)]
+    out = ["  ".join(row[i].ljust(w[i]) for i in range(4)) + "  " + row[4] for row in rows]
     out.insert(1, "-" * min(100, max(len(s) for s in out)))
     n_ok = sum(r.ok for r in reports)
     n_err = sum(bool(r.error) for r in reports)
+    n_flagged = sum(bool(r.flags) for r in reports)
     out.append(f"{len(reports)} submissions: {n_ok} passed every check, "
-               f"{len(reports) - n_ok - n_err} failed some, {n_err} could not be graded")
+               f"{len(reports) - n_ok - n_err} failed some, {n_err} could not be graded; "
+               f"{n_flagged} flagged (read their FLAG lines first)")
     return "\n".join(out)
 
 
@@ -772,9 +782,9 @@ def _jobs(text):
 
 def add_parser(sub):
     """Add `grade` to an argparse subparsers object (labkit's CLI)."""
-    p = sub.add_parser("grade", help="grade exercise notebooks with the solutions' check cells (nbval)",
+    p = sub.add_parser("grade", help="grade exercise notebooks with the solutions' checks (a judge process decides them)",
                        description="Grade exercise notebooks: the solution's check cells replace the "
-                       "submission's, nbval runs the copy. Exit 0 all checks pass, 1 some fail, "
+                       "submission's, a judge process runs the copy and decides each check. Exit 0 all checks pass, 1 some fail, "
                        "2 something could not be graded.")
     p.add_argument("path", metavar="SUBMISSION", help="a notebook, or a folder: every .ipynb under it")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -783,8 +793,10 @@ def add_parser(sub):
                    help="the solution notebooks (default: solutions/ of this labkit checkout)")
     p.add_argument("--timeout", type=_positive, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help=f"per notebook (default {DEFAULT_TIMEOUT_S})")
+    p.add_argument("--cell-timeout", type=_positive, default=CELL_TIMEOUT_S, metavar="SECONDS",
+                   help=f"per cell, a check or the student's (default {CELL_TIMEOUT_S})")
     p.add_argument("--jobs", type=_jobs, default=1, metavar="N", help="notebooks graded at once (default 1)")
-    p.add_argument("--keep", metavar="DIR", help="keep the graded copies (what nbval ran) in DIR")
+    p.add_argument("--keep", metavar="DIR", help="keep the graded copies (what the judge ran) and the judge's logs in DIR")
     return p
 
 
@@ -795,7 +807,8 @@ def _err(text):
 def main(args):
     """Run `labkit grade` with parsed args; returns the exit code."""
     try:
-        reports = grade_path(args.path, args.solutions, args.timeout, args.jobs, args.keep)
+        reports = grade_path(args.path, args.solutions, args.timeout, args.jobs, args.keep,
+                             getattr(args, "cell_timeout", CELL_TIMEOUT_S))
     except GradeError as e:
         _err(e)
         if args.json:

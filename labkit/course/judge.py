@@ -196,6 +196,7 @@ def make_machinery(extra=()):
     import numpy as np
     import threading
     missing = object()
+    loose = frozenset(("_", "__warningregistry__"))     # what Python itself sets in a module as it runs
     ModuleType, ndarray = types.ModuleType, np.ndarray
     isinstance_, getattr_, setattr_, delattr_, list_, id_ = isinstance, getattr, setattr, delattr, list, id
     array_equal, copyto = np.array_equal, np.copyto
@@ -226,15 +227,15 @@ def make_machinery(extra=()):
         out = []
         for name, m, now, saved in watched:
             for k, v in saved.items():
-                if v is not None and not k.startswith("__") and k != "_" and now.get(k, missing) is not v:
+                if v is not None and k not in loose and now.get(k, missing) is not v:
                     out.append(name + "." + k)
             for k, v in now.items():
-                if k not in saved and not k.startswith("__") and not isinstance_(v, ModuleType):
+                if k not in saved and k not in loose and not isinstance_(v, ModuleType):
                     out.append(name + "." + k)
         for cls, saved in classes:
             now = cls.__dict__
             for k in list_(saved) + [k for k in now if k not in saved]:
-                if not k.startswith("__") and now.get(k, missing) is not saved.get(k, missing):
+                if now.get(k, missing) is not saved.get(k, missing):
                     out.append(cls.__module__ + "." + cls.__qualname__ + "." + k)
         for name, a, copy in arrays:
             if a.shape != copy.shape or a.dtype != copy.dtype or not array_equal(a, copy, equal_nan=True):
@@ -253,16 +254,16 @@ def make_machinery(extra=()):
     def restore():
         for name, m, now, saved in watched:
             for k, v in saved.items():
-                if k != "_" and now.get(k, missing) is not v:
+                if k not in loose and now.get(k, missing) is not v:
                     now[k] = v
-            for k in [k for k, v in now.items() if k not in saved and not k.startswith("__") and k != "_"
+            for k in [k for k, v in now.items() if k not in saved and k not in loose
                       and not isinstance_(v, ModuleType)]:
                 del now[k]
         for cls, saved in classes:
-            for k in [k for k in cls.__dict__ if k not in saved and not k.startswith("__")]:
+            for k in [k for k in cls.__dict__ if k not in saved]:
                 delattr_(cls, k)
             for k, v in saved.items():
-                if not k.startswith("__") and cls.__dict__.get(k, missing) is not v:
+                if cls.__dict__.get(k, missing) is not v and k not in ("__dict__", "__weakref__"):
                     setattr_(cls, k, v)
         for name, a, copy in arrays:
             if a.shape == copy.shape and a.dtype == copy.dtype and not array_equal(a, copy, equal_nan=True):
