@@ -1,6 +1,7 @@
 """The exercises: every solution passes nbval and grading, every shipped
 exercise (its starter) fails grading, and the synthetic rings the exercises
 use are laid out as the kernel and labkit's real driver expect."""
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,9 @@ def test_solution_passes_grading(graded, name):
     r = graded["solutions"][name]
     assert r.ok and r.exit_code == 0, [c for c in r.checks if not c.passed] or r.first_error
     assert r.first_error is None and r.notes == []
+    student = next(c["id"] for c in json.loads((ROOT / "solutions" / f"{name}.ipynb").read_text())["cells"]
+                   if "student" in c["metadata"].get("tags", []))
+    assert r.flags == [f"cell {student}: the shipped solution's code, unchanged"]     # nothing else to read
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,6 +94,7 @@ def test_shipped_exercise_fails_grading(graded, name):
     assert r.passed < r.total and r.exit_code == 1
     assert all(c.message for c in r.checks if not c.passed)
     assert r.first_error is None, "the starter should run, only its checks fail"
+    assert r.flags == [], "the shipped starter is honest code: nothing to flag"
 
 
 # ---- the synthetic TPACKET_V3 ring is the kernel's layout ---------------------------

@@ -62,7 +62,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.settings import numba_cache_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CHECK_TAG = "check"
@@ -290,14 +289,18 @@ def _insert_at(cells, sol_cells, cid):
 
 # ---- running the judge -------------------------------------------------------------
 
-def _env():
+def _env(private=None):
+    """The judge's environment. private: a folder of this run's own (its numba
+    cache and IPython folder: what one submission writes there cannot reach
+    the next submission's judge)."""
     env = dict(os.environ)
     env["LABKIT_QUICK"] = "1"
     # Out-of-bounds indexing in compiled student code raises IndexError instead
-    # of reading a neighbour's bytes (or crashing the process). The flag changes
-    # the compiled code, so it gets a numba cache of its own.
+    # of reading a neighbour's bytes (or crashing the process).
     env["NUMBA_BOUNDSCHECK"] = "1"
-    env["NUMBA_CACHE_DIR"] = numba_cache_dir("numba-boundscheck")
+    if private is not None:
+        env["NUMBA_CACHE_DIR"] = str(Path(private) / "numba")
+        env["IPYTHONDIR"] = str(Path(private) / "ipython")
     for k in ("PYTEST_ADDOPTS", "LABKIT_SOLUTIONS", "PYTHONSTARTUP", "PYTHONINSPECT"):
         env.pop(k, None)
     # The judge imports the labkit this grader is part of, installed or not.
@@ -371,24 +374,29 @@ class JudgeRun:
     setup_error: str = None
 
 
+LOG_KEEP = 64 << 10              # of what a notebook prints: the first and the last this many bytes
+
+
 def run_judge(job, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S, log_path=None, cwd=None):
-    """Run the judge on one job (see judge_job); returns a JudgeRun. Only
-    events signed with this run's key count; a cell that runs past
+    """Run the judge on one job (see judge_job) in the folder cwd (its own:
+    the judge's numba cache and IPython folder go there); returns a JudgeRun.
+    Only events signed with this run's key count; a cell that runs past
     cell_timeout, or a notebook past timeout, stops the judge (its process
-    group is killed) and leaves what was not decided undecided."""
+    group is killed) and leaves what was not decided undecided. What the
+    notebook prints goes to log_path, its first and last LOG_KEEP bytes."""
     from labkit.course import judge
     key = os.urandom(32)
     r_fd, w_fd = os.pipe()
     seq = job["sequence"]
     out = JudgeRun()
-    log = open(log_path or os.devnull, "wb")
+    head, tail, dropped = bytearray(), bytearray(), 0
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "labkit.course.judge"], stdin=subprocess.PIPE, stdout=log,
-                                stderr=subprocess.STDOUT, pass_fds=(w_fd,), start_new_session=True, env=_env(),
-                                cwd=cwd)
+        proc = subprocess.Popen([sys.executable, "-m", "labkit.course.judge"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(w_fd,),
+                                start_new_session=True, env=_env(cwd), cwd=cwd)
     finally:
         os.close(w_fd)
-        log.close()
+    out_fd = proc.stdout.fileno()
     try:
         try:
             proc.stdin.write(json.dumps(dict(job, key=key.hex(), fd=w_fd)).encode())
@@ -414,8 +422,19 @@ def run_judge(job, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S, log_p
                     else:
                         out.outcomes[current] = ("cell", False, f"it did not finish in {cell_timeout:g} s")
                 break
-            ready, _, _ = select.select([r_fd], [], [], wait)
-            if not ready:
+            ready, _, _ = select.select([r_fd] + ([out_fd] if out_fd is not None else []), [], [], wait)
+            if out_fd in ready:
+                text = os.read(out_fd, 1 << 16)
+                if not text:
+                    out_fd = None
+                elif len(head) < LOG_KEEP:
+                    head += text
+                else:
+                    tail += text
+                    if len(tail) > LOG_KEEP:
+                        dropped += len(tail) - LOG_KEEP
+                        del tail[:len(tail) - LOG_KEEP]
+            if r_fd not in ready:
                 continue
             chunk = os.read(r_fd, 1 << 16)
             if not chunk:
@@ -467,6 +486,10 @@ def run_judge(job, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S, log_p
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait()
+        proc.stdout.close()
+        if log_path:
+            gap = f"\n[... {dropped:,} bytes not kept ...]\n".encode() if dropped else b""
+            Path(log_path).write_bytes(bytes(head) + gap + bytes(tail))
     return out
 
 
@@ -609,13 +632,15 @@ def grade_notebook(path, solutions=None, timeout=DEFAULT_TIMEOUT_S, keep=None, c
     job = judge_job(graded, solution, sol_dir)
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
         log = Path(tmp) / "judge.log"
+        work = Path(tmp) / "run"
+        work.mkdir()
         if keep:
             import nbformat
             Path(keep).mkdir(parents=True, exist_ok=True)
             stem = re.sub(r"[^\w.-]+", "_", str(path).strip("/"))
             stem = stem if stem.endswith(".ipynb") else stem + ".ipynb"
             nbformat.write(graded, str(Path(keep) / stem))
-        run = run_judge(job, timeout=timeout, cell_timeout=cell_timeout, log_path=log, cwd=tmp)
+        run = run_judge(job, timeout=timeout, cell_timeout=cell_timeout, log_path=log, cwd=work)
         if keep:
             shutil.copyfile(log, Path(keep) / (stem[:-len(".ipynb")] + ".log"))
     report.flags += [f for f in run.flags if f not in report.flags]

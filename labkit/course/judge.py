@@ -398,7 +398,10 @@ def run(job, send):
     sequence = job["sequence"]
     try:
         from IPython.core.interactiveshell import InteractiveShell
-        shell = InteractiveShell.instance()
+        from traitlets.config import Config
+        config = Config()
+        config.HistoryManager.enabled = False          # no history database: nothing kept between runs
+        shell = InteractiveShell.instance(config=config)
         checks = {}
         for i, item in enumerate(sequence):
             if item["kind"] == "check":
