@@ -480,3 +480,14 @@ def test_what_the_notebook_changed_before_the_checks_is_put_back_and_flagged(tmp
     r = judged(path)
     assert (r.passed, r.total) == (3, 3)
     assert "put back before check check-burst): labkit.course.exercise.make_desc_ring" in flags_text(r)
+
+
+def test_emptying_a_lessons_table_in_place_scores_0(tmp_path):
+    """Exercise 08's edge-case check loops over the lesson's EDGE_CASES: with
+    none, it checks nothing. The dict is the same object, emptied."""
+    name = "08_compute_batching"
+    path = submission(tmp_path, _student(_read(name)).source + "\nlesson.EDGE_CASES.clear()\n", name=name)
+    assert "edges" in naive(path)
+    r = judged(path)
+    assert r.passed == 0
+    assert "labkit.course.lessons.batching.EDGE_CASES (its contents)" in flags_text(r)

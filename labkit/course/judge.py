@@ -22,7 +22,8 @@ How a check stays the solution's, whatever the student's cells do:
    into a namespace of its own. Then it snapshots the machinery: the globals
    of every ``labkit`` and ``numpy`` module, of ``threading`` and
    ``builtins``, the attributes of labkit's classes, the contents of
-   labkit's module-level arrays, the hooks of ``sys`` and its module table.
+   labkit's public module-level tables (arrays, lists, dicts, sets), the hooks
+   of ``sys`` and its module table.
 2. **A guard that cannot be removed.** An audit hook (PEP 578: once added, a
    hook stays) refuses what a submission would need to reach the judge's own
    state or the solutions: frames and the garbage collector
@@ -90,6 +91,7 @@ NO_REIMPORT = ("_signal", "signal", "gc", "ctypes", "_ctypes", "faulthandler", "
 MACHINERY = ("labkit", "numpy", "threading")   # module families whose globals are put back before each check
 SYS_HOOKS = ("stdout", "stderr", "stdin", "displayhook", "excepthook", "unraisablehook", "breakpointhook")
 MAX_ARRAY_BYTES = 64 << 20                     # labkit's module-level arrays watched (tables), each up to this
+MAX_ITEMS = 100_000                            # and its lists, dicts and sets, each up to this many items
 MAX_REFUSED = 200
 
 
@@ -199,6 +201,7 @@ def make_machinery(extra=()):
     loose = frozenset(("_", "__warningregistry__"))     # what Python itself sets in a module as it runs
     ModuleType, ndarray = types.ModuleType, np.ndarray
     isinstance_, getattr_, setattr_, delattr_, list_, id_ = isinstance, getattr, setattr, delattr, list, id
+    len_, all_, zip_ = len, all, zip
     array_equal, copyto = np.array_equal, np.copyto
     modules = {name: m for name, m in list(sys.modules.items())
                if isinstance(m, ModuleType) and name.split(".")[0] in MACHINERY}
@@ -206,7 +209,30 @@ def make_machinery(extra=()):
         modules["(judge) " + m.__name__] = m
     modules["builtins"] = builtins
     watched = [(name, m, m.__dict__, dict(m.__dict__)) for name, m in modules.items()]
-    classes, arrays, seen = [], [], set()
+    classes, contents, seen = [], [], set()
+
+    def contents_of(label, v, depth):
+        """labkit's public tables, by content: arrays, lists, dicts, sets (and
+        what they hold, three levels down); a student could empty one in place."""
+        if id(v) in seen or depth > 3:
+            return
+        if isinstance(v, ndarray):
+            if v.nbytes <= MAX_ARRAY_BYTES:
+                seen.add(id(v))
+                contents.append((label, v, v.copy()))
+            return
+        if isinstance(v, (list, dict, set, bytearray)):
+            if len(v) > MAX_ITEMS:
+                return
+            seen.add(id(v))
+            contents.append((label, v, v.copy()))
+        if isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                contents_of(f"{label}[{i}]", x, depth + 1)
+        elif isinstance(v, dict):
+            for k, x in list(v.items()):
+                contents_of(f"{label}[{k!r}]", x, depth + 1)
+
     for name, m in modules.items():
         if not name.startswith(("labkit", "threading")):
             continue
@@ -215,10 +241,25 @@ def make_machinery(extra=()):
                     and id(v) not in seen:
                 seen.add(id(v))
                 classes.append((v, dict(v.__dict__)))
-            elif isinstance(v, ndarray) and v.nbytes <= MAX_ARRAY_BYTES:
-                arrays.append((f"{name}.{k}", v, v.copy()))
+            elif name.startswith("labkit") and not k.startswith("_"):      # _private: caches and state
+                contents_of(f"{name}.{k}", v, 0)
     hooks = [(k, getattr(sys, k, None)) for k in SYS_HOOKS]
     lists = [(k, getattr(sys, k), list(getattr(sys, k))) for k in ("meta_path", "path_hooks")]
+    def same(v, copy):
+        """v holds what copy holds: by identity (an object's own __eq__ is not asked)."""
+        if isinstance_(v, ndarray):
+            return v.shape == copy.shape and v.dtype == copy.dtype and array_equal(v, copy, equal_nan=True)
+        if isinstance_(v, bytearray):
+            return v == copy
+        if len_(v) != len_(copy):
+            return False
+        if isinstance_(v, dict):
+            return all_(k in v and v[k] is x for k, x in copy.items())
+        if isinstance_(v, set):
+            ids = {id_(x) for x in v}
+            return all_(id_(x) in ids for x in copy)
+        return all_(a is b for a, b in zip_(v, copy))
+
     table = sys.modules
     mod_entries = [(name, m) for name, m in modules.items() if name != "builtins" and not name.startswith("(")]
     sys_ = sys
@@ -237,14 +278,14 @@ def make_machinery(extra=()):
             for k in list_(saved) + [k for k in now if k not in saved]:
                 if now.get(k, missing) is not saved.get(k, missing):
                     out.append(cls.__module__ + "." + cls.__qualname__ + "." + k)
-        for name, a, copy in arrays:
-            if a.shape != copy.shape or a.dtype != copy.dtype or not array_equal(a, copy, equal_nan=True):
+        for name, v, copy in contents:
+            if not same(v, copy):
                 out.append(name + " (its contents)")
         for k, v in hooks:
             if getattr_(sys_, k, None) is not v:
                 out.append("sys." + k)
         for k, lst, saved in lists:
-            if getattr_(sys_, k) is not lst or lst != saved:
+            if getattr_(sys_, k) is not lst or not same(lst, saved):
                 out.append("sys." + k)
         for name, m in mod_entries:
             if table.get(name) is not m:
@@ -265,10 +306,18 @@ def make_machinery(extra=()):
             for k, v in saved.items():
                 if cls.__dict__.get(k, missing) is not v and k not in ("__dict__", "__weakref__"):
                     setattr_(cls, k, v)
-        for name, a, copy in arrays:
-            if a.shape == copy.shape and a.dtype == copy.dtype and not array_equal(a, copy, equal_nan=True):
-                a.flags.writeable = True
-                copyto(a, copy)
+        for name, v, copy in contents:
+            if same(v, copy):
+                continue
+            if isinstance_(v, ndarray):
+                if v.shape == copy.shape and v.dtype == copy.dtype:
+                    v.flags.writeable = True
+                    copyto(v, copy)
+            elif isinstance_(v, (list, bytearray)):
+                v[:] = copy
+            else:
+                v.clear()
+                v.update(copy)
         for k, v in hooks:
             setattr_(sys_, k, v)
         for k, lst, saved in lists:
