@@ -491,3 +491,26 @@ def test_emptying_a_lessons_table_in_place_scores_0(tmp_path):
     r = judged(path)
     assert r.passed == 0
     assert "labkit.course.lessons.batching.EDGE_CASES (its contents)" in flags_text(r)
+
+
+def test_a_fresh_signal_module_and_the_processs_own_memory_are_refused(tmp_path):
+    """Two ways round the guard that need no audit event of their own: a new
+    copy of _signal (its handler would get frames) and /proc/self/mem."""
+    path = submission(tmp_path, """
+        import _imp, importlib.machinery
+        rx_batch = starter_rx_batch
+        try:
+            fresh = _imp.create_builtin(importlib.machinery.BuiltinImporter.find_spec("_signal"))
+            fresh.signal(fresh.SIGALRM, lambda signum, frame: None)
+            print("GOT A HANDLER")
+        except PermissionError as e:
+            print("refused:", e)
+        try:
+            open("/proc/self/mem", "r+b")
+            print("GOT MEMORY")
+        except PermissionError as e:
+            print("refused:", e)
+    """)
+    r = judged(path)
+    assert r.passed == 0 and r.first_error is None
+    assert "refused: opening /proc/self/mem" in flags_text(r) and "imports _imp" in flags_text(r)

@@ -499,7 +499,7 @@ SUSPECT_MODULES = {
     "ctypes": "ctypes (raw memory)", "cffi": "cffi (raw memory)", "gc": "gc (every object)",
     "inspect": "inspect (frames)", "sys": "sys", "builtins": "builtins", "signal": "signal",
     "_signal": "signal", "subprocess": "subprocess", "multiprocessing": "multiprocessing",
-    "importlib": "importlib", "faulthandler": "faulthandler", "socket": "socket", "pty": "pty",
+    "importlib": "importlib", "_imp": "_imp (the import machinery)", "faulthandler": "faulthandler", "socket": "socket", "pty": "pty",
     "traceback": "traceback (frames)", "llvmlite": "llvmlite (LLVM IR: raw memory)",
     "numba.extending": "numba.extending (intrinsics: raw memory)", "numba.core": "numba.core (numba's internals)",
     "numba.experimental": "numba.experimental", "IPython": "IPython's internals", "nbformat": "nbformat",

@@ -29,10 +29,11 @@ How a check stays the solution's, whatever the student's cells do:
    state or the solutions: frames and the garbage collector
    (``sys._getframe``, ``tb_frame``, ``gi_frame``, ``gc.get_objects``...),
    tracing, new audit hooks, changing a function's code or defaults or an
-   object's class, raw memory through ctypes, signal handlers (a handler is
-   handed the interrupted frame) and signals, new processes, and opening the
-   solutions or any notebook. A refusal raises ``PermissionError`` in the
-   submission and becomes a flag.
+   object's class, loading libraries through ctypes, signal handlers (a
+   handler is handed the interrupted frame) and signals, a second copy of a
+   built-in module, new processes, and opening the solutions, any notebook or
+   the process's own memory (``/proc/self/mem``). A refusal raises
+   ``PermissionError`` in the submission and becomes a flag.
 3. **Each check in a clean room.** Before a check the machinery is put back
    as snapshotted; the check (the solution's code, compiled at the start) runs
    in a fresh namespace: the trusted prefix's names, plus the names the
@@ -364,6 +365,12 @@ def make_guard(denied_dirs, refused):
                     inodes.add((st.st_dev, st.st_ino))
                 except OSError:
                     pass
+    for mem in ["/proc/self/mem"] + [f"/proc/self/task/{t}/mem" for t in os.listdir("/proc/self/task")]:
+        try:                                            # this process's memory, as a file
+            st = os.stat(mem)
+            inodes.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
     inodes = frozenset(inodes)
     isinstance_, len_, str_, append = isinstance, len, str, refused.append
     busy = [False]
@@ -375,7 +382,10 @@ def make_guard(denied_dirs, refused):
     def denied_path(path):
         if not isinstance_(path, fsdecode_ok):
             return False
-        if (path.endswith(".ipynb") if isinstance_(path, str_) else path.endswith(b".ipynb")):
+        if isinstance_(path, str_):
+            if path.endswith(".ipynb") or (path.startswith("/proc/") and path.endswith("/mem")):
+                return True
+        elif path.endswith(b".ipynb") or (path.startswith(b"/proc/") and path.endswith(b"/mem")):
             return True
         try:
             st = stat(path)
@@ -423,15 +433,28 @@ def make_guard(denied_dirs, refused):
 
 def deny_signal_handlers():
     """A signal handler is called with the interrupted frame: no new handlers.
-    The functions are replaced in both modules and the originals dropped (the
-    guard refuses importing the modules again)."""
+    The functions are replaced in both modules and the originals dropped. A
+    fresh copy of a built-in module would bring them back: every built-in
+    module is imported now, and making another copy (``_imp.create_builtin``)
+    is refused from here on (the guard refuses importing the modules again)."""
+    import _imp
     import _signal
+    import importlib
     import signal
+    for name in sys.builtin_module_names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
 
     def signal_refused(*args, **kwargs):
         raise PermissionError("labkit grade does not allow installing a signal handler in a graded notebook")
+
+    def create_builtin_refused(spec):
+        raise PermissionError("labkit grade does not allow a second copy of a built-in module in a graded notebook")
     for m in (_signal, signal):
         m.signal = signal_refused
+    _imp.create_builtin = create_builtin_refused
 
 
 # ---- the run -------------------------------------------------------------------
