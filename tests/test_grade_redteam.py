@@ -429,7 +429,7 @@ def test_a_signal_handler_is_refused(tmp_path):
 
 def test_an_honest_submission_in_its_own_words_passes_unflagged(tmp_path):
     path = submission(tmp_path, """
-        @njit(nogil=True)
+        @njit(nogil=True, cache=True)
         def rx_batch(desc, cur, out_h, out_l, max_n):
             cons = cur[CONS]
             n = min(max_n, np.int64(load_acquire(cur, PROD) - cons))
@@ -441,8 +441,18 @@ def test_an_honest_submission_in_its_own_words_passes_unflagged(tmp_path):
             return max(n, 0)
 
         from collections import namedtuple          # the standard library's own use of frames is fine
+        import dataclasses, enum, typing
         Point = namedtuple("Point", "x y")
-        print(Point(1, 2))
+        @dataclasses.dataclass
+        class Burst:
+            size: int
+        Mode = enum.Enum("Mode", "BUSY WAIT")
+        T = typing.TypeVar("T")
+        print(Point(1, 2), Burst(4), Mode.BUSY)
+        ring = ex.make_desc_ring(64)
+        ex.fill_desc_ring(ring, 0, 32)
+        %time rx_batch(ring.desc, ring.cur, np.zeros(64, np.uint32), np.zeros(64, np.uint16), 32)
+        %timeit -n1 -r1 rx_batch(ring.desc, ring.cur, np.zeros(64, np.uint32), np.zeros(64, np.uint16), 32)
     """)
     r = judged(path)
     assert (r.passed, r.total) == (3, 3) and r.flags == [] and r.first_error is None

@@ -556,7 +556,7 @@ def static_flags(source, module_names=()):
         if isinstance(node, ast.Call):
             f = node.func
             name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
-            if name in SUSPECT_CALLS:
+            if name in SUSPECT_CALLS and (name != "get_ipython" or "get_ipython" in source):   # not a %magic
                 out.append(f"calls {name}()")
         if isinstance(node, ast.Attribute) and node.attr in SUSPECT_ATTRS:
             out.append(f"uses .{node.attr}")
