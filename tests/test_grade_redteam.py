@@ -524,3 +524,28 @@ def test_a_fresh_signal_module_and_the_processs_own_memory_are_refused(tmp_path)
     r = judged(path)
     assert r.passed == 0 and r.first_error is None
     assert "refused: opening /proc/self/mem" in flags_text(r) and "imports _imp" in flags_text(r)
+
+
+def test_a_thread_hidden_from_threadings_records_still_fails_the_checks(tmp_path):
+    path = submission(tmp_path, """
+        import contextlib, threading, time
+        rx_batch = starter_rx_batch
+        @contextlib.contextmanager
+        def ok(name):
+            try:
+                yield
+            except BaseException:
+                pass
+            print(f"check {name}: ok")
+        def flip():
+            while True:
+                ex.check = ok
+                time.sleep(0.0001)
+        threading.Thread(target=flip, daemon=True, name="flipper").start()
+        time.sleep(0.1)
+        threading._active.clear()                  # threading.enumerate() sees nothing now
+    """)
+    assert naive(path) == {"burst", "wrap", "stream"}
+    r = judged(path)
+    assert r.passed == 0
+    assert all("threading's record of threads" in c.message for c in r.checks), [c.message for c in r.checks]

@@ -331,10 +331,24 @@ def make_machinery(extra=()):
 
 
 def make_threads():
-    """alive(): the Python threads alive now, by name (threading's own records)."""
+    """(alive, hidden): alive() is {id: name} of the Python threads alive now
+    (threading's own records); hidden() says why those records cannot be
+    trusted (a thread alive now was taken out of them), or None."""
     import threading
-    enumerate_ = threading.enumerate
-    return lambda: {id(t): t.name for t in enumerate_() if t.is_alive()}
+    enumerate_, records, listdir = threading.enumerate, threading._active, os.listdir
+    saved = dict(records)
+    ident = threading.get_ident
+
+    def hidden():
+        if threading_module.__dict__.get("_active") is not records:
+            return "threading's record of threads was replaced"
+        if any(records.get(k) is not t for k, t in saved.items() if k == ident()):
+            return "threading's record of threads was changed"
+        if len(records) < len(saved):
+            return "threads were taken out of threading's record"
+        return None
+    threading_module = threading
+    return (lambda: {id(t): t.name for t in enumerate_() if t.is_alive()}), hidden
 
 
 # ---- the guard -----------------------------------------------------------------
@@ -495,7 +509,7 @@ def run(job, send):
     refused = []
     deny_signal_handlers()
     changes, restore = make_machinery(extra=[me])
-    alive = make_threads()
+    alive, hidden = make_threads()
     baseline = alive()
     compile_ = compile_cell
     user = shell.user_ns
@@ -512,7 +526,8 @@ def run(job, send):
             send({"ev": "flag", "text": "refused: " + why})
 
     def foreign_threads():
-        return [name for key, name in alive().items() if key not in baseline]
+        why = hidden()
+        return [why] if why else [name for key, name in alive().items() if key not in baseline]
 
     for i, item in enumerate(sequence):
         send({"ev": "start", "i": i})
