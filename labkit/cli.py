@@ -6,7 +6,7 @@
     labkit demo     the tour: every technique's knob off, then on
     labkit net      the lab network (namespaces, veth pairs, TAP): up, down, status
     labkit rss      RSS: a flow's Toeplitz hash and the queue it lands on
-    labkit grade    grade exercise notebooks with the solutions' checks (a judge process decides them)
+    labkit grade    grade exercise notebooks with the solutions' checks (a judge decides them)
     labkit gen      the source labkit generates for a graph under some knobs (and where it is)
     labkit bench    delegated to labkit.bench
 

@@ -71,7 +71,8 @@ def naive(path):
     env = dict(os.environ, LABKIT_QUICK="1", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", NAIVE, str(path)], capture_output=True, text=True, timeout=300,
                        env=env, cwd=path.parent)
-    return {ln.split()[1].rstrip(":") for ln in r.stdout.splitlines() if ln.startswith("check ") and ln.endswith(": ok")}
+    return {ln.split()[1].rstrip(":") for ln in r.stdout.splitlines()
+            if ln.startswith("check ") and ln.endswith(": ok")}
 
 
 def flags_text(r):

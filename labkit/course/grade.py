@@ -499,7 +499,8 @@ SUSPECT_MODULES = {
     "ctypes": "ctypes (raw memory)", "cffi": "cffi (raw memory)", "gc": "gc (every object)",
     "inspect": "inspect (frames)", "sys": "sys", "builtins": "builtins", "signal": "signal",
     "_signal": "signal", "subprocess": "subprocess", "multiprocessing": "multiprocessing",
-    "importlib": "importlib", "_imp": "_imp (the import machinery)", "faulthandler": "faulthandler", "socket": "socket", "pty": "pty",
+    "importlib": "importlib", "_imp": "_imp (the import machinery)", "faulthandler": "faulthandler",
+    "socket": "socket", "pty": "pty",
     "traceback": "traceback (frames)", "llvmlite": "llvmlite (LLVM IR: raw memory)",
     "numba.extending": "numba.extending (intrinsics: raw memory)", "numba.core": "numba.core (numba's internals)",
     "numba.experimental": "numba.experimental", "IPython": "IPython's internals", "nbformat": "nbformat",
@@ -807,10 +808,11 @@ def _jobs(text):
 
 def add_parser(sub):
     """Add `grade` to an argparse subparsers object (labkit's CLI)."""
-    p = sub.add_parser("grade", help="grade exercise notebooks with the solutions' checks (a judge process decides them)",
+    p = sub.add_parser("grade", help="grade exercise notebooks with the solutions' checks (a judge decides them)",
                        description="Grade exercise notebooks: the solution's check cells replace the "
-                       "submission's, a judge process runs the copy and decides each check. Exit 0 all checks pass, 1 some fail, "
-                       "2 something could not be graded.")
+                       "submission's, a judge process runs the copy and decides each check out of the "
+                       "student code's reach. Exit 0 all checks pass, 1 some fail, 2 something could not be "
+                       "graded.")
     p.add_argument("path", metavar="SUBMISSION", help="a notebook, or a folder: every .ipynb under it")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML (a testcase per check) to FILE")
@@ -821,7 +823,8 @@ def add_parser(sub):
     p.add_argument("--cell-timeout", type=_positive, default=CELL_TIMEOUT_S, metavar="SECONDS",
                    help=f"per cell, a check or the student's (default {CELL_TIMEOUT_S})")
     p.add_argument("--jobs", type=_jobs, default=1, metavar="N", help="notebooks graded at once (default 1)")
-    p.add_argument("--keep", metavar="DIR", help="keep the graded copies (what the judge ran) and the judge's logs in DIR")
+    p.add_argument("--keep", metavar="DIR",
+                   help="keep the graded copies (what the judge ran) and the judge's logs in DIR")
     return p
 
 

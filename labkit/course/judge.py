@@ -379,7 +379,11 @@ def make_guard(denied_dirs, refused):
                     inodes.add((st.st_dev, st.st_ino))
                 except OSError:
                     pass
-    for mem in ["/proc/self/mem"] + [f"/proc/self/task/{t}/mem" for t in os.listdir("/proc/self/task")]:
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:                                     # no /proc (macOS)
+        tasks = []
+    for mem in ["/proc/self/mem"] + [f"/proc/self/task/{t}/mem" for t in tasks]:
         try:                                            # this process's memory, as a file
             st = os.stat(mem)
             inodes.add((st.st_dev, st.st_ino))
