@@ -377,6 +377,58 @@ class JudgeRun:
 LOG_KEEP = 64 << 10              # of what a notebook prints: the first and the last this many bytes
 
 
+class _Output:
+    """What the notebook prints: the first and the last LOG_KEEP bytes."""
+
+    def __init__(self):
+        self.head, self.tail, self.dropped = bytearray(), bytearray(), 0
+
+    def add(self, text):
+        if len(self.head) < LOG_KEEP:
+            self.head += text
+            return
+        self.tail += text
+        if len(self.tail) > LOG_KEEP:
+            self.dropped += len(self.tail) - LOG_KEEP
+            del self.tail[:len(self.tail) - LOG_KEEP]
+
+    def write(self, path):
+        gap = f"\n[... {self.dropped:,} bytes not kept ...]\n".encode() if self.dropped else b""
+        Path(path).write_bytes(bytes(self.head) + gap + bytes(self.tail))
+
+
+def _on_event(ev, out, state, cell_timeout):
+    """Apply one signed event to the JudgeRun ``out``; state: {"current",
+    "cell_deadline", "deadline"}. Returns True when the judge is done."""
+    kind = ev.get("ev")
+    if kind == "setup":
+        if not ev.get("ok"):
+            out.setup_error = ev.get("error")
+            return True
+    elif kind == "start":
+        state["current"] = ev["i"]
+        state["cell_deadline"] = time.monotonic() + cell_timeout
+    elif kind in ("cell", "check"):
+        ok = bool(ev["ok"]) if kind == "cell" else ev["passed"] is True
+        out.outcomes[ev["i"]] = (kind, ok, ev.get("error") if kind == "cell" else ev.get("message"))
+        state["cell_deadline"] = state["deadline"]
+    elif kind == "flag":
+        out.flags.append(str(ev.get("text")))
+    elif kind == "crash":
+        out.stopped = "the grader's judge failed: " + str(ev.get("error"))
+        return True
+    return kind == "done"
+
+
+def _stop(out, seq, state, why, outcome):
+    """The judge stopped early (a time limit, or it died): say why, and mark
+    the item it was in."""
+    out.stopped = why
+    i = state["current"]
+    if i is not None and i not in out.outcomes:
+        out.outcomes[i] = (seq[i]["kind"], False, outcome)
+
+
 def run_judge(job, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S, log_path=None, cwd=None):
     """Run the judge on one job (see judge_job) in the folder cwd (its own:
     the judge's numba cache and IPython folder go there); returns a JudgeRun.
@@ -385,11 +437,8 @@ def run_judge(job, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S, log_p
     group is killed) and leaves what was not decided undecided. What the
     notebook prints goes to log_path, its first and last LOG_KEEP bytes."""
     from labkit.course import judge
-    key = os.urandom(32)
-    r_fd, w_fd = os.pipe()
-    seq = job["sequence"]
-    out = JudgeRun()
-    head, tail, dropped = bytearray(), bytearray(), 0
+    key, (r_fd, w_fd) = os.urandom(32), os.pipe()
+    seq, out, printed = job["sequence"], JudgeRun(), _Output()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "labkit.course.judge"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(w_fd,),
@@ -403,77 +452,44 @@ def run_judge(job, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S, log_p
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        cell_deadline, current = deadline, None
-        expected, buf, forged = 0, b"", 0
-        done = False
+        deadline = time.monotonic() + timeout
+        state = {"current": None, "cell_deadline": deadline, "deadline": deadline}
+        expected, buf, forged, done = 0, b"", 0, False
         while not done:
             now = time.monotonic()
-            wait = min(deadline, cell_deadline) - now
-            if wait <= 0:
+            if now >= min(deadline, state["cell_deadline"]):
                 if now >= deadline:
-                    out.stopped = f"the notebook did not finish in {timeout:g} s (raise it with --timeout)"
+                    _stop(out, seq, state, f"the notebook did not finish in {timeout:g} s (raise it with --timeout)",
+                          f"the notebook did not finish in {timeout:g} s")
                 else:
-                    cid = seq[current]["id"]
-                    out.stopped = f"cell {cid} did not finish in {cell_timeout:g} s"
-                    if seq[current]["kind"] == "check":
-                        out.outcomes[current] = ("check", False, f"it did not finish in {cell_timeout:g} s")
-                    else:
-                        out.outcomes[current] = ("cell", False, f"it did not finish in {cell_timeout:g} s")
+                    _stop(out, seq, state, f"cell {seq[state['current']]['id']} did not finish in {cell_timeout:g} s",
+                          f"it did not finish in {cell_timeout:g} s")
                 break
-            ready, _, _ = select.select([r_fd] + ([out_fd] if out_fd is not None else []), [], [], wait)
+            ready, _, _ = select.select([r_fd] + ([out_fd] if out_fd is not None else []), [], [],
+                                        min(deadline, state["cell_deadline"]) - now)
             if out_fd in ready:
                 text = os.read(out_fd, 1 << 16)
-                if not text:
-                    out_fd = None
-                elif len(head) < LOG_KEEP:
-                    head += text
+                if text:
+                    printed.add(text)
                 else:
-                    tail += text
-                    if len(tail) > LOG_KEEP:
-                        dropped += len(tail) - LOG_KEEP
-                        del tail[:len(tail) - LOG_KEEP]
+                    out_fd = None
             if r_fd not in ready:
                 continue
             chunk = os.read(r_fd, 1 << 16)
             if not chunk:
                 code = proc.wait()
-                where = f" during cell {seq[current]['id']}" if current is not None else ""
-                out.stopped = f"the notebook's process ended{where} (exit code {code})"
-                if current is not None and current not in out.outcomes:
-                    kind = seq[current]["kind"]
-                    out.outcomes[current] = (kind, False, f"the notebook's process ended during it (exit code {code})")
+                where = f" during cell {seq[state['current']]['id']}" if state["current"] is not None else ""
+                _stop(out, seq, state, f"the notebook's process ended{where} (exit code {code})",
+                      f"the notebook's process ended during it (exit code {code})")
                 break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
+            *lines, buf = (buf + chunk).split(b"\n")
             for line in lines:
                 ev = judge.verify(line, key, expected)
                 if ev is None:
                     forged += 1
                     continue
                 expected += 1
-                kind = ev.get("ev")
-                if kind == "setup":
-                    if not ev.get("ok"):
-                        out.setup_error = ev.get("error")
-                        done = True
-                elif kind == "start":
-                    current = ev["i"]
-                    cell_deadline = time.monotonic() + cell_timeout
-                elif kind == "cell":
-                    out.outcomes[ev["i"]] = ("cell", bool(ev["ok"]), ev.get("error"))
-                    cell_deadline = deadline
-                elif kind == "check":
-                    out.outcomes[ev["i"]] = ("check", ev["passed"] is True, ev.get("message"))
-                    cell_deadline = deadline
-                elif kind == "flag":
-                    out.flags.append(str(ev.get("text")))
-                elif kind == "crash":
-                    out.stopped = "the grader's judge failed: " + str(ev.get("error"))
-                    done = True
-                elif kind == "done":
-                    done = True
+                done = _on_event(ev, out, state, cell_timeout)
                 if done:
                     break
         if forged:
@@ -488,8 +504,7 @@ def run_judge(job, timeout=DEFAULT_TIMEOUT_S, cell_timeout=CELL_TIMEOUT_S, log_p
         proc.wait()
         proc.stdout.close()
         if log_path:
-            gap = f"\n[... {dropped:,} bytes not kept ...]\n".encode() if dropped else b""
-            Path(log_path).write_bytes(bytes(head) + gap + bytes(tail))
+            printed.write(log_path)
     return out
 
 

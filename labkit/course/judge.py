@@ -192,20 +192,15 @@ def make_one_line():
 
 # ---- the machinery: snapshot, put back, compare ---------------------------------
 
-def make_machinery(extra=()):
-    """(changes, restore) closures over a snapshot of the checking machinery,
-    taken now. changes() lists what differs ("module.name"); restore() puts
-    it back. Both use bound built-ins only: they work whatever was rebound."""
+def snapshot_machinery(extra=()):
+    """The checking machinery as it is now: (watched modules, labkit's and
+    threading's classes, labkit's public tables, sys's hooks, sys's lists,
+    sys.modules' entries), each with a copy to compare with."""
     import numpy as np
-    import threading
-    missing = object()
-    loose = frozenset(("_", "__warningregistry__"))     # what Python itself sets in a module as it runs
-    ModuleType, ndarray = types.ModuleType, np.ndarray
-    isinstance_, getattr_, setattr_, delattr_, list_, id_ = isinstance, getattr, setattr, delattr, list, id
-    len_, all_, zip_ = len, all, zip
-    array_equal, copyto = np.array_equal, np.copyto
+    import threading  # noqa: F401  (its module is watched)
+    ndarray = np.ndarray
     modules = {name: m for name, m in list(sys.modules.items())
-               if isinstance(m, ModuleType) and name.split(".")[0] in MACHINERY}
+               if isinstance(m, types.ModuleType) and name.split(".")[0] in MACHINERY}
     for m in extra:
         modules["(judge) " + m.__name__] = m
     modules["builtins"] = builtins
@@ -246,8 +241,18 @@ def make_machinery(extra=()):
                 contents_of(f"{name}.{k}", v, 0)
     hooks = [(k, getattr(sys, k, None)) for k in SYS_HOOKS]
     lists = [(k, getattr(sys, k), list(getattr(sys, k))) for k in ("meta_path", "path_hooks")]
+    entries = [(name, m) for name, m in modules.items() if name != "builtins" and not name.startswith("(")]
+    return watched, classes, contents, hooks, lists, entries
+
+
+def make_same():
+    """same(v, copy): v holds what copy holds, by identity (an object's own
+    __eq__ is not asked), or by value for arrays and bytes."""
+    import numpy as np
+    ndarray, array_equal = np.ndarray, np.array_equal
+    isinstance_, len_, all_, zip_, id_ = isinstance, len, all, zip, id
+
     def same(v, copy):
-        """v holds what copy holds: by identity (an object's own __eq__ is not asked)."""
         if isinstance_(v, ndarray):
             return v.shape == copy.shape and v.dtype == copy.dtype and array_equal(v, copy, equal_nan=True)
         if isinstance_(v, bytearray):
@@ -260,10 +265,17 @@ def make_machinery(extra=()):
             ids = {id_(x) for x in v}
             return all_(id_(x) in ids for x in copy)
         return all_(a is b for a, b in zip_(v, copy))
+    return same
 
-    table = sys.modules
-    mod_entries = [(name, m) for name, m in modules.items() if name != "builtins" and not name.startswith("(")]
-    sys_ = sys
+
+LOOSE = ("_", "__warningregistry__")      # what Python itself sets in a module as it runs
+
+
+def make_changes(snap, same):
+    """changes(): what differs from the snapshot, as "module.name" strings."""
+    watched, classes, contents, hooks, lists, entries = snap
+    missing, loose, sys_, table = object(), frozenset(LOOSE), sys, sys.modules
+    ModuleType, isinstance_, getattr_, list_ = types.ModuleType, isinstance, getattr, list
 
     def changes():
         out = []
@@ -288,10 +300,20 @@ def make_machinery(extra=()):
         for k, lst, saved in lists:
             if getattr_(sys_, k) is not lst or not same(lst, saved):
                 out.append("sys." + k)
-        for name, m in mod_entries:
+        for name, m in entries:
             if table.get(name) is not m:
                 out.append("sys.modules[" + name + "]")
         return out
+    return changes
+
+
+def make_restore(snap, same):
+    """restore(): put everything back as snapshotted."""
+    import numpy as np
+    watched, classes, contents, hooks, lists, entries = snap
+    missing, loose, sys_, table = object(), frozenset(LOOSE), sys, sys.modules
+    ModuleType, ndarray, copyto = types.ModuleType, np.ndarray, np.copyto
+    isinstance_, setattr_, delattr_ = isinstance, setattr, delattr
 
     def restore():
         for name, m, now, saved in watched:
@@ -324,10 +346,17 @@ def make_machinery(extra=()):
         for k, lst, saved in lists:
             setattr_(sys_, k, lst)
             lst[:] = saved
-        for name, m in mod_entries:
+        for name, m in entries:
             table[name] = m
-    del threading
-    return changes, restore
+    return restore
+
+
+def make_machinery(extra=()):
+    """(changes, restore) closures over a snapshot of the checking machinery,
+    taken now. changes() lists what differs ("module.name"); restore() puts
+    it back. Both use bound built-ins only: they work whatever was rebound."""
+    snap, same = snapshot_machinery(extra), make_same()
+    return make_changes(snap, same), make_restore(snap, same)
 
 
 def make_threads():
@@ -361,15 +390,9 @@ class Refused(PermissionError, ValueError, RuntimeError):
     failed lookup of a global)."""
 
 
-def make_guard(denied_dirs, refused):
-    """The audit hook: a closure over locals only. Refuses the events of
-    DENIED_EVENTS, reading frames, changing code, defaults and classes,
-    importing NO_REIMPORT again, opening or listing what is in the denied
-    folders (by inode: symbolic and hard links too) and opening any notebook;
-    appends each reason to ``refused``."""
-    stat, fsdecode_ok = os.stat, (str, bytes)
-    denied_events = dict(DENIED_EVENTS)
-    frame_attrs, locked, no_reimport = frozenset(FRAME_ATTRS), frozenset(LOCKED_ATTRS), frozenset(NO_REIMPORT)
+def denied_inodes(denied_dirs):
+    """(device, inode) of everything under the denied folders, and of this
+    process's memory as a file (/proc/self/mem and its threads')."""
     inodes = set()
     for d in denied_dirs:
         for root, dirs, files in os.walk(d):
@@ -384,12 +407,24 @@ def make_guard(denied_dirs, refused):
     except OSError:                                     # no /proc (macOS)
         tasks = []
     for mem in ["/proc/self/mem"] + [f"/proc/self/task/{t}/mem" for t in tasks]:
-        try:                                            # this process's memory, as a file
+        try:
             st = os.stat(mem)
             inodes.add((st.st_dev, st.st_ino))
         except OSError:
             pass
-    inodes = frozenset(inodes)
+    return frozenset(inodes)
+
+
+def make_guard(denied_dirs, refused):
+    """The audit hook: a closure over locals only. Refuses the events of
+    DENIED_EVENTS, reading frames, changing code, defaults and classes,
+    importing NO_REIMPORT again, opening or listing what is in the denied
+    folders (by inode: symbolic and hard links too) and opening any notebook;
+    appends each reason to ``refused``."""
+    stat, fsdecode_ok = os.stat, (str, bytes)
+    denied_events = dict(DENIED_EVENTS)
+    frame_attrs, locked, no_reimport = frozenset(FRAME_ATTRS), frozenset(LOCKED_ATTRS), frozenset(NO_REIMPORT)
+    inodes = denied_inodes(denied_dirs)
     isinstance_, len_, str_, append = isinstance, len, str, refused.append
     busy = [False]
     quiet_prefix = "reading "           # frames: refused, but libraries try it too (see Refused); not flagged
@@ -477,48 +512,127 @@ def deny_signal_handlers():
 
 # ---- the run -------------------------------------------------------------------
 
+def make_shell():
+    """IPython's shell, for a cell's magics and display: no history database,
+    no frames for a magic's namespace, and no %timeit (IPython's reads a
+    frame; timings are not graded)."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+    config = Config()
+    config.HistoryManager.enabled = False              # nothing kept between runs
+    shell = InteractiveShell.instance(config=config)
+    shell.get_local_scope = lambda stack_depth: {}    # a cell's magics (%time) see the user namespace
+
+    def timeit_not_run(line="", cell=None):
+        print("%timeit: not run while grading (measurements are not graded)")
+    shell.register_magic_function(timeit_not_run, "line_cell", "timeit")
+    return shell
+
+
+def prepare(job):
+    """Before any student code: the checks compiled ({index: code}) and the
+    trusted prefix run in a namespace of its own. Returns (checks, trusted)."""
+    checks = {i: compile(item["source"], f"<check-{item['id']}>", "exec")
+              for i, item in enumerate(job["sequence"]) if item["kind"] == "check"}
+    trusted = {"__name__": "__main__", "__builtins__": builtins}
+    for k, src in enumerate(job["trusted"]):
+        code, last = compile_cell(src, f"<solution-cell-{k}>")
+        exec(code, trusted)
+        if last is not None:
+            eval(last, trusted)
+    return checks, trusted
+
+
+def make_cell_runner(user, one_line):
+    """run_cell(i, item): a cell of the notebook in its namespace, IPython's
+    way (the last expression shown); returns its error or None."""
+    compile_, exec_, eval_, print_, repr_, BaseException_ = compile_cell, exec, eval, print, repr, BaseException
+
+    def run_cell(i, item):
+        try:
+            code, last = compile_(item["source"], "<ipython-input-%d-%s>" % (i, item["id"]))
+            exec_(code, user)
+            if last is not None:
+                value = eval_(last, user)
+                if value is not None:
+                    print_(repr_(value))
+        except BaseException_ as e:
+            return one_line(e)
+        return None
+    return run_cell
+
+
+def make_check_runner(user, trusted, deliverables, checks, machinery, foreign_threads, one_line, send):
+    """run_check(i, item) -> (passed, message): the machinery put back, the
+    check run in a namespace of its own, the machinery compared after it."""
+    changes, restore = machinery
+    dict_, len_, exec_, BaseException_ = dict, len, exec, BaseException
+    deliverables = tuple(deliverables)
+
+    def run_check(i, item):
+        changed = changes()
+        restore()
+        if changed:
+            more = len_(changed) - 8
+            send({"ev": "flag", "text": "the notebook changed the checking machinery (put back before check "
+                  + item["id"] + "): " + ", ".join(changed[:8]) + (" and %d more" % more if more > 0 else "")})
+        foreign = foreign_threads()
+        if foreign:
+            return False, ("a thread the notebook started is still running (" + ", ".join(foreign[:3])
+                           + "): checks run only when the notebook's own threads are done")
+        ns = dict_(user)
+        ns.update(trusted)
+        for name in deliverables:
+            if name in user:
+                ns[name] = user[name]
+            else:
+                ns.pop(name, None)
+        passed, message = False, None
+        try:
+            exec_(checks[i], ns)
+            passed = True
+        except BaseException_ as e:
+            message = one_line(e)
+        after = changes()
+        if after:
+            restore()
+            if passed:
+                passed, message = False, "the checking machinery changed while the check ran: " + ", ".join(after[:5])
+            send({"ev": "flag", "text": "the notebook changed the checking machinery during check " + item["id"]
+                  + ": " + ", ".join(after[:8])})
+        foreign = foreign_threads()
+        if foreign and passed:
+            passed, message = False, "a thread the check did not start was running (" + ", ".join(foreign[:3]) + ")"
+        return passed, message
+    return run_check
+
+
 def run(job, send):
     """Run one job; every outcome goes out through send()."""
     from labkit.course import exercise  # noqa: F401  (the checking helpers, loaded before anything else)
     me = sys.modules[__name__]          # before IPython makes its own __main__
     one_line = make_one_line()
-    BaseException_, dict_, print_, repr_, exec_, eval_ = BaseException, dict, print, repr, exec, eval
-    len_, list_, getattr_ = len, list, getattr
-    deliverables = list(job["deliverables"])
-    sequence = job["sequence"]
     try:
-        from IPython.core.interactiveshell import InteractiveShell
-        from traitlets.config import Config
-        config = Config()
-        config.HistoryManager.enabled = False          # no history database: nothing kept between runs
-        shell = InteractiveShell.instance(config=config)
-        shell.get_local_scope = lambda stack_depth: {}   # a cell's magics (%time) see the user namespace, no frames
-
-        def timeit_not_run(line="", cell=None):          # IPython's reads a frame; timings are not graded
-            print("%timeit: not run while grading (measurements are not graded)")
-        shell.register_magic_function(timeit_not_run, "line_cell", "timeit")
-        checks = {}
-        for i, item in enumerate(sequence):
-            if item["kind"] == "check":
-                checks[i] = compile(item["source"], f"<check-{item['id']}>", "exec")
-        trusted = {"__name__": "__main__", "__builtins__": builtins}
-        for k, src in enumerate(job["trusted"]):
-            code, last = compile_cell(src, f"<solution-cell-{k}>")
-            exec(code, trusted)
-            if last is not None:
-                eval(last, trusted)
+        shell = make_shell()
+        checks, trusted = prepare(job)
     except BaseException as e:
         send({"ev": "setup", "ok": False, "error": one_line(e)})
         return
-    refused = []
+    refused, len_, dict_ = [], len, dict
     deny_signal_handlers()
-    changes, restore = make_machinery(extra=[me])
+    machinery = make_machinery(extra=[me])
     alive, hidden = make_threads()
     baseline = alive()
-    compile_ = compile_cell
     user = shell.user_ns
     user["__builtins__"] = builtins
     user["__name__"] = "__main__"
+
+    def foreign_threads():
+        why = hidden()
+        return [why] if why else [name for key, name in alive().items() if key not in baseline]
+    run_cell = make_cell_runner(user, one_line)
+    run_check = make_check_runner(user, trusted, job["deliverables"], checks, machinery, foreign_threads,
+                                  one_line, send)
     sys.addaudithook(make_guard(job.get("denied_dirs", []), refused))
     send({"ev": "setup", "ok": True})
     reported = [0]
@@ -529,65 +643,16 @@ def run(job, send):
         for why in dict_.fromkeys(new):
             send({"ev": "flag", "text": "refused: " + why})
 
-    def foreign_threads():
-        why = hidden()
-        return [why] if why else [name for key, name in alive().items() if key not in baseline]
-
-    for i, item in enumerate(sequence):
+    for i, item in enumerate(job["sequence"]):
         send({"ev": "start", "i": i})
-        kind, cid = item["kind"], item["id"]
-        if kind == "cell":
-            error = None
-            try:
-                code, last = compile_(item["source"], "<ipython-input-%d-%s>" % (i, cid))
-                exec_(code, user)
-                if last is not None:
-                    value = eval_(last, user)
-                    if value is not None:
-                        print_(repr_(value))
-            except BaseException_ as e:
-                error = one_line(e)
+        if item["kind"] == "cell":
+            error = run_cell(i, item)
             flags_since()
-            send({"ev": "cell", "i": i, "id": cid, "ok": error is None, "error": error})
-            continue
-        changed = changes()                        # a check: the machinery as it was, first
-        restore()
-        if changed:
-            more = len_(changed) - 8
-            send({"ev": "flag", "text": "the notebook changed the checking machinery (put back before check "
-                  + cid + "): " + ", ".join(changed[:8]) + (" and %d more" % more if more > 0 else "")})
-        passed, message = False, None
-        foreign = foreign_threads()
-        if foreign:
-            message = ("a thread the notebook started is still running (" + ", ".join(foreign[:3])
-                       + "): checks run only when the notebook's own threads are done")
+            send({"ev": "cell", "i": i, "id": item["id"], "ok": error is None, "error": error})
         else:
-            ns = dict_(user)
-            ns.update(trusted)
-            for name in deliverables:
-                if name in user:
-                    ns[name] = user[name]
-                else:
-                    ns.pop(name, None)
-            try:
-                exec_(checks[i], ns)
-                passed = True
-            except BaseException_ as e:
-                message = one_line(e)
-            after = changes()
-            if after:
-                restore()
-                if passed:
-                    passed = False
-                    message = "the checking machinery changed while the check ran: " + ", ".join(after[:5])
-                send({"ev": "flag", "text": "the notebook changed the checking machinery during check " + cid
-                      + ": " + ", ".join(after[:8])})
-            foreign = foreign_threads()
-            if foreign and passed:
-                passed = False
-                message = "a thread the check did not start was running (" + ", ".join(foreign[:3]) + ")"
-        flags_since()
-        send({"ev": "check", "i": i, "id": cid, "passed": passed, "message": message})
+            passed, message = run_check(i, item)
+            flags_since()
+            send({"ev": "check", "i": i, "id": item["id"], "passed": passed, "message": message})
     send({"ev": "done"})
 
 
