@@ -100,6 +100,29 @@ def _positive_float(text):
     return value
 
 
+DEMO_REPEATS = 3                # runs of each side of a demo row, interleaved
+
+
+def _repeats(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; use 1 to 20") from None
+    if not 1 <= value <= 20:
+        raise argparse.ArgumentTypeError(f"{value}: use 1 to 20 runs")
+    return value
+
+
+def _quiet_wait(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use seconds, 0 to 600") from None
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"{text}: use 0 to 600 seconds")
+    return value
+
+
 def _fraction(text):
     try:
         value = float(text)
@@ -268,6 +291,12 @@ def build_parser():
     p.add_argument("--graph", default="ip4", help="graph of nodes (default: ip4)")
     p.add_argument("--seconds", type=_positive_float, metavar="S",
                    help="seconds per run (default: 1, or 0.2 with LABKIT_QUICK=1)")
+    p.add_argument("--repeats", type=_repeats, default=DEMO_REPEATS, metavar="N",
+                   help=f"runs of each side, interleaved off, on, off, on... (default {DEMO_REPEATS}; "
+                        "a verdict needs 3)")
+    p.add_argument("--quiet-wait", type=_quiet_wait, default=0.0, metavar="S",
+                   help="before each run, wait up to S seconds for the other processes to calm down "
+                        "(default 0: do not wait)")
     p.add_argument("--json", action="store_true", help="print the table as one JSON list")
 
     p = sub.add_parser("net", help="the lab network: namespaces labkit-gen and labkit-dut, veth pairs, TAP")
@@ -343,7 +372,7 @@ def _console(stderr=False):
     from rich.console import Console
     stream = sys.stderr if stderr else sys.stdout
     # Piped into a file, rich would assume 80 columns and wrap the tables.
-    wide = None if stream.isatty() or "COLUMNS" in os.environ else 132
+    wide = None if stream.isatty() or "COLUMNS" in os.environ else 160
     return Console(stderr=stderr, highlight=False, width=wide)
 
 
@@ -625,10 +654,18 @@ def _demo_plan(nic):
 def _demo_rows(args, lab_mod, seconds, nic):
     """Each technique: off, then on (the defaults), on the backend where it
     shows: the in-memory NIC for compute, memory and multi-core techniques,
-    the real NIC `nic` (veth or tap) for I/O ones. Returns (rows, notes)."""
+    the real NIC `nic` (veth or tap) for I/O ones. Each side runs
+    ``args.repeats`` times, interleaved (off, on, off, on...), while the rest
+    of the machine's CPU use is sampled; a row holds the medians, every run,
+    a verdict (labkit.run.noise) and the other processes' CPU share.
+    Returns (rows, notes)."""
+    from labkit.run import noise
     todo = _demo_plan(nic)
     rows, notes = [], []
+    repeats = getattr(args, "repeats", DEMO_REPEATS)
+    quiet_wait = getattr(args, "quiet_wait", 0.0)
     traffic = dict(size=64, flows=1024, mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1)
+    steps = 2 * repeats * len(todo)
     with _Progress(not args.json, "demo") as bar:
         for i, (technique, knob, off_value, on_value, where, off_lab, on_lab) in enumerate(todo):
             row = {"technique": technique, "knob": knob, "off": off_value, "on": on_value, "where": where}
@@ -641,20 +678,41 @@ def _demo_rows(args, lab_mod, seconds, nic):
             rate = DEMO_RATE.get(technique) if backend != "memory" else None
             if rate:
                 row["rate"] = rate
-            for j, (state, value, lab_args) in enumerate((("off", off_value, off_lab), ("on", on_value, on_lab))):
-                bar.step(f"{technique}: {knob}={value} ({state}) on {backend}, {i + 1} of {len(todo)}")
-                base = (2 * i + j) / (2 * len(todo))
+            runs = {"off": [], "on": []}
+            loads = []
+            for rep in range(repeats):
+                for j, (state, value, lab_args) in enumerate((("off", off_value, off_lab), ("on", on_value, on_lab))):
+                    step = (i * repeats + rep) * 2 + j
+                    bar.step(f"{technique}: {knob}={value} ({state}, run {rep + 1} of {repeats}) on {backend}, "
+                             f"{i + 1} of {len(todo)}")
 
-                def progress(done, base=base):
-                    bar.advance(base + done / (2 * len(todo)))
-                with lab_mod.Lab(graph=args.graph, rate=rate, **lab_args, **traffic) as lab:
-                    res = lab.run(seconds=seconds, progress=progress)
-                notes.extend(n for n in res.notes if not n.startswith("rate and gen_batch"))
-                notes.extend(_broken(res))
-                row[f"{state}_mpps"] = res.pps / 1e6
-                row[f"{state}_cycles_per_packet"] = res.cycles_per_packet
-                row[f"{state}_cpu_percent"] = res.cpu_percent
+                    def progress(done, base=step / steps):
+                        bar.advance(base + done / steps)
+                    if quiet_wait:
+                        noise.wait_quiet(quiet_wait, lambda why: bar.step(f"{technique}: {why}"))
+                    with lab_mod.Lab(graph=args.graph, rate=rate, **lab_args, **traffic) as lab:
+                        res = lab.run(seconds=seconds, progress=progress)     # (it samples the machine's load)
+                    loads.append((res.other_cpu_percent, res.busiest))
+                    notes.extend(n for n in res.notes
+                                 if not n.startswith(("rate and gen_batch", "the machine was busy")))
+                    notes.extend(_broken(res))
+                    runs[state].append({"mpps": res.pps / 1e6, "cycles_per_packet": res.cycles_per_packet,
+                                        "cpu_percent": res.cpu_percent})
+            for state in ("off", "on"):
+                for key in ("mpps", "cycles_per_packet", "cpu_percent"):
+                    xs = [r[key] for r in runs[state]]
+                    row[f"{state}_{key}"] = noise.spread(xs)[0]
+                    if key != "cpu_percent":
+                        row[f"{state}_{key}_runs"] = xs
+            offs, ons = row["off_mpps_runs"], row["on_mpps_runs"]
             row["speedup"] = row["on_mpps"] / row["off_mpps"] if row["off_mpps"] else None
+            row["speedup_range"] = ([min(ons) / max(offs), max(ons) / min(offs)] if min(offs) > 0 else None)
+            row["verdict"] = noise.verdict(offs, ons)
+            other, busiest = max(loads, key=lambda ld: -1 if ld[0] is None else ld[0])
+            row["other_cpu_percent"], row["busiest"] = other, busiest
+            row["busy"] = other is not None and other >= noise.BUSY_PERCENT
+            if row["busy"] and row["verdict"] in ("faster", "slower"):
+                row["verdict"] = "unreliable (busy)"
     return rows, notes
 
 
@@ -663,6 +721,7 @@ def _pct(v):
 
 
 def cmd_demo(args):
+    from labkit.run import noise
     seconds = args.seconds or (0.2 if quick() else 1.0)
     lab_mod = _lab_module()
     _check_graph(lab_mod, args.graph)
@@ -671,31 +730,48 @@ def cmd_demo(args):
         real = f"real NIC: {nic}: {BACKEND_WHY[nic]}" if nic != "memory" else \
             "no real NIC (I/O techniques need veth, as root)"
         _say(f"labkit demo: compute, memory and multi-core techniques on the {BACKEND_WHY['memory']}; {real}; "
-             f"graph {args.graph}; {seconds:g} s per run, each technique off then on")
+             f"graph {args.graph}; {seconds:g} s per run, each technique off then on, {args.repeats} times")
     if note:
         _say(f"note: {note}")
     rows, notes = _demo_rows(args, lab_mod, seconds, nic)
+    busy = [r for r in rows if r.get("busy")]
+    if busy:
+        worst = max(busy, key=lambda r: r["other_cpu_percent"])
+        notes.append(noise.busy_warning(worst["other_cpu_percent"], [(b["name"], b["cpu_percent"])
+                                                                     for b in worst["busiest"]],
+                                        f"{len(busy)} of the {len(rows)} rows (marked unreliable)"))
     if args.json:
         _print_json(rows)
     else:
         console = _console()
-        console.print(f"Each technique off, then on ({args.graph}; cycles are TSC cycles/packet; "
-                      f"CPU is the DUT thread's, on a real NIC)")
-        t = _table("technique", "knob off", "NIC", "Mpps off → on", "cyc/pkt off → on", "CPU off → on",
-                   "speed-up")
+        console.print(f"Each technique off, then on ({args.graph}; medians of {args.repeats} runs a side, "
+                      f"interleaved; cycles are TSC cycles/packet; CPU is the DUT thread's, on a real NIC)")
+        with_cpu = any(r.get("off_cpu_percent") is not None for r in rows)     # a real NIC's rows
+        t = _table("technique", "knob off", "NIC", "Mpps off → on", "cyc/pkt off → on",
+                   *(["CPU off → on"] if with_cpu else []), "speed-up (range)", "verdict", "others")
+        t.columns[-3].justify = "left"
         t.columns[1].justify = t.columns[2].justify = "left"
         for r in rows:
             knob = f"{r['knob']}={r['off']}"
             if "skipped" in r:                   # (the JSON row says why in full)
-                t.add_row(r["technique"], knob, "-", "", "", "", "needs veth")
+                t.add_row(r["technique"], knob, "-", "", "", *([""] if with_cpu else []), "needs veth", "", "")
                 continue
             nic_ = r["backend"] + (f" @{r['rate'] // 1000}k pps" if r.get("rate") else "")
             cpu = "" if r["off_cpu_percent"] is None else \
                 f"{_pct(r['off_cpu_percent'])} → {_pct(r['on_cpu_percent'])}"
+            lo_hi = r.get("speedup_range")
+            speed = "-" if not r["speedup"] else f"{r['speedup']:.2f}x" + \
+                (f" ({lo_hi[0]:.2f}-{lo_hi[1]:.2f})" if lo_hi and args.repeats > 1 else "")
             t.add_row(r["technique"], knob, nic_, f"{r['off_mpps']:.3f} → {r['on_mpps']:.3f}",
-                      f"{r['off_cycles_per_packet']:.1f} → {r['on_cycles_per_packet']:.1f}", cpu,
-                      f"{r['speedup']:.2f}x" if r["speedup"] else "-")
+                      f"{r['off_cycles_per_packet']:.1f} → {r['on_cycles_per_packet']:.1f}",
+                      *([cpu] if with_cpu else []), speed, r["verdict"].replace(" (busy)", ""),
+                      _pct(r["other_cpu_percent"]))
         console.print(t)
+        console.print(f"verdict: faster (slower) when every run with the technique on beat (lost to) every run "
+                      f"with it off; by chance alone that happens {noise.separation_chance(args.repeats):.0%} "
+                      f"of the time with {args.repeats} runs a side. others: the CPU the rest of the machine "
+                      f"used during the row's busiest run, in % of one CPU; from {noise.BUSY_PERCENT:g}% the "
+                      f"machine was busy and a verdict is unreliable.")
     _notes(notes)
     return 1 if any("conservation broken" in n or "buffers leaked" in n for n in notes) else 0
 

@@ -6,6 +6,7 @@ exactly one JSON object on stdout; every run conserves packets.
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,8 @@ BAD = [
     ["net", "sideways"],
     ["demo", "--graph", "nope"],
     ["demo", "--seconds", "-1"],
+    ["demo", "--repeats", "0"],
+    ["demo", "--quiet-wait", "-1"],
     ["nope"],
     [],
 ]
@@ -336,7 +339,8 @@ def test_trace_json():
 
 
 def test_demo_json_has_a_row_per_technique():
-    p = labkit("demo", "--backend", "memory", "--json", "--seconds", "0.05", extra_env={"LABKIT_QUICK": "1"})
+    p = labkit("demo", "--backend", "memory", "--json", "--seconds", "0.05", "--repeats", "2",
+               extra_env={"LABKIT_QUICK": "1"})
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)
     assert [r["technique"] for r in rows] == [*TECHNIQUES, *cli.DEMO_WORKERS, *WORKER_TECHNIQUES]
@@ -353,15 +357,22 @@ def test_demo_json_has_a_row_per_technique():
         # (a 0.05 s pure-Python run on a loaded machine may finish no vector: off may be 0)
         assert r["on_mpps"] > 0 and r["off_mpps"] >= 0
         assert r["speedup"] is None or r["speedup"] > 0
+        # repeats, spread, a verdict and the machine's load, for every row (issue 19)
+        assert len(r["off_mpps_runs"]) == len(r["on_mpps_runs"]) == 2
+        assert r["on_mpps"] == statistics.median(r["on_mpps_runs"])
+        assert r["verdict"] == "too few runs"                     # two a side: no verdict (three needed)
+        assert r["other_cpu_percent"] is None or r["other_cpu_percent"] >= 0
+        assert isinstance(r["busy"], bool) and isinstance(r["busiest"], list)
 
 
 def test_demo_human_says_which_backend_and_why():
     # the default backend is auto: veth for the I/O rows where it can (in a
     # lab network of this test's own), the in-memory NIC for the rest
-    p = labkit("demo", "--seconds", "0.05", extra_env={"LABKIT_NET_PREFIX": f"labkit-c{os.getpid()}"})
+    p = labkit("demo", "--seconds", "0.05", "--repeats", "1",
+               extra_env={"LABKIT_NET_PREFIX": f"labkit-c{os.getpid()}"})
     assert p.returncode == 0, p.stderr
     assert "in-memory NIC (no root needed)" in p.stderr
-    assert "speed-up" in p.stdout
+    assert "speed-up" in p.stdout and "verdict" in p.stdout and "too few runs" in p.stdout
     for technique in [*TECHNIQUES, *cli.DEMO_WORKERS, *WORKER_TECHNIQUES]:
         assert technique in p.stdout
 

@@ -276,7 +276,7 @@ def test_only_with_an_unknown_section_exits_2(capsys):
 
 def test_the_neighbours_are_measured():
     a = nb._proc_times()
-    assert os.getpid() in a and all(t >= 0 for _, t in a.values())
+    assert os.getpid() in a and all(t >= 0 for _, t, _name in a.values())
     assert nb.others_cpu_percent(a, nb._proc_times(), 0.1) >= 0
     assert 0 <= nb.wait_quiet(0.0, window=0.05) < 5
 

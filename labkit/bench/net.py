@@ -82,6 +82,8 @@ from ..nic.traffic import make_traffic
 from ..run.knobs import Knobs
 from ..run.lab import Lab
 from ..run.measure import now_tsc, tsc_hz
+from ..run.noise import BUSY_PERCENT, others_cpu_percent, wait_quiet
+from ..run.noise import proc_times as _proc_times
 from ..settings import SLICE_S
 from .cores import measure_toeplitz
 from .report import Progress, emit, print_table
@@ -106,7 +108,7 @@ TARGETS = {
 }
 INSTALL = "apt-get install netsniff-ng"
 QUIET_S = 0.1                     # a receiver is drained when nothing came for this long
-QUIET_OTHERS = 25.0               # --quiet-wait: "quiet" is the rest using < this % of a CPU
+QUIET_OTHERS = BUSY_PERCENT      # --quiet-wait: "quiet" is the rest using < this % of a CPU
 BRIDGE = "lk-br0"
 BRIDGE_MACS = {labnet.DUT_RX: "02:00:00:00:01:00", labnet.DUT_TX: "02:00:00:00:01:01",
                BRIDGE: "02:00:00:00:01:ff"}
@@ -622,54 +624,7 @@ def m_fwd_bridge(c):
 # the rest of the machine used meanwhile (processes that are neither this one,
 # its children, nor kernel threads), so a bad round can be recognised.
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_times():
-    """{pid: (ppid, utime + stime in clock ticks)} of every process."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read()
-        except OSError:                      # (gone meanwhile)
-            continue
-        rest = st[st.rfind(")") + 2:].split()          # after "pid (comm) "
-        out[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
-    return out
-
-
-def others_cpu_percent(before, after, wall):
-    """CPU the rest of the machine used between two _proc_times(), in % of one CPU."""
-    me = os.getpid()
-
-    def foreign(pid):
-        for _ in range(64):
-            if pid == me or pid == 2:        # this process or a child; a kernel thread
-                return False
-            if pid <= 1 or pid not in after:
-                return True
-            pid = after[pid][0]
-        return True
-    ticks = sum(t - before.get(pid, (0, 0))[1] for pid, (_, t) in after.items() if foreign(pid))
-    return 100.0 * max(ticks, 0) / _CLK_TCK / max(wall, 1e-9)
-
-
-def wait_quiet(limit, progress=None, window=0.25):
-    """Wait (at most ``limit`` seconds) for a ``window`` in which the rest of the
-    machine uses less than QUIET_OTHERS % of a CPU; returns the seconds waited."""
-    t0 = time.monotonic()
-    while True:
-        a, w0 = _proc_times(), time.monotonic()
-        time.sleep(window)
-        if others_cpu_percent(a, _proc_times(), time.monotonic() - w0) < QUIET_OTHERS:
-            return time.monotonic() - t0 - window
-        if time.monotonic() - t0 >= limit:
-            return time.monotonic() - t0
-        if progress is not None:
-            progress("waiting for the other processes to calm down")
+# (labkit.run.noise: others_cpu_percent, wait_quiet, shared with the demo)
 
 
 # ---- the benchmark ------------------------------------------------------------------------

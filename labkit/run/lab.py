@@ -26,6 +26,7 @@ from ..memory.mempool import make_pool
 from ..memory.region import alloc_region
 from ..nic.pcap import load_traffic
 from ..nic.traffic import make_traffic
+from . import noise
 from .knobs import NET_KNOBS, WORKER_KNOBS, Knobs, KnobError
 from .single import SingleLoop
 from .trace import trace as _trace
@@ -168,7 +169,12 @@ class Lab:
             raise LabError(f"packets={packets!r}: use a whole number from 1 to 10**12")
         if self.closed:
             raise LabError("this Lab is closed; make a new one")
-        return self.engine.run(seconds, packets, progress)
+        with noise.MachineLoad() as load:                # what the rest of the machine did meanwhile
+            res = self.engine.run(seconds, packets, progress)
+        res.other_cpu_percent, res.busiest = load.to_dict()["other_cpu_percent"], load.to_dict()["busiest"]
+        if load.busy:
+            res.notes.append(noise.busy_warning(load.other_percent, load.top, "this run", quiet_wait=False))
+        return res
 
     def _replay(self, loops):
         """Frames in `loops` passes over the capture."""

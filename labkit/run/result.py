@@ -37,6 +37,8 @@ class Result:
     pool_ok: bool = True              # every buffer back in its pool after the run
     cpu_percent: Optional[float] = None   # CPU time / wall time of the DUT's polling thread (veth, tap)
     extra: dict = field(default_factory=dict)   # what only some backends measure (see to_dict)
+    other_cpu_percent: Optional[float] = None   # the rest of the machine meanwhile, % of one CPU (noise.py)
+    busiest: list = field(default_factory=list)  # [{"name", "cpu_percent"}] of the busiest other processes
 
     @property
     def batch(self):
@@ -73,6 +75,7 @@ class Result:
                          "cycles_per_packet": r.cycles_per_packet} for r in self.runtime],
             "notes": list(self.notes),
             "cpu_percent": self.cpu_percent,
+            "other_cpu_percent": self.other_cpu_percent, "busiest": list(self.busiest),
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
