@@ -716,6 +716,11 @@ def _demo_rows(args, lab_mod, seconds, nic):
     return rows, notes
 
 
+def _x(v):
+    """A ratio in three figures or so: 0.98, 9.83, 15.5, 1980."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
 def _pct(v):
     return "" if v is None else f"{v:.0f}%"
 
@@ -756,20 +761,21 @@ def cmd_demo(args):
             if "skipped" in r:                   # (the JSON row says why in full)
                 t.add_row(r["technique"], knob, "-", "", "", *([""] if with_cpu else []), "needs veth", "", "")
                 continue
-            nic_ = r["backend"] + (f" @{r['rate'] // 1000}k pps" if r.get("rate") else "")
+            nic_ = r["backend"] + (f" @{r['rate'] // 1000}k" if r.get("rate") else "")
             cpu = "" if r["off_cpu_percent"] is None else \
                 f"{_pct(r['off_cpu_percent'])} → {_pct(r['on_cpu_percent'])}"
             lo_hi = r.get("speedup_range")
-            speed = "-" if not r["speedup"] else f"{r['speedup']:.2f}x" + \
-                (f" ({lo_hi[0]:.2f}-{lo_hi[1]:.2f})" if lo_hi and args.repeats > 1 else "")
+            speed = "-" if not r["speedup"] else f"{_x(r['speedup'])}x" + \
+                (f" ({_x(lo_hi[0])}-{_x(lo_hi[1])})" if lo_hi and args.repeats > 1 else "")
             t.add_row(r["technique"], knob, nic_, f"{r['off_mpps']:.3f} → {r['on_mpps']:.3f}",
                       f"{r['off_cycles_per_packet']:.1f} → {r['on_cycles_per_packet']:.1f}",
                       *([cpu] if with_cpu else []), speed, r["verdict"].replace(" (busy)", ""),
                       _pct(r["other_cpu_percent"]))
         console.print(t)
         console.print(f"verdict: faster (slower) when every run with the technique on beat (lost to) every run "
-                      f"with it off; by chance alone that happens {noise.separation_chance(args.repeats):.0%} "
-                      f"of the time with {args.repeats} runs a side. others: the CPU the rest of the machine "
+                      f"with it off, by {noise.MIN_EFFECT:.0%} or more at the medians; by chance alone that "
+                      f"happens {noise.separation_chance(args.repeats):.0%} of the time with {args.repeats} runs "
+                      f"a side. NIC @100k: a fixed offered rate. others: the CPU the rest of the machine "
                       f"used during the row's busiest run, in % of one CPU; from {noise.BUSY_PERCENT:g}% the "
                       f"machine was busy and a verdict is unreliable.")
     _notes(notes)

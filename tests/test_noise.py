@@ -24,6 +24,7 @@ def test_separation_chance_is_one_over_the_binomial():
     ([1.00, 1.20, 0.90], [0.83, 1.10, 0.95], "within noise"),    # 0.83x at the median, ranges overlap
     ([1.00, 1.02, 0.99], [1.02, 1.30, 1.31], "within noise"),    # touching is overlapping
     ([1.00, 1.02], [1.30, 1.31], "too few runs"),
+    ([0.1000, 0.1000, 0.1000], [0.0999, 0.0999, 0.0999], "within noise"),   # separated, but 0.1% apart
     ([1.00, None, 0.99, 1.01], [1.30, 1.31, None, 1.29], "faster"),   # a run that gave nothing is left out
 ])
 def test_verdict(offs, ons, want):

@@ -12,7 +12,10 @@ comparison honest:
   the technique changed nothing, all 2n runs come from one distribution and
   the chance that the n "on" runs all beat the n "off" runs is
   1 / C(2n, n) (``separation_chance``): 5% with 3 runs a side, 1.4% with 4,
-  0.4% with 5. Below ``MIN_RUNS`` a side the verdict is "too few runs".
+  0.4% with 5. A difference of the medians under ``MIN_EFFECT`` (2%) is
+  "within noise" however the runs fall (a rate the generator caps gives
+  1.00x either way). Below ``MIN_RUNS`` a side the verdict is "too few
+  runs".
 * **The machine's load.** ``MachineLoad`` samples, from ``/proc``, the CPU
   time every other process used while a measurement ran (not this process,
   its children or kernel threads), in % of one CPU, and names the busiest.
@@ -26,6 +29,7 @@ import sys
 import time
 
 MIN_RUNS = 3                     # per side, for a verdict
+MIN_EFFECT = 0.02                # and the medians at least this far apart (a capped rate: 1.00x "slower")
 BUSY_PERCENT = 25.0              # the rest of the machine using this % of one CPU or more: busy
 TOP = 3                          # the busiest other processes named
 
@@ -48,9 +52,11 @@ def verdict(offs, ons, higher_is_better=True):
         return "too few runs"
     if not higher_is_better:
         offs, ons = [-x for x in offs], [-x for x in ons]
-    if min(ons) > max(offs):
+    off, on = statistics.median(offs), statistics.median(ons)
+    small = abs(on - off) < MIN_EFFECT * abs(off)          # separated, but by less than it matters
+    if min(ons) > max(offs) and not small:
         return "faster"
-    if max(ons) < min(offs):
+    if max(ons) < min(offs) and not small:
         return "slower"
     return "within noise"
 
