@@ -364,20 +364,20 @@ def make_threads():
     (threading's own records); hidden() says why those records cannot be
     trusted (a thread alive now was taken out of them), or None."""
     import threading
-    enumerate_, records, listdir = threading.enumerate, threading._active, os.listdir
-    saved = dict(records)
-    ident = threading.get_ident
+    enumerate_, records, module = threading.enumerate, threading._active, threading.__dict__
+    me = threading.get_ident()                     # the judge's thread, in the records from the start
+    mine, count = records.get(me), len(records)
+    len_, id_ = len, id
 
     def hidden():
-        if threading_module.__dict__.get("_active") is not records:
+        if module.get("_active") is not records:
             return "threading's record of threads was replaced"
-        if any(records.get(k) is not t for k, t in saved.items() if k == ident()):
+        if records.get(me) is not mine:
             return "threading's record of threads was changed"
-        if len(records) < len(saved):
+        if len_(records) < count:
             return "threads were taken out of threading's record"
         return None
-    threading_module = threading
-    return (lambda: {id(t): t.name for t in enumerate_() if t.is_alive()}), hidden
+    return (lambda: {id_(t): t.name for t in enumerate_() if t.is_alive()}), hidden
 
 
 # ---- the guard -----------------------------------------------------------------
