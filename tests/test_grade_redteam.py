@@ -391,8 +391,7 @@ def test_walking_the_garbage_collector_scores_0(tmp_path):
     assert "imports gc (every object)" in flags_text(r)
 
 
-def test_a_thread_that_keeps_rebinding_the_check_scores_0(tmp_path):
-    path = submission(tmp_path, """
+FLIPPER = """
         import contextlib, threading, time
         rx_batch = starter_rx_batch
         @contextlib.contextmanager
@@ -408,7 +407,11 @@ def test_a_thread_that_keeps_rebinding_the_check_scores_0(tmp_path):
                 time.sleep(0.0001)
         threading.Thread(target=flip, daemon=True, name="flipper").start()
         time.sleep(0.1)
-    """)
+"""
+
+
+def test_a_thread_that_keeps_rebinding_the_check_scores_0(tmp_path):
+    path = submission(tmp_path, FLIPPER)
     assert naive(path) == {"burst", "wrap", "stream"}
     r = judged(path)
     assert r.passed == 0
@@ -528,22 +531,7 @@ def test_a_fresh_signal_module_and_the_processs_own_memory_are_refused(tmp_path)
 
 
 def test_a_thread_hidden_from_threadings_records_still_fails_the_checks(tmp_path):
-    path = submission(tmp_path, """
-        import contextlib, threading, time
-        rx_batch = starter_rx_batch
-        @contextlib.contextmanager
-        def ok(name):
-            try:
-                yield
-            except BaseException:
-                pass
-            print(f"check {name}: ok")
-        def flip():
-            while True:
-                ex.check = ok
-                time.sleep(0.0001)
-        threading.Thread(target=flip, daemon=True, name="flipper").start()
-        time.sleep(0.1)
+    path = submission(tmp_path, FLIPPER + """
         threading._active.clear()                  # threading.enumerate() sees nothing now
     """)
     assert naive(path) == {"burst", "wrap", "stream"}

@@ -171,7 +171,8 @@ class Lab:
             raise LabError("this Lab is closed; make a new one")
         with noise.MachineLoad() as load:                # what the rest of the machine did meanwhile
             res = self.engine.run(seconds, packets, progress)
-        res.other_cpu_percent, res.busiest = load.to_dict()["other_cpu_percent"], load.to_dict()["busiest"]
+        d = load.to_dict()
+        res.other_cpu_percent, res.busiest = d["other_cpu_percent"], d["busiest"]
         if load.busy:
             res.notes.append(noise.busy_warning(load.other_percent, load.top, "this run", quiet_wait=False))
         return res
