@@ -694,7 +694,7 @@ def _demo_rows(args, lab_mod, seconds, nic):
                         noise.wait_quiet(quiet_wait, lambda why: bar.step(f"{technique}: {why}"))
                     with lab_mod.Lab(graph=args.graph, rate=rate, **lab_args, **traffic) as lab:
                         res = lab.run(seconds=seconds, progress=progress)     # (it samples the machine's load)
-                    loads.append((res.other_cpu_percent, res.busiest))
+                    loads.append((res.other_cpu_percent, res.busiest, res.steal_percent))
                     notes.extend(n for n in res.notes
                                  if not n.startswith(("rate and gen_batch", "the machine was busy")))
                     notes.extend(_broken(res))
@@ -710,9 +710,9 @@ def _demo_rows(args, lab_mod, seconds, nic):
             row["speedup"] = row["on_mpps"] / row["off_mpps"] if row["off_mpps"] else None
             row["speedup_range"] = ([min(ons) / max(offs), max(ons) / min(offs)] if min(offs) > 0 else None)
             row["verdict"] = noise.verdict(offs, ons)
-            other, busiest = max(loads, key=lambda ld: -1 if ld[0] is None else ld[0])
-            row["other_cpu_percent"], row["busiest"] = other, busiest
-            row["busy"] = other is not None and other >= noise.BUSY_PERCENT
+            other, busiest, steal = max(loads, key=lambda ld: -1 if ld[0] is None else ld[0] + ld[2])
+            row["other_cpu_percent"], row["busiest"], row["steal_percent"] = other, busiest, steal
+            row["busy"] = other is not None and other + steal >= noise.BUSY_PERCENT
             if row["busy"] and row["verdict"] in ("faster", "slower"):
                 row["verdict"] = "unreliable (busy)"
     return rows, notes
@@ -743,10 +743,11 @@ def cmd_demo(args):
     rows, notes = _demo_rows(args, lab_mod, seconds, nic)
     busy = [r for r in rows if r.get("busy")]
     if busy:
-        worst = max(busy, key=lambda r: r["other_cpu_percent"])
+        worst = max(busy, key=lambda r: r["other_cpu_percent"] + r["steal_percent"])
         notes.append(noise.busy_warning(worst["other_cpu_percent"], [(b["name"], b["cpu_percent"])
                                                                      for b in worst["busiest"]],
-                                        f"{len(busy)} of the {len(rows)} rows (marked unreliable)"))
+                                        f"{len(busy)} of the {len(rows)} rows (marked unreliable)",
+                                        steal=worst["steal_percent"]))
     if args.json:
         _print_json(rows)
     else:

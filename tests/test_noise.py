@@ -97,3 +97,56 @@ def test_wait_quiet_gives_up_at_its_limit_while_a_hog_runs():
     with Hog():
         waited = noise.wait_quiet(0.6, window=0.2)
     assert waited >= 0.6
+
+
+def test_steal_is_read_from_the_first_line_of_proc_stat():
+    line = "cpu  1704 0 886 8671 77 0 15 40 0 0\n"
+    assert noise.parse_cpu_line(line) == (40, 1704 + 886 + 8671 + 77 + 15 + 40)
+    assert noise.parse_cpu_line("cpu  1 2 3 4\n") == (0, 10)          # an old kernel: no steal column
+    assert noise.parse_cpu_line("intr 5 6\n") == (0, 0)
+
+
+def test_steal_counts_toward_busy_and_is_said():
+    load = noise.MachineLoad()
+    load.other_percent, load.steal_percent = 10.0, 20.0                # neither alone is busy; both are
+    assert load.busy
+    load.steal_percent = 5.0
+    assert not load.busy
+    load.steal_percent = 20.0
+    (note,) = load.notes()
+    assert "the hypervisor took 20% for other virtual machines" in note
+
+
+def test_more_busy_threads_than_cpus_is_oversubscribed(monkeypatch):
+    monkeypatch.setattr(noise, "usable_cpus", lambda: 2)
+    with noise.MachineLoad(cores_needed=3) as load:
+        pass
+    assert load.oversubscribed and load.to_dict()["cores_needed"] == 3 and load.to_dict()["cpus"] == 2
+    assert any("keeps 3 threads busy but this process may use 2 CPU(s)" in n for n in load.notes())
+    with noise.MachineLoad(cores_needed=2) as load:
+        pass
+    assert not load.oversubscribed and not any("time-sharing" in n for n in load.notes())
+
+
+def test_each_engine_says_how_many_threads_it_keeps_busy():
+    from labkit import Knobs, Lab
+    cases = [(dict(), 1), (dict(workers=2), 2), (dict(workers=2, dispatcher=True), 3),
+             (dict(workers=2, knobs=Knobs(model="lthreads")), 1)]
+    for kw, want in cases:
+        with Lab(backend="memory", graph="l2fwd", **kw) as lab:
+            assert lab.engine.threads == want, kw
+
+
+def test_a_run_carries_its_load_and_says_when_it_was_oversubscribed(monkeypatch):
+    from labkit import Lab
+    monkeypatch.setattr(noise, "usable_cpus", lambda: 1)
+    with Lab(backend="memory", graph="l2fwd", workers=2) as lab:
+        res = lab.run(packets=2000)
+    d = res.to_dict()
+    assert (d["cores_needed"], d["cpus"]) == (2, 1) and d["steal_percent"] >= 0
+    assert any("time-sharing" in n for n in res.notes)
+    with Lab(backend="memory", graph="l2fwd") as lab:
+        res = lab.run(packets=2000)
+    assert (res.cores_needed, res.cpus) == (1, 1) and not any("time-sharing" in n for n in res.notes)
+    if os.path.exists("/proc/stat"):
+        assert res.other_cpu_percent is not None

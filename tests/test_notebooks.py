@@ -29,7 +29,7 @@ from labkit import Knobs
 from labkit.run.result import NodeRuntime, Result
 from labkit.course import dashboard as widgets
 from labkit.course import findings
-from labkit.course.dashboard import Dashboard, check_figure, table_text
+from labkit.course.dashboard import Dashboard, check_figure, load_of, table_text
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -118,6 +118,28 @@ def test_stored_notebook_is_small_clean_and_executed(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_notebook_was_measured_on_a_quiet_machine(path):
+    nb = nbformat.reads(path.read_text(), as_version=4)
+    record = nb.metadata.get("labkit", {}).get("load")
+    assert record, f"{path.name} has no record of the machine's load: store it with scripts/execute_notebooks.py"
+    ran = {c["id"] for c in nb.cells if c["cell_type"] == "code"}
+    assert ran <= set(record["cells"]), f"cells without a load record: {sorted(ran - set(record['cells']))}"
+    assert not _load_script().busy_cells(nb), \
+        f"{path.name}: cells measured while the machine was busy: {_load_script().busy_cells(nb)}"
+
+
+def test_a_notebook_stored_from_a_busy_machine_is_refused():
+    from nbformat.v4 import new_notebook
+    cell = {"seconds": 3.0, "other_cpu_percent": 2.0, "steal_percent": 0.0, "busiest": []}
+    nb = new_notebook(metadata={"labkit": {"load": {"busy_percent": 25.0, "cells": {"a": cell}}}})
+    assert _load_script().busy_cells(nb) == []
+    cell["other_cpu_percent"] = 80.0
+    assert _load_script().busy_cells(nb) == [("a", 80.0)]
+    cell["other_cpu_percent"], cell["steal_percent"] = 5.0, 30.0          # the hypervisor took it
+    assert _load_script().busy_cells(nb) == [("a", 35.0)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_static_figures_show_what_was_measured(path):
     figures = _figures(json.loads(path.read_text()))
     assert figures, f"{path.name} has no static figure"
@@ -128,6 +150,11 @@ def test_static_figures_show_what_was_measured(path):
         assert not meta["quick"], f"cell {cell['id']}: stored from a quick run; store full measurements"
         rows = meta["rows"]
         assert rows and all(r["conserved"] and r["pool_ok"] for r in rows)
+        load = load_of(rows)
+        assert all(r.get("other_cpu_percent") is not None for r in rows), \
+            f"cell {cell['id']}: a run does not record the machine's load; re-run the notebook"
+        assert not load["busy"], (f"cell {cell['id']}: {load['busy']} run(s) measured while the machine was busy "
+                                  f"(others used up to {load['max']:.0f}% of a CPU); re-run on a quiet machine")
         spec = meta["spec"]
         points = {(r["value"], r["x"]) for r in rows}
         assert len(rows) == len(points) * spec["repeats"], "every point measured `repeats` times"
@@ -586,7 +613,8 @@ def test_workers_are_a_dashboard_parameter_with_per_worker_numbers(monkeypatch):
     check_figure(json.loads(d.figure().to_json()))
     table = d.table()
     assert "Mpps per worker" in table.splitlines()[1]
-    assert [c.strip() for c in table.splitlines()[3].split("  ") if c.strip()][-2:] == ["1.000 / 2.000", "yes"]
+    assert [c.strip() for c in table.splitlines()[3].split("  ") if c.strip()][-3:] == \
+        ["1.000 / 2.000", "3.00x too few runs", "yes"]
 
 
 def _pct(a, b):
@@ -650,3 +678,76 @@ def test_quick_runs_with_two_workers_on_the_in_memory_nic(monkeypatch):
         assert r["conserved"] and r["pool_ok"] and len(r["worker_mpps"]) == r["value"]
         assert 100 / r["value"] <= r["queue_share"] <= 100 and r["cpu_percent"] > 0
     check_figure(json.loads(d.figure().to_json()))
+
+
+class FakeLoadedLab(FakeLab):
+    """prefetch=True forwards twice as fast; the 4th run of the sweep meets a busy machine."""
+
+    def run(self, seconds=None, packets=None, progress=None):
+        n = len(self.log)
+        self.log.append(dict(self.kw))
+        fast = self.kw["knobs"].prefetch
+        secs = (0.0005 if fast else 0.001) * (1 + 0.01 * n)
+        busy = n == 3
+        return Result(backend="memory", graph=self.kw["graph"], knobs=self.kw["knobs"].as_dict(), sent=1000,
+                      forwarded=1000, dropped={}, seconds=secs, tsc_hz=2e9, dut_cycles=int(secs * 2e9),
+                      runtime=[NodeRuntime("eth-input", 10, 1000, int(secs * 2e9))],
+                      other_cpu_percent=60.0 if busy else 1.0,
+                      busiest=[{"name": "hog", "cpu_percent": 60.0}] if busy else [], cores_needed=1, cpus=2)
+
+
+def test_each_run_records_the_load_a_busy_run_is_flagged_and_each_value_has_a_verdict():
+    log = []
+    d = Dashboard("prefetch", backend="memory", repeats=3, graph="ip4",
+                  lab_factory=lambda **kw: FakeLoadedLab(log, **kw))
+    d.run()
+    assert [r["other_cpu_percent"] for r in d.results] == [1.0, 1.0, 1.0, 60.0, 1.0, 1.0]
+    assert d.results[3]["busiest"] == [["hog", 60.0]]
+    assert "MACHINE BUSY" in d._brief(d.results[3]) and "MACHINE BUSY" not in d._brief(d.results[0])
+    table = d.table()
+    assert "Mpps vs no prefetch" in table.splitlines()[1]
+    assert "1.98x faster" in table.splitlines()[3]              # every fast run beat every slow one
+    assert "note: other processes during the runs: median 1%, at most 60% of a CPU" in table
+    assert "the machine was busy during 1 of the 6 runs: other processes used 60% of a CPU (most: hog 60%)" in table
+    assert "BUSY in 1 run(s)" in d.figure().layout.title.text
+    sweep = d.sweep()
+    assert sweep.load()["busy"] == 1 and sweep.load()["max"] == 60.0
+    assert sweep.verdict(True) == "faster" and sweep.verdict(True, metric="cycles") == "faster"
+    assert sweep.verdict(False, than=True) == "slower"
+
+
+def test_quiet_wait_waits_before_each_run(monkeypatch):
+    from labkit.run import noise
+    waits = []
+    monkeypatch.setattr(noise, "wait_quiet", lambda limit, progress=None: waits.append(limit) or 0.0)
+    d = Dashboard("prefetch", backend="memory", repeats=2, lab_factory=fake([]), quiet_wait=7)
+    d.run()
+    assert waits == [7.0] * 4
+    monkeypatch.setenv("LABKIT_QUIET_WAIT", "30")
+    assert Dashboard("prefetch", backend="memory").quiet_wait == 30.0
+    assert Dashboard("prefetch", backend="memory", quiet_wait=0).quiet_wait == 0.0
+    monkeypatch.setenv("LABKIT_QUIET_WAIT", "soon")
+    with pytest.raises(ValueError, match="LABKIT_QUIET_WAIT='soon'"):
+        Dashboard("prefetch", backend="memory")
+    with pytest.raises(ValueError, match="quiet_wait=-1"):
+        Dashboard("prefetch", backend="memory", quiet_wait=-1)
+
+
+def test_the_executor_records_each_cells_load_over_a_second_at_least():
+    import time
+    from nbformat.v4 import new_code_cell, new_markdown_cell
+    script = _load_script()
+    log = script.LoadLog(quiet_wait=0)
+    short, text = new_code_cell("1"), new_markdown_cell("text")
+    log.start(cell=text)
+    log.done(cell=text)
+    log.start(cell=short)
+    time.sleep(0.05)
+    log.done(cell=short)
+    rec = log.record()
+    assert list(rec["cells"]) == [short.id] and rec["busy_percent"] == 25.0
+    cell = rec["cells"][short.id]
+    assert 0.04 <= cell["seconds"] < 1 and cell["steal_percent"] >= 0
+    if os.path.exists("/proc/stat"):
+        # one 10 ms tick of another process in this 50 ms cell is 1% over the one-second floor, not 20%
+        assert cell["other_cpu_percent"] is not None and cell["other_cpu_percent"] < 25

@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from ..graph.nodes import GRAPHS as GN
+from ..run import noise
 from ..run.knobs import Knobs
 from ..run.lab import Lab
 from ..run.measure import tsc_hz
@@ -182,7 +183,11 @@ def _print(res, out=sys.stdout):
 
     m = res["meta"]
     print(f"labkit bench: {m['runs']} runs per number (medians), TSC {m['tsc_hz'] / 1e9:.3f} GHz, "
-          f"{'quick, ' if m['quick'] else ''}{m['seconds']:.0f} s", file=out)
+          f"{'quick, ' if m['quick'] else ''}{m['seconds']:.0f} s; other processes meanwhile: "
+          f"{'n/a' if m['other_cpu_percent'] is None else format(m['other_cpu_percent'], '.0f') + '% of a CPU'}",
+          file=out)
+    for note in m["load_notes"]:
+        print(f"WARNING: {note}", file=out)
     g = res["graphs"]
     rows = []
     for b in m["sizes"]:
@@ -233,11 +238,13 @@ def run(quick=False, runs=None, progress=None):
     t0 = time.monotonic()
     sizes = QUICK_SIZES if quick else SIZES
     hz = tsc_hz()
-    graphs = bench_graphs(sizes, runs, quick, progress)
-    jit = bench_jit(runs, quick, progress)
-    cres = bench_c(runs, quick, progress)
+    with noise.MachineLoad() as load:                  # the rest of the machine, all along
+        graphs = bench_graphs(sizes, runs, quick, progress)
+        jit = bench_jit(runs, quick, progress)
+        cres = bench_c(runs, quick, progress)
     res = {"meta": {"runs": runs, "quick": quick, "sizes": list(sizes), "tsc_hz": hz,
-                    "seconds": time.monotonic() - t0, "targets": TARGETS},
+                    "seconds": time.monotonic() - t0, "targets": TARGETS, **load.to_dict(),
+                    "load_notes": load.notes("the benchmark")},
            "graphs": graphs, "jit": jit, "c": cres}
     res["targets"] = _targets(graphs, jit, cres)
     return res

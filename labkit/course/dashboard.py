@@ -40,6 +40,15 @@ balance), the threads' summed CPU share (``cpu``: 200% is two busy cores),
 the dispatcher thread's cycles per frame when there is one, and each
 worker's Mpps.
 
+Noise: the runs go round-robin (every point once, then every point again),
+so a slow moment of a shared machine hits all points alike; the table gives
+each point's median and range and, against the first value (the technique
+off), the ratio of the medians with a verdict (``labkit.run.noise.verdict``:
+faster, slower or within noise). Every run records what the rest of the
+machine used meanwhile; the figure's subtitle and the table's notes say it,
+and flag the runs measured while the machine was busy. ``quiet_wait=S`` (or
+``LABKIT_QUIET_WAIT=S``) waits up to S seconds for quiet before each run.
+
 ``LABKIT_QUICK=1`` makes every measurement short (``QUICK_SECONDS``, at most
 ``QUICK_REPEATS`` runs per value) for tests and CI; ``LABKIT_BACKEND=memory``
 makes ``backend="auto"`` use the in-memory NIC even where veth is possible
@@ -60,6 +69,7 @@ from collections import Counter
 from dataclasses import fields
 
 from labkit import __version__
+from labkit.run import noise
 from labkit.run.knobs import TECHNIQUES, WORKER_KNOBS, WORKER_TECHNIQUES, Knobs
 from labkit.settings import quick
 
@@ -370,7 +380,45 @@ def _title(spec, rows, live):
     lo, hi = (min(counts), max(counts)) if counts else (spec["repeats"], spec["repeats"])
     runs = f"{hi}" if lo == hi else f"{lo} to {hi}"
     sub = f"median of {runs} run(s) of {spec['seconds']:g} s per point (dots: each run)" + ("; live" if live else "")
+    load = load_of(rows)
+    if load["max"] is not None:
+        sub += (f"; other processes: at most {load['max']:.0f}% of a CPU"
+                + (f", BUSY in {load['busy']} run(s): not reliable" if load["busy"] else ""))
     return f"{head}<br><sup>{sub}</sup>"
+
+
+def load_of(rows):
+    """What the rest of the machine did during these runs: {"median", "max"} of the other
+    processes' CPU share (and the hypervisor's steal), % of one CPU; "busy": how many runs had
+    BUSY_PERCENT or more; "top": the names that used the most in the busiest run; "oversubscribed":
+    runs with more busy threads than CPUs. None where the rows did not record it."""
+    shares = [r["other_cpu_percent"] + (r.get("steal_percent") or 0.0) for r in rows
+              if r.get("other_cpu_percent") is not None]
+    out = {"median": _median(shares), "max": max(shares) if shares else None,
+           "busy": sum(1 for x in shares if x >= noise.BUSY_PERCENT),
+           "oversubscribed": sum(1 for r in rows if (r.get("cores_needed") or 1) > (r.get("cpus") or 1 << 30)),
+           "top": []}
+    if shares:
+        worst = max((r for r in rows if r.get("other_cpu_percent") is not None),
+                    key=lambda r: r["other_cpu_percent"] + (r.get("steal_percent") or 0.0))
+        out["top"] = [tuple(b) for b in worst.get("busiest") or []]
+    return out
+
+
+def _load_lines(rows):
+    """The footnotes of a table about the machine's load during its runs."""
+    load = load_of(rows)
+    if load["max"] is None:
+        return ["the machine's load was not recorded for these runs"]
+    lines = [f"other processes during the runs: median {load['median']:.0f}%, at most {load['max']:.0f}% of a CPU "
+             f"(busy from {noise.BUSY_PERCENT:g}%)"]
+    if load["busy"]:
+        lines.append(noise.busy_warning(load["max"], load["top"], f"{load['busy']} of the {len(rows)} runs",
+                                        quiet_wait=False))
+    if load["oversubscribed"]:
+        r = next(r for r in rows if (r.get("cores_needed") or 1) > (r.get("cpus") or 1 << 30))
+        lines.append(f"{load['oversubscribed']} run(s): " + noise.oversubscribed_note(r["cores_needed"], r["cpus"]))
+    return lines
 
 
 def table_text(meta):
@@ -382,8 +430,9 @@ def table_text(meta):
             f"{spec['seconds']:g} s each; {meta['date']}; {m['cpu']}, {m['cpus']} CPUs; labkit {m['labkit']}")
     metrics = list(dict.fromkeys(list(spec["panels"]) + ["mpps"]))
     per_worker = any(len(r.get("worker_mpps") or []) > 1 for r in rows)
+    compare = len(spec["values"]) > 1
     header = cols + ["runs"] + [METRICS[p] for p in metrics] + (["Mpps per worker"] if per_worker else []) \
-        + ["conserved"]
+        + ([f"Mpps vs {spec['labels'][0]}"] if compare else []) + ["conserved"]
     lines = []
     for v, vl in zip(spec["values"], spec["labels"]):
         xs = list(zip(spec["over_values"], spec["over_labels"])) if spec["over"] else [(None, None)]
@@ -398,15 +447,38 @@ def table_text(meta):
                              if vals else "-")
             if per_worker:
                 cells.append(_per_worker(rs))
+            if compare:
+                cells.append(_versus(spec, rows, v, x))
             cells.append("yes" if all(r["conserved"] and r["pool_ok"] for r in rs) else "NO")
             lines.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) if i < len(cols) else str(c).rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     out = [head, fmt(header)] + [fmt(c) for c in lines]
-    for note in meta.get("notes", []):
+    if compare:
+        out.append(f"vs {spec['labels'][0]}: the ratio of the medians and a verdict ({_verdict_rule()})")
+    for note in meta.get("notes", []) + _load_lines(rows):
         out.append(f"note: {note}")
     return "\n".join(out)
+
+
+def _verdict_rule():
+    return (f"faster or slower when every run of one beat every run of the other and the medians differ by "
+            f"{noise.MIN_EFFECT:.0%} or more, else within noise; {noise.MIN_RUNS} runs a side at least")
+
+
+def _versus(spec, rows, value, x):
+    """"1.23x faster": this point's median Mpps over the first value's at the same x, and the verdict."""
+    first = spec["values"][0]
+    if value == first:
+        return "-"
+    def runs(v):
+        return [m for m in (_metric(r, "mpps") for r in rows if r["value"] == v and r["x"] == x) if m is not None]
+    base, this = runs(first), runs(value)
+    if not base or not this or not statistics.median(base):
+        return "-"
+    ratio = statistics.median(this) / statistics.median(base)
+    return f"{ratio:.2f}x {noise.verdict(base, this)}"
 
 
 def _per_worker(rows):
@@ -452,6 +524,18 @@ class Sweep:
 
     def label(self, value):
         return self.spec["labels"][self.values.index(value)]
+
+    def verdict(self, value, than=None, x=None, metric="mpps"):
+        """"faster", "slower", "within noise" or "too few runs": `value` against `than` (default:
+        the first value, the technique off) by labkit.run.noise.verdict, on each run's `metric`
+        ("cycles" and the other costs: lower is faster)."""
+        than = self.values[0] if than is None else than
+        higher = metric in ("mpps", "gen_mpps", "vector")
+        return noise.verdict(self.runs(than, x, metric), self.runs(value, x, metric), higher_is_better=higher)
+
+    def load(self):
+        """What the rest of the machine did during the runs (load_of)."""
+        return load_of(self.rows)
 
     def __repr__(self):
         return f"<Sweep {self.knob}: {len(self.rows)} runs, {self.meta.get('date')}>"
@@ -517,6 +601,10 @@ class Dashboard:
     log       panels drawn with a log y axis
     labels    {value: text} to show instead of the default labels
     lab_factory   what makes a Lab (default labkit.Lab; tests pass a fake)
+    quiet_wait    before each run, wait up to this many seconds for the rest of the machine
+              to fall under labkit.run.noise.BUSY_PERCENT of a CPU (default $LABKIT_QUIET_WAIT or 0);
+              each run records the other processes' CPU share meanwhile, and the table and
+              the figure say when the machine was busy
 
     After a run: ``results`` (one dict per run: value, x, repeat, mpps,
     cycles_per_packet, cpu_percent, sent, forwarded, dropped, conserved, pool_ok...),
@@ -526,7 +614,7 @@ class Dashboard:
 
     def __init__(self, knob, values=None, *, over=None, backend="auto", graph="ip4", knobs=None, lab=None,
                  seconds=1.0, repeats=3, panels=("mpps", "cycles"), log=(), title=None, labels=None,
-                 lab_factory=None):
+                 lab_factory=None, quiet_wait=None):
         if knob not in KNOB_NAMES and knob not in LAB_PARAMS:
             raise ValueError(f"unknown knob {knob!r}; use a knob ({', '.join(KNOB_NAMES)}) "
                              f"or a Lab parameter ({', '.join(LAB_PARAMS)})")
@@ -573,6 +661,7 @@ class Dashboard:
         else:
             self.backend, self.why = pick_backend(backend)
         self.seconds, self.repeats = float(seconds), int(repeats)
+        self.quiet_wait = _quiet_wait(quiet_wait)
         self.panels, self.log = tuple(panels), tuple(log)
         labels = labels or {}
         self.spec = {
@@ -774,6 +863,9 @@ class Dashboard:
                             break
                         kw = self._lab_kwargs(value, x)
                         head = f"{self._what(value, x)}, run {rep + 1}/{repeats}"
+                        if self.quiet_wait:
+                            noise.wait_quiet(self.quiet_wait, progress=lambda msg, head=head: self._set_status(
+                                f"{head}: {msg} (up to {self.quiet_wait:g} s)", "#b60", force=False))
                         self._set_status(f"{head}: setting up (a first run compiles for tens of seconds)",
                                          fraction=done / total)
 
@@ -790,7 +882,8 @@ class Dashboard:
                         done += 1
                         self._redraw()
                         self._set_status(f"{head}: {self._brief(row)}", fraction=done / total,
-                                         color="#333" if row["conserved"] and row["pool_ok"] else "#b00")
+                                         color="#333" if row["conserved"] and row["pool_ok"] and "BUSY" not in self._brief(row)
+                        else "#b00")
             if self._stop.is_set():
                 self._set_status(f"stopped after {done} of {total} runs", "#b60")
             else:
@@ -818,6 +911,9 @@ class Dashboard:
             parts.append("CONSERVATION BROKEN")
         if not row["pool_ok"]:
             parts.append("BUFFERS LEAKED")
+        other = row.get("other_cpu_percent")
+        if other is not None and other + (row.get("steal_percent") or 0.0) >= noise.BUSY_PERCENT:
+            parts.append(f"MACHINE BUSY (other processes {other:.0f}% of a CPU): not reliable")
         return ", ".join(parts)
 
     def _record(self, value, x, rep, res):
@@ -840,6 +936,11 @@ class Dashboard:
             "sent": res.sent, "forwarded": res.forwarded, "dropped": sum(res.dropped.values()),
             "polls": extra.get("dut_polls"), "kicks": extra.get("dut_kicks"),
             "conserved": bool(res.conserved), "pool_ok": bool(res.pool_ok),
+            # the rest of the machine meanwhile (labkit.run.noise): a busy run is flagged, not hidden
+            "other_cpu_percent": getattr(res, "other_cpu_percent", None),
+            "steal_percent": getattr(res, "steal_percent", 0.0),
+            "busiest": [[b["name"], b["cpu_percent"]] for b in getattr(res, "busiest", None) or []],
+            "cores_needed": getattr(res, "cores_needed", 1), "cpus": getattr(res, "cpus", None),
         }
         if per:
             row["worker_mpps"] = [_r(w["mpps"]) for w in per]
@@ -902,6 +1003,20 @@ class Dashboard:
                  "text/plain": f"<figure: {self.spec['title']}, {len(self.results)} runs; open in JupyterLab>"},
                 raw=True)
         print(self.table())
+
+
+def _quiet_wait(seconds):
+    """The seconds to wait for a quiet machine before each run: the argument, else
+    $LABKIT_QUIET_WAIT, else 0 (do not wait)."""
+    if seconds is None:
+        env = os.environ.get("LABKIT_QUIET_WAIT", "").strip()
+        try:
+            seconds = float(env) if env else 0.0
+        except ValueError:
+            raise ValueError(f"LABKIT_QUIET_WAIT={env!r}: give seconds, e.g. 30") from None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
+        raise ValueError(f"quiet_wait={seconds!r}: give seconds from 0 (do not wait) to 3600")
+    return float(seconds)
 
 
 # Lab parameters with a natural pair of values, the "off" one first.

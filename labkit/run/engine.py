@@ -35,6 +35,11 @@ class Engine(ABC):
         """Offer traffic for `seconds` or `packets` (one of them), drain, return a Result.
         progress, when given, is called now and then with the share done (0..1)."""
 
+    @property
+    def threads(self):
+        """How many threads a run keeps busy: the cores it needs (noise.MachineLoad)."""
+        return 1
+
     def close(self):
         """Release what the engine holds (sockets, the lab network it brought up)."""
 

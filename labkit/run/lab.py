@@ -169,12 +169,11 @@ class Lab:
             raise LabError(f"packets={packets!r}: use a whole number from 1 to 10**12")
         if self.closed:
             raise LabError("this Lab is closed; make a new one")
-        with noise.MachineLoad() as load:                # what the rest of the machine did meanwhile
+        with noise.MachineLoad(self.engine.threads) as load:   # what the rest of the machine did meanwhile
             res = self.engine.run(seconds, packets, progress)
-        d = load.to_dict()
-        res.other_cpu_percent, res.busiest = d["other_cpu_percent"], d["busiest"]
-        if load.busy:
-            res.notes.append(noise.busy_warning(load.other_percent, load.top, "this run", quiet_wait=False))
+        for key, value in load.to_dict().items():
+            setattr(res, key, value)
+        res.notes += load.notes()
         return res
 
     def _replay(self, loops):

@@ -108,6 +108,11 @@ class NetEngine(Engine):
             self.close()
             raise
 
+    @property
+    def threads(self):
+        """The DUT's threads (one per worker) and the generator's."""
+        return self.n_workers + 1
+
     # -- set-up --------------------------------------------------------------------
     def _open(self, traffic_for):
         b, k = self.backend, self.knobs

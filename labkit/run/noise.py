@@ -19,8 +19,16 @@ comparison honest:
 * **The machine's load.** ``MachineLoad`` samples, from ``/proc``, the CPU
   time every other process used while a measurement ran (not this process,
   its children or kernel threads), in % of one CPU, and names the busiest.
-  Above ``BUSY_PERCENT`` the machine was busy and the numbers are not
-  reliable; ``wait_quiet`` waits for a quiet moment first.
+  In a virtual machine it also reads the *steal* time of ``/proc/stat``: CPU
+  the hypervisor gave to other guests while ours wanted it (zero where the
+  hypervisor does not report it, as on this course's KVM machine: there,
+  another guest's load is invisible, which is why verdicts need repeats).
+  Above ``BUSY_PERCENT`` (others and steal together) the machine was busy
+  and the numbers are not reliable; ``wait_quiet`` waits for a quiet moment
+  first. A run that keeps more threads busy than this process may use CPUs
+  (``cores_needed`` against ``cpus``) is *oversubscribed*: its threads take
+  turns on the cores, and what it measures is time-sharing, not that many
+  cores' worth of work.
 """
 import math
 import os
@@ -103,6 +111,34 @@ def _foreign(after, me):
     return foreign
 
 
+def cpu_ticks():
+    """(steal, all) clock ticks of every CPU together, from /proc/stat's first line
+    ((0, 0) where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            return parse_cpu_line(f.readline())
+    except OSError:
+        return 0, 0
+
+
+def parse_cpu_line(line):
+    """(steal, all) ticks of /proc/stat's "cpu  user nice system idle iowait irq softirq steal
+    guest guest_nice" line (guest time is already counted in user; old kernels end earlier)."""
+    parts = line.split()
+    if not parts or parts[0] != "cpu":
+        return 0, 0
+    ticks = [int(x) for x in parts[1:9]]
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
+def usable_cpus():
+    """How many CPUs this process may run on (its affinity), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def others_by_process(before, after, wall):
     """{pid: (name, % of one CPU)} of the other processes between two proc_times()."""
     foreign = _foreign(after, os.getpid())
@@ -121,16 +157,20 @@ def others_cpu_percent(before, after, wall):
 
 
 class MachineLoad:
-    """``with MachineLoad() as load: ...``: then ``load.other_percent`` (the
-    CPU the other processes used meanwhile, % of one CPU; None without /proc),
-    ``load.top`` ([(name, percent)], the busiest, at most TOP) and
-    ``load.busy`` (other_percent >= BUSY_PERCENT)."""
+    """``with MachineLoad(cores_needed=1) as load: ...``: then
+    ``load.other_percent`` (the CPU the other processes used meanwhile, % of
+    one CPU; None without /proc), ``load.steal_percent`` (CPU the hypervisor
+    took, % of one CPU), ``load.top`` ([(name, percent)], the busiest, at most
+    TOP), ``load.busy`` (the two together >= BUSY_PERCENT) and
+    ``load.oversubscribed`` (the run keeps more threads busy than this process
+    may use CPUs)."""
 
-    def __init__(self):
-        self.other_percent, self.top, self.seconds = None, [], 0.0
+    def __init__(self, cores_needed=1):
+        self.other_percent, self.steal_percent, self.top, self.seconds = None, 0.0, [], 0.0
+        self.cores_needed, self.cpus = int(cores_needed), usable_cpus()
 
     def __enter__(self):
-        self._before, self._t0 = proc_times(), time.monotonic()
+        self._before, self._ticks, self._t0 = proc_times(), cpu_ticks(), time.monotonic()
         return self
 
     def __exit__(self, *exc):
@@ -142,24 +182,47 @@ class MachineLoad:
             for name, p in per.values():
                 by_name[name] = by_name.get(name, 0.0) + p
             self.top = sorted(((n, p) for n, p in by_name.items() if p >= 1.0), key=lambda x: -x[1])[:TOP]
+            steal = cpu_ticks()[0] - self._ticks[0]
+            self.steal_percent = 100.0 * max(steal, 0) / _CLK_TCK / max(self.seconds, 1e-9)
         return False
 
     @property
     def busy(self):
-        return self.other_percent is not None and self.other_percent >= BUSY_PERCENT
+        return self.other_percent is not None and self.other_percent + self.steal_percent >= BUSY_PERCENT
+
+    @property
+    def oversubscribed(self):
+        return self.cores_needed > self.cpus
 
     def to_dict(self):
         return {"other_cpu_percent": None if self.other_percent is None else round(self.other_percent, 1),
-                "busiest": [{"name": n, "cpu_percent": round(p, 1)} for n, p in self.top]}
+                "steal_percent": round(self.steal_percent, 1),
+                "busiest": [{"name": n, "cpu_percent": round(p, 1)} for n, p in self.top],
+                "cores_needed": self.cores_needed, "cpus": self.cpus}
+
+    def notes(self, what="this run"):
+        """The lines a result carries about its load: busy, oversubscribed (or none)."""
+        out = []
+        if self.busy:
+            out.append(busy_warning(self.other_percent, self.top, what, quiet_wait=False, steal=self.steal_percent))
+        if self.oversubscribed:
+            out.append(oversubscribed_note(self.cores_needed, self.cpus))
+        return out
 
 
-def busy_warning(other_percent, top, what="the run", quiet_wait=True):
+def oversubscribed_note(needed, cpus):
+    return (f"this run keeps {needed} threads busy but this process may use {cpus} CPU(s): the threads "
+            f"take turns on the cores, so the numbers show time-sharing, not {needed} cores' worth of work")
+
+
+def busy_warning(other_percent, top, what="the run", quiet_wait=True, steal=0.0):
     """One line: the machine was busy, by whom, and what to do."""
     who = ", ".join(f"{n} {p:.0f}%" for n, p in top) or "several processes"
     advice = ("close other programs, or pass --quiet-wait S to wait up to S seconds for quiet before each run"
               if quiet_wait else "close other programs and measure again")
+    stolen = f", and the hypervisor took {steal:.0f}% for other virtual machines" if steal >= 1 else ""
     return (f"the machine was busy during {what}: other processes used {other_percent:.0f}% of a CPU "
-            f"(most: {who}); the numbers are not reliable: {advice}")
+            f"(most: {who}){stolen}; the numbers are not reliable: {advice}")
 
 
 def wait_quiet(limit, progress=None, window=0.25):

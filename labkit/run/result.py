@@ -39,6 +39,9 @@ class Result:
     extra: dict = field(default_factory=dict)   # what only some backends measure (see to_dict)
     other_cpu_percent: Optional[float] = None   # the rest of the machine meanwhile, % of one CPU (noise.py)
     busiest: list = field(default_factory=list)  # [{"name", "cpu_percent"}] of the busiest other processes
+    steal_percent: float = 0.0        # CPU the hypervisor gave other guests meanwhile, % of one CPU
+    cores_needed: int = 1             # threads the run kept busy, and the CPUs this process may use:
+    cpus: Optional[int] = None        # more threads than CPUs is time-sharing (noise.oversubscribed_note)
 
     @property
     def batch(self):
@@ -76,6 +79,7 @@ class Result:
             "notes": list(self.notes),
             "cpu_percent": self.cpu_percent,
             "other_cpu_percent": self.other_cpu_percent, "busiest": list(self.busiest),
+            "steal_percent": self.steal_percent, "cores_needed": self.cores_needed, "cpus": self.cpus,
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 

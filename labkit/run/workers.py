@@ -434,6 +434,12 @@ class Workers(Engine):
             assert ring_enqueue(w.fill.desc, w.fill.cur, h, z, z, got) == got
 
     # -- a run -----------------------------------------------------------------------------------
+    @property
+    def threads(self):
+        """One thread per stage (the workers, and the dispatcher when there is one); the one-CPU
+        models ("lthreads", "threads") keep a single CPU busy."""
+        return 1 if self.model in ("lthreads", "threads") else self.n + self.dispatcher
+
     def run(self, seconds=None, packets=None, progress=None, threads=True):
         """One run; returns its Result.
 
