@@ -132,6 +132,7 @@ def test_a_notebook_stored_from_a_busy_machine_is_refused():
     from nbformat.v4 import new_notebook
     cell = {"seconds": 3.0, "other_cpu_percent": 2.0, "steal_percent": 0.0, "busiest": []}
     nb = new_notebook(metadata={"labkit": {"load": {"busy_percent": 25.0, "cells": {"a": cell}}}})
+    cell = nb.metadata["labkit"]["load"]["cells"]["a"]
     assert _load_script().busy_cells(nb) == []
     cell["other_cpu_percent"] = 80.0
     assert _load_script().busy_cells(nb) == [("a", 80.0)]
