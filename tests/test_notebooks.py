@@ -23,6 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from labkit import Knobs
@@ -111,7 +112,6 @@ def test_stored_notebook_is_small_clean_and_executed(path):
             assert WIDGET_VIEW not in data, f"cell {cell['id']} stores a widget view (no state to show it)"
             assert "application/javascript" not in data
             assert len(data.get("text/html", "")) < 20_000, f"cell {cell['id']} stores a big HTML output"
-    import nbformat
     stored = nbformat.reads(path.read_text(), as_version=4)
     assert _load_script().clean(nbformat.reads(path.read_text(), as_version=4)) == stored, \
         "the stored notebook is not clean: run scripts/execute_notebooks.py --clean-only"
