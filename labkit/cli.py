@@ -22,6 +22,7 @@ import signal
 import sys
 
 from labkit import __version__
+from labkit.graph.node import VARIANTS
 from labkit.run.knobs import MODELS, Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES
 from labkit.run.ports import KINDS as PORTS     # light: dataclasses only
 from labkit.settings import quick
@@ -42,6 +43,7 @@ BACKEND_WHY = {
 }
 
 KNOB_FLAGS = ("jit", "copy", "mempool", "hugepages", "prefetch")
+ORDERS = ("spread", "sorted", "shuffled")   # labkit.nic.traffic.ORDERS, without importing numba for --help
 KNOB_HELP = {
     "jit": "numba-compiled kernels, or their pure-Python twins",
     "copy": "copy each frame into a fresh buffer on rx and tx, or pass handles",
@@ -180,6 +182,9 @@ def _lab_options(p):
     t.add_argument("--mix", choices=("udp", "tcp", "mixed"), default="udp", help="L4 protocols (default: udp)")
     t.add_argument("--malformed", type=_fraction, default=0.0, metavar="FRACTION",
                    help="fraction of frames with broken headers, 0..1 (default: 0)")
+    t.add_argument("--order", choices=ORDERS, default="spread",
+                   help="the frames' order: malformed ones spread evenly (spread), every kind together (sorted: "
+                        "predictable branches) or at random (shuffled) (default: spread)")
     t.add_argument("--pcap", type=_pcap_in, metavar="FILE",
                    help="replay this capture instead of generating: each frame once, in order, then the run "
                         "ends when all are forwarded or dropped (as tcpreplay does; --loop N: N times, "
@@ -220,6 +225,8 @@ def _knob_options(p):
         k.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=KNOB_HELP[name])
     k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
     k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
+    k.add_argument("--variant", choices=VARIANTS,
+                   help="each node's implementation: scalar (early exits) or branchless where a node has one")
 
 
 def _gen_parser(sub):
@@ -318,7 +325,7 @@ def build_parser():
 # -- from arguments to a Lab --------------------------------------------------------
 
 def _knobs(args):
-    changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "unroll", "layout", "poll",
+    changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "unroll", "layout", "variant", "poll",
                                                       "qdisc_bypass", "sync", "counters", "model")
                if getattr(args, name) is not None}
     return Knobs().with_(**changes)          # KnobError says which knob and what to use
@@ -363,7 +370,7 @@ def _make_lab(args):
     with _spinner(not args.json, "building the data plane (tables, traffic, kernels)"):
         return lab.Lab(backend=backend, graph=args.graph, knobs=knobs,
                        size=args.size, flows=args.flows, mix=args.mix, malformed=args.malformed,
-                       pcap_in=args.pcap, pcap_out=args.out, seed=args.seed,
+                       order=args.order, pcap_in=args.pcap, pcap_out=args.out, seed=args.seed,
                        rate=getattr(args, "rate", None), gen_batch=getattr(args, "gen_batch", None),
                        workers=getattr(args, "workers", None) or 1, rss_key=getattr(args, "rss_key", None) or "default")
 

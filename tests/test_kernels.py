@@ -69,6 +69,13 @@ def both(name, frame, fib, acl, adj=0):
     assert np.array_equal(a1, a2), name
     at, bt = tight(frame, adj=adj)
     assert node.one.py_func(at, bt, len(frame), *tabs) == c1
+    for variant, fn in node.variants:           # every other implementation: the same code, the same bytes
+        for impl in (fn, fn.py_func):
+            a3, _ = place(frame, adj=adj)
+            assert impl(a3, base, len(frame), *tabs) == c1, (name, variant, impl)
+            assert np.array_equal(a3, a1), (name, variant)
+        at, bt = tight(frame, adj=adj)          # and it reads no byte past the frame
+        assert fn.py_func(at, bt, len(frame), *tabs) == c1, (name, variant)
     if node.prefetch is not None:
         node.prefetch(a1, base, len(frame), *tabs)
         node.prefetch.py_func(at, bt, len(frame), *tabs)
@@ -112,6 +119,13 @@ VALID = {
 
 
 # --- declarations --------------------------------------------------------------
+
+def test_the_classification_nodes_have_a_branchless_variant_and_the_others_fall_back():
+    assert [v for v, _ in NODES["eth-input"].variants] == ["branchless"]
+    assert NODES["ip4-input"].impl("branchless") is k.ip4_input_branchless
+    assert NODES["ip4-lookup"].impl("branchless") is k.ip4_lookup_one        # no variant: the scalar one
+    assert NODES["ip4-input"].implementations()[0] == ("scalar", k.ip4_input_one)
+
 
 def test_node_declarations():
     names = [e for n in NODES.values() for e, _ in n.errors]

@@ -48,6 +48,31 @@ def test_jit_off_twin_gives_identical_results(graph):
     assert outs[0] == outs[1]
 
 
+@pytest.mark.parametrize("graph", ["ip4", "acl"])
+@pytest.mark.parametrize("order", ["spread", "sorted", "shuffled"])
+def test_the_branchless_variant_gives_identical_results(graph, order):
+    """A node variant differs in how it decides only: same counts, same packets per node."""
+    outs = []
+    for variant in ("scalar", "branchless"):
+        lab = Lab(graph=graph, knobs=Knobs(variant=variant, batch=64), malformed=0.3, mix="mixed", order=order,
+                  flows=64)
+        n = int(lab.traffic.seq.size)                   # one whole pass: every kind, sorted or not
+        res = lab.run(packets=n)
+        assert_sound(res, lab, n)
+        outs.append((res.forwarded, res.dropped, [r.packets for r in res.runtime]))
+    assert outs[0] == outs[1] and sum(outs[0][1].values()) > 0
+
+
+def test_an_order_arranges_the_same_frames_and_a_capture_keeps_its_own(tmp_path):
+    labs = {o: Lab(graph="ip4", malformed=0.3, mix="mixed", flows=64, order=o) for o in ("spread", "sorted")}
+    a, b = (labs[o].traffic for o in ("spread", "sorted"))
+    assert np.array_equal(np.sort(a.seq), np.sort(b.seq)) and not np.array_equal(a.seq, b.seq)
+    with pytest.raises(LabError, match="order='sorted' arranges generated traffic"):
+        Lab(graph="ip4", pcap_in=str(tmp_path / "x.pcap"), order="sorted")
+    with pytest.raises(ValueError, match="order='random': use 'spread', 'sorted', 'shuffled'"):
+        Lab(graph="ip4", order="random")
+
+
 def test_every_malformed_kind_dropped_for_its_reason():
     """Each template's fate in the ip4 graph: valid and IPv4-with-options are
     forwarded; each malformed kind is dropped for the reason of its name."""
@@ -167,7 +192,8 @@ def test_bad_lab_arguments_say_what_to_use(kw, msg):
 
 
 def test_bad_knobs_say_what_to_use():
-    for kw in (dict(batch=0), dict(batch=257), dict(unroll=3), dict(layout="x"), dict(jit="yes")):
+    for kw in (dict(batch=0), dict(batch=257), dict(unroll=3), dict(layout="x"), dict(jit="yes"),
+               dict(variant="simd?")):
         with pytest.raises(KnobError, match="use"):
             Knobs(**kw)
     with pytest.raises(KnobError, match="unknown knob"):

@@ -181,3 +181,28 @@ def test_macs_and_kind_names():
     assert Traffic.KIND_NAMES[0] == "valid"
     assert {"runt", "unknown_ethertype", "ip4_truncated", "ip4_bad_version", "ip4_bad_ihl",
             "ip4_bad_length", "ip4_bad_checksum", "ttl_expired"} < set(KIND_NAMES.values())
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_an_order_sends_the_same_frames_as_often(order):
+    spread = make_traffic(flows=256, mix="mixed", malformed=0.3, seed=4)
+    other = make_traffic(flows=256, mix="mixed", malformed=0.3, seed=4, order=order)
+    assert np.array_equal(other.frames, spread.frames) and other.spec["order"] == order
+    assert np.array_equal(np.sort(other.seq), np.sort(spread.seq)) and not np.array_equal(other.seq, spread.seq)
+    assert np.array_equal(make_traffic(flows=256, mix="mixed", malformed=0.3, seed=4, order=order).seq, other.seq)
+
+
+def test_sorted_groups_kinds_and_protocols_and_keeps_the_flows_order():
+    spread = make_traffic(flows=256, mix="mixed", malformed=0.3, seed=4)
+    t = make_traffic(flows=256, mix="mixed", malformed=0.3, seed=4, order="sorted")
+    kinds, proto = t.kinds[t.seq], t.frames[t.seq, 23]
+    key = kinds.astype(int) * 256 + proto
+    assert (np.diff(key) >= 0).all()                                  # one run per (kind, protocol)
+    udp = t.seq[(kinds == 0) & (proto == 17)]
+    assert np.array_equal(udp, spread.seq[(spread.kinds[spread.seq] == 0) & (spread.frames[spread.seq, 23] == 17)])
+
+
+def test_the_command_line_knows_the_orders():
+    from labkit import cli
+    from labkit.nic.traffic import ORDERS
+    assert cli.ORDERS == ORDERS

@@ -81,7 +81,7 @@ BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 KNOB_NAMES = tuple(f.name for f in fields(Knobs))
 # Parameters of Lab(...) a dashboard can turn besides the knobs.
 LAB_PARAMS = ("backend", "graph", "size", "flows", "rate", "gen_batch", "mix", "seed", "workers", "dispatcher",
-              "rss_key", "pool_size")
+              "rss_key", "pool_size", "malformed", "order")
 # What needs the multi-queue in-memory NIC: "auto" picks the in-memory NIC for these.
 MULTICORE_PARAMS = ("workers", "dispatcher", "rss_key", "multiqueue") + WORKER_KNOBS
 
@@ -128,6 +128,8 @@ LABELS = {
     "rss_key": {"default": "Microsoft key", "symmetric": "symmetric key"},
     "layout": {"aos": "AoS (records)", "soa": "SoA (arrays)"},
     "unroll": {1: "single loop", 2: "dual loop", 4: "quad loop"},
+    "variant": {"scalar": "early exits", "branchless": "branchless"},
+    "order": {"spread": "spread", "sorted": "sorted (predictable)", "shuffled": "shuffled (unpredictable)"},
 }
 TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator frames per TX kick",
           "jit": "kernels: interpreted or JIT-compiled",
@@ -136,7 +138,8 @@ TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator fra
           "workers": "workers (a core and a queue pair each)", "sync": "hand-over between cores",
           "counters": "per-worker counters", "dispatcher": "who hashes the frames", "rss_key": "RSS key",
           "model": "threading model", "layout": "packet vector layout", "pool_size": "pool size (buffers)",
-          "unroll": "packets per loop iteration"}
+          "unroll": "packets per loop iteration", "variant": "node implementation",
+          "order": "order of the frames", "malformed": "share of malformed frames"}
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 

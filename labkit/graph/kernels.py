@@ -236,3 +236,70 @@ def acl_one(arena, base, length, acl_rules):
                 return E_ACL_DENY
             return 0
     return 0
+
+
+# --- branchless variants (Knobs(variant="branchless")) -------------------------
+#
+# The same verdicts as eth_input_one and ip4_input_one, code for code, computed
+# without an early exit: every check is evaluated, each gives 0 or 1, and the
+# first one that failed (in the scalar function's order) picks the code by
+# arithmetic, which LLVM compiles to selects and conditional moves instead of
+# jumps. A branch predictor has nothing to guess, so a shuffled mix of good and
+# bad frames costs what a sorted one does; the price is that every frame pays
+# for every check. A check that fails early leaves later reads meaningless, so
+# each byte is read at an offset clamped into the frame (``_clamp``): never
+# past its end, whatever the length; for an empty frame, the last byte of the
+# headroom before it, still inside the buffer.
+
+@njit(inline="always", cache=True)
+def _clamp(f, off, n):
+    """Byte ``off`` of the frame at ``f`` of ``n`` bytes, or its last byte when off >= n."""
+    return f + min(np.int64(off), n - 1)
+
+
+@njit(inline="always", cache=True)
+def _rd16c(arena, f, off, n):
+    """Big-endian 16 bits at ``off``, each byte clamped into the frame."""
+    return (int(arena[_clamp(f, off, n)]) << 8) | int(arena[_clamp(f, off + 1, n)])
+
+
+@njit(inline="always", cache=True)
+def _pick(code, failed, err):
+    """``err`` when this check failed, else ``code`` (the later checks' verdict): no jump."""
+    return code + (err - code) * int(failed)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def eth_input_branchless(arena, base, length):
+    """eth_input_one without a branch: both checks, one verdict."""
+    f = np.int64(base) + DATA_OFF
+    n = np.int64(length)
+    code = _pick(0, _rd16c(arena, f, ETH_TYPE_OFF, n) != ETHERTYPE_IPV4, E_UNKNOWN_ETHERTYPE)
+    return _pick(code, n < ETH_LEN, E_ETH_RUNT)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def ip4_input_branchless(arena, base, length):
+    """ip4_input_one without an early exit: the seven checks of RFC 1812 5.2.2 all run
+    and the first that failed, in ip4_input_one's order, gives the code. The checksum
+    adds the 20 bytes every header has; only the options' words (IHL > 5, rare) go
+    round a loop, whose branch almost every packet takes the same way."""
+    f = np.int64(base) + DATA_OFF
+    n = np.int64(length)
+    ip = IP4_OFF
+    ver_ihl = int(arena[_clamp(f, ip, n)])
+    hlen = (ver_ihl & 0xF) * 4
+    total = _rd16c(arena, f, ip + IP4_LEN_OFF, n)
+    s = 0
+    for o in range(0, 20, 2):
+        s += _rd16c(arena, f, ip + o, n)
+    for o in range(20, min(hlen, n - ip), 2):           # options: none in almost every packet
+        s += _rd16c(arena, f, ip + o, n)
+    ttl = int(arena[_clamp(f, ip + IP4_TTL_OFF, n)])
+    code = _pick(0, ttl <= 1, E_TTL_EXPIRED)
+    code = _pick(code, _fold16(s) != 0xFFFF, E_IP4_BAD_CHECKSUM)
+    code = _pick(code, (total < hlen) | (total > n - IP4_OFF), E_IP4_BAD_LENGTH)
+    code = _pick(code, IP4_OFF + hlen > n, E_IP4_TRUNCATED)
+    code = _pick(code, hlen < 20, E_IP4_BAD_IHL)
+    code = _pick(code, (ver_ihl >> 4) != 4, E_IP4_BAD_VERSION)
+    return _pick(code, n < IP4_MIN, E_IP4_TRUNCATED)

@@ -21,6 +21,14 @@ generates, per node, the loop that calls ``one`` over a whole vector (single,
 dual or quad loop, with or without prefetch) and the generic step that
 enqueues every packet to its next node, VPP's newer style.
 
+``variants`` are other implementations of ``one``, by name: the same codes
+and the same writes for every frame, computed another way (``"branchless"``:
+no early exit, a branch predictor has nothing to guess). ``Knobs(variant=...)``
+picks one for every node that has it; a node without it runs ``one``, the
+``"scalar"`` implementation. Every variant is tested against ``one`` and its
+pure-Python twin on the same crafted and random frames (tests/test_kernels.py),
+so none can rot unseen.
+
 ``prefetch``, when given, has ``one``'s signature and returns nothing: it
 issues software prefetches for what ``one`` will touch (the frame is always
 prefetched by the loop; this is for tables, e.g. the FIB entry of the
@@ -28,6 +36,9 @@ destination).
 """
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
+
+# The implementations a node may have besides its scalar one (Knobs(variant=...)).
+VARIANTS = ("scalar", "branchless")
 
 
 @dataclass(frozen=True)
@@ -40,11 +51,22 @@ class Node:
     prefetch: Optional[Callable] = None
     reads: Tuple[str, ...] = ()                # header fields it reads, for `labkit trace`
     doc: str = ""
+    variants: Tuple[Tuple[str, Callable], ...] = ()   # (variant name, another `one`), see VARIANTS
 
     def __post_init__(self):
         assert self.name and self.next, self.name
         names = [e[0] for e in self.errors]
         assert len(set(names)) == len(names), f"{self.name}: duplicate error names"
+        for v, _ in self.variants:
+            assert v in VARIANTS and v != "scalar", f"{self.name}: unknown variant {v!r}"
+
+    def impl(self, variant="scalar"):
+        """The per-packet function of this variant: ``one`` unless the node has it."""
+        return dict(self.variants).get(variant, self.one)
+
+    def implementations(self):
+        """[(variant name, function)] of every implementation, "scalar" (``one``) first."""
+        return [("scalar", self.one)] + list(self.variants)
 
 
 # The two terminal nodes are implemented by the graph compiler itself, not by

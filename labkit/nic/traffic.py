@@ -36,6 +36,7 @@ IMIX = ((60, 7), (590, 4), (1514, 1))     # (frame bytes without FCS, weight)
 MIN_FRAME = 60                            # 64 on the wire minus the 4-byte FCS
 MAX_FLOWS = 1_000_000
 MIN_SEQ = 4096                            # a send order long enough to spread malformed frames
+ORDERS = ("spread", "sorted", "shuffled")  # how the frames of a send order are arranged (make_traffic)
 BENCH_NET, BENCH_BITS = 0xC6120000, 17    # 198.18.0.0/15 (RFC 2544 appendix C)
 SRC_NET = 0x0A000000                      # 10.0.0.0/8
 TTL = 64
@@ -120,9 +121,17 @@ class Traffic:
 
 
 def make_traffic(size=64, flows=1024, mix="udp", malformed=0.0, seed=1, dst=None,
-                 src_mac=GEN_MAC, dst_mac=DUT_MAC, max_frame=L.MAX_FRAME_DEFAULT):
-    """Build ``flows`` flow templates (+ malformed ones) and their send order."""
+                 src_mac=GEN_MAC, dst_mac=DUT_MAC, max_frame=L.MAX_FRAME_DEFAULT, order="spread"):
+    """Build ``flows`` flow templates (+ malformed ones) and their send order.
+
+    ``order`` arranges the same frames three ways (``ORDERS``): "spread", malformed
+    frames at evenly spaced places among the flows; "sorted", every frame of a kind
+    together (valid UDP, valid TCP, then each defect): a branch predictor guesses
+    almost every packet right; "shuffled", a seeded random order: whether the next
+    frame is good, and what is wrong with it, cannot be guessed."""
     _check(size, flows, mix, malformed, seed, src_mac, dst_mac, max_frame)
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r}: use " + ", ".join(repr(o) for o in ORDERS))
     dst = _check_dst(dst)
     rng = np.random.default_rng(seed)
     idx = np.arange(flows, dtype=np.uint64)
@@ -148,10 +157,22 @@ def make_traffic(size=64, flows=1024, mix="udp", malformed=0.0, seed=1, dst=None
     for j, (kind, b) in enumerate(bad):
         frames[flows + j, :len(b)] = np.frombuffer(b, dtype=np.uint8)
         kinds[flows + j] = KIND_CODES[kind]
-    seq = _send_order(rng, flows, len(bad), malformed)
+    seq = _arrange(_send_order(rng, flows, len(bad), malformed), order, kinds, frames, seed)
     spec = dict(size=size, flows=flows, mix=mix, malformed=malformed, seed=seed,
-                src_mac=src_mac.hex(), dst_mac=dst_mac.hex(), max_frame=max_frame)
+                src_mac=src_mac.hex(), dst_mac=dst_mac.hex(), max_frame=max_frame, order=order)
     return Traffic(frames, lengths, seq, kinds, spec)
+
+
+def _arrange(seq, order, kinds, frames, seed):
+    """The send order `seq` as it is ("spread"), grouped by kind and protocol ("sorted",
+    a stable sort: within a group the flows keep their order, so only the kinds' order
+    changes), or in a seeded random order ("shuffled"): the same frames, as often each."""
+    if order == "sorted":
+        proto = frames[:, L.IP4_OFF + L.IP4_PROTO_OFF]
+        return seq[np.lexsort((proto[seq], kinds[seq]))]
+    if order == "shuffled":
+        return np.random.default_rng([seed, 1]).permutation(seq)      # its own stream: "spread" is unchanged
+    return seq
 
 
 # --- validation: one line saying what to use -----------------------------------

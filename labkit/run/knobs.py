@@ -6,6 +6,8 @@ chapter's Table 1 (Linguaglossa 2020) to the knob that shows it.
 """
 from dataclasses import dataclass, fields, replace, asdict
 
+from ..graph.node import VARIANTS
+
 MAX_BATCH = 256
 # Threading models (labkit.run.workers): run to completion; or an I/O stage and worker
 # stages, one per core ("pipeline"), as lightweight threads of one OS thread switched by a
@@ -32,6 +34,7 @@ class Knobs:
     qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
     sync: str = "spsc"        # workers > 1: RSS in the NIC onto lock-free rings ("spsc"), or a dispatcher thread and locked queues ("lock")
     counters: str = "padded"  # workers > 1: each worker's per-packet counters on its own cache line ("padded"), or all on one ("packed")
+    variant: str = "scalar"   # each node's implementation: "scalar" (early exits) or "branchless" where a node has one
     model: str = "rtc"        # threading model: run to completion ("rtc"), or I/O and worker stages on cores of their own ("pipeline"), as lightweight threads on one thread ("lthreads"), or as OS threads on one CPU ("threads")
 
     def __post_init__(self):
@@ -52,6 +55,8 @@ class Knobs:
             bad("sync", self.sync, 'use "spsc" (RSS in the NIC, lock-free rings) or "lock" (dispatcher thread, spinlocked queues)')
         if self.counters not in ("padded", "packed"):
             bad("counters", self.counters, 'use "padded" (a cache line per worker) or "packed" (all on one line: false sharing)')
+        if self.variant not in VARIANTS:
+            bad("variant", self.variant, "use " + " or ".join(f'"{v}"' for v in VARIANTS))
         if self.model not in MODELS:
             bad("model", self.model, 'use "rtc" (run to completion), "pipeline" (a stage per core), '
                 '"lthreads" (lightweight threads on one core) or "threads" (OS threads on one core)')

@@ -74,9 +74,12 @@ class Lab:
                  mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1,
                  routes=100_000, pool_size=POOL_SIZE, ring_size=RING_SIZE, capture_max=1_000_000,
                  rate=None, gen_batch=None, workers=1, queues=None, rss_key="default", multiqueue=None,
-                 dispatcher=None):
+                 dispatcher=None, order="spread"):
         knobs = knobs if knobs is not None else Knobs()
         _check_lab(backend, graph, knobs, rate, gen_batch)
+        if pcap_in is not None and order != "spread":
+            raise LabError(f"order={order!r} arranges generated traffic; a capture (pcap_in) is replayed in its "
+                           "own order: leave order unset")
         n_workers = _workers_arg(workers, queues)
         kind = _engine_kind(backend, knobs, n_workers, multiqueue, dispatcher)
         self.backend, self.graph_name, self.knobs = backend, graph, knobs
@@ -96,7 +99,7 @@ class Lab:
                 return load_traffic(pcap_in, max_frame)
             dst = self.fib.sample_destinations(max(flows, 1), seed) if self.fib is not None else None
             return make_traffic(size=size, flows=flows, mix=mix, malformed=malformed,
-                                seed=seed, dst=dst, max_frame=max_frame)
+                                seed=seed, dst=dst, max_frame=max_frame, order=order)
         notes = []
         pool = None
         if kind != "workers":     # (each worker has a pool of its own)
