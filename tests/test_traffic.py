@@ -6,7 +6,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.inet6 import IPv6
 
 from labkit.memory import layouts as L
-from labkit.nic.traffic import (DUT_MAC, FORWARDED_KINDS, GEN_MAC, KIND_CODES, KIND_NAMES, Traffic,
+from labkit.nic.traffic import (DUT_MAC, FORWARDED_KINDS, GEN_MAC, KIND_CODES, KIND_NAMES, SHUFFLED_MIN, Traffic,
                                 make_traffic)
 
 
@@ -188,8 +188,12 @@ def test_an_order_sends_the_same_frames_as_often(order):
     spread = make_traffic(flows=256, mix="mixed", malformed=0.3, seed=4)
     other = make_traffic(flows=256, mix="mixed", malformed=0.3, seed=4, order=order)
     assert np.array_equal(other.frames, spread.frames) and other.spec["order"] == order
-    assert np.array_equal(np.sort(other.seq), np.sort(spread.seq)) and not np.array_equal(other.seq, spread.seq)
+    times = np.bincount(other.seq, minlength=len(spread.frames))
+    assert (times == (other.seq.size // spread.seq.size) * np.bincount(spread.seq, minlength=len(spread.frames))).all()
+    assert not np.array_equal(other.seq[:spread.seq.size], spread.seq)
     assert np.array_equal(make_traffic(flows=256, mix="mixed", malformed=0.3, seed=4, order=order).seq, other.seq)
+    reps = 1 if order == "sorted" else -(-SHUFFLED_MIN // spread.seq.size)      # shuffled: long, see SHUFFLED_MIN
+    assert other.seq.size == reps * spread.seq.size
 
 
 def test_sorted_groups_kinds_and_protocols_and_keeps_the_flows_order():

@@ -246,21 +246,19 @@ def acl_one(arena, base, length, acl_rules):
 # arithmetic, which LLVM compiles to selects and conditional moves instead of
 # jumps. A branch predictor has nothing to guess, so a shuffled mix of good and
 # bad frames costs what a sorted one does; the price is that every frame pays
-# for every check. A check that fails early leaves later reads meaningless, so
-# each byte is read at an offset clamped into the frame (``_clamp``): never
-# past its end, whatever the length; for an empty frame, the last byte of the
-# headroom before it, still inside the buffer.
+# for every check. A frame too short for the header has nothing to read, and an
+# early exit is what protects the scalar function's reads: here the headers are
+# read from ``_header``, the frame when it is long enough, else the start of its
+# buffer (the metadata line and headroom, DATA_OFF bytes that every buffer has),
+# whose bytes the verdict then ignores. Never a byte past the frame's end.
 
-@njit(inline="always", cache=True)
-def _clamp(f, off, n):
-    """Byte ``off`` of the frame at ``f`` of ``n`` bytes, or its last byte when off >= n."""
-    return f + min(np.int64(off), n - 1)
+assert DATA_OFF >= IP4_MIN, "a short frame's header is read from the buffer's first DATA_OFF bytes"
 
 
 @njit(inline="always", cache=True)
-def _rd16c(arena, f, off, n):
-    """Big-endian 16 bits at ``off``, each byte clamped into the frame."""
-    return (int(arena[_clamp(f, off, n)]) << 8) | int(arena[_clamp(f, off + 1, n)])
+def _header(base, n, need):
+    """Where to read a header of ``need`` bytes: the frame, or (too short) its buffer's start."""
+    return np.int64(base) + DATA_OFF * np.int64(n >= need)
 
 
 @njit(inline="always", cache=True)
@@ -272,9 +270,9 @@ def _pick(code, failed, err):
 @njit(nogil=True, cache=True, inline="always")
 def eth_input_branchless(arena, base, length):
     """eth_input_one without a branch: both checks, one verdict."""
-    f = np.int64(base) + DATA_OFF
     n = np.int64(length)
-    code = _pick(0, _rd16c(arena, f, ETH_TYPE_OFF, n) != ETHERTYPE_IPV4, E_UNKNOWN_ETHERTYPE)
+    h = _header(base, n, ETH_LEN)
+    code = _pick(0, rd16(arena, h + ETH_TYPE_OFF) != ETHERTYPE_IPV4, E_UNKNOWN_ETHERTYPE)
     return _pick(code, n < ETH_LEN, E_ETH_RUNT)
 
 
@@ -284,19 +282,17 @@ def ip4_input_branchless(arena, base, length):
     and the first that failed, in ip4_input_one's order, gives the code. The checksum
     adds the 20 bytes every header has; only the options' words (IHL > 5, rare) go
     round a loop, whose branch almost every packet takes the same way."""
-    f = np.int64(base) + DATA_OFF
     n = np.int64(length)
-    ip = IP4_OFF
-    ver_ihl = int(arena[_clamp(f, ip, n)])
+    ip = _header(base, n, IP4_MIN) + IP4_OFF
+    ver_ihl = int(arena[ip])
     hlen = (ver_ihl & 0xF) * 4
-    total = _rd16c(arena, f, ip + IP4_LEN_OFF, n)
+    total = rd16(arena, ip + IP4_LEN_OFF)
     s = 0
     for o in range(0, 20, 2):
-        s += _rd16c(arena, f, ip + o, n)
-    for o in range(20, min(hlen, n - ip), 2):           # options: none in almost every packet
-        s += _rd16c(arena, f, ip + o, n)
-    ttl = int(arena[_clamp(f, ip + IP4_TTL_OFF, n)])
-    code = _pick(0, ttl <= 1, E_TTL_EXPIRED)
+        s += rd16(arena, ip + o)
+    for o in range(20, min(hlen, n - IP4_OFF), 2):     # options: none in almost every packet
+        s += rd16(arena, ip + o)
+    code = _pick(0, int(arena[ip + IP4_TTL_OFF]) <= 1, E_TTL_EXPIRED)
     code = _pick(code, _fold16(s) != 0xFFFF, E_IP4_BAD_CHECKSUM)
     code = _pick(code, (total < hlen) | (total > n - IP4_OFF), E_IP4_BAD_LENGTH)
     code = _pick(code, IP4_OFF + hlen > n, E_IP4_TRUNCATED)

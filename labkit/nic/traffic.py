@@ -37,6 +37,7 @@ MIN_FRAME = 60                            # 64 on the wire minus the 4-byte FCS
 MAX_FLOWS = 1_000_000
 MIN_SEQ = 4096                            # a send order long enough to spread malformed frames
 ORDERS = ("spread", "sorted", "shuffled")  # how the frames of a send order are arranged (make_traffic)
+SHUFFLED_MIN = 1 << 20                    # a shuffled send order is at least this long (see make_traffic)
 BENCH_NET, BENCH_BITS = 0xC6120000, 17    # 198.18.0.0/15 (RFC 2544 appendix C)
 SRC_NET = 0x0A000000                      # 10.0.0.0/8
 TTL = 64
@@ -128,7 +129,11 @@ def make_traffic(size=64, flows=1024, mix="udp", malformed=0.0, seed=1, dst=None
     frames at evenly spaced places among the flows; "sorted", every frame of a kind
     together (valid UDP, valid TCP, then each defect): a branch predictor guesses
     almost every packet right; "shuffled", a seeded random order: whether the next
-    frame is good, and what is wrong with it, cannot be guessed."""
+    frame is good, and what is wrong with it, cannot be guessed. The shuffled order
+    is the send order repeated and shuffled as a whole to SHUFFLED_MIN packets or
+    more: a branch predictor learns a random pattern of a few thousand outcomes
+    that comes round again and again (notebook 10 measures it), and the NIC replays
+    the send order in a loop."""
     _check(size, flows, mix, malformed, seed, src_mac, dst_mac, max_frame)
     if order not in ORDERS:
         raise ValueError(f"order={order!r}: use " + ", ".join(repr(o) for o in ORDERS))
@@ -166,12 +171,13 @@ def make_traffic(size=64, flows=1024, mix="udp", malformed=0.0, seed=1, dst=None
 def _arrange(seq, order, kinds, frames, seed):
     """The send order `seq` as it is ("spread"), grouped by kind and protocol ("sorted",
     a stable sort: within a group the flows keep their order, so only the kinds' order
-    changes), or in a seeded random order ("shuffled"): the same frames, as often each."""
+    changes), or in a seeded random order ("shuffled", long): each frame as often as in `seq`."""
     if order == "sorted":
         proto = frames[:, L.IP4_OFF + L.IP4_PROTO_OFF]
         return seq[np.lexsort((proto[seq], kinds[seq]))]
-    if order == "shuffled":
-        return np.random.default_rng([seed, 1]).permutation(seq)      # its own stream: "spread" is unchanged
+    if order == "shuffled":       # long: a branch predictor learns a pattern of a few thousand that repeats
+        reps = -(-SHUFFLED_MIN // seq.size)
+        return np.random.default_rng([seed, 1]).permutation(np.tile(seq, reps))   # its own stream
     return seq
 
 
