@@ -405,6 +405,7 @@ def load_of(rows):
         worst = max((r for r in rows if r.get("other_cpu_percent") is not None),
                     key=lambda r: r["other_cpu_percent"] + (r.get("steal_percent") or 0.0))
         out["top"] = [tuple(b) for b in worst.get("busiest") or []]
+        out["worst"] = (worst["other_cpu_percent"], worst.get("steal_percent") or 0.0)   # (others, steal)
     return out
 
 
@@ -416,8 +417,9 @@ def _load_lines(rows):
     lines = [f"other processes during the runs: median {load['median']:.0f}%, at most {load['max']:.0f}% of a CPU "
              f"(busy from {noise.BUSY_PERCENT:g}%)"]
     if load["busy"]:
-        lines.append(noise.busy_warning(load["max"], load["top"], f"{load['busy']} of the {len(rows)} runs",
-                                        quiet_wait=False))
+        other, steal = load["worst"]
+        lines.append(noise.busy_warning(other, load["top"], f"{load['busy']} of the {len(rows)} runs",
+                                        quiet_wait=False, steal=steal))
     if load["oversubscribed"]:
         r = next(r for r in rows if (r.get("cores_needed") or 1) > (r.get("cpus") or 1 << 30))
         lines.append(f"{load['oversubscribed']} run(s): " + noise.oversubscribed_note(r["cores_needed"], r["cpus"]))
@@ -884,9 +886,9 @@ class Dashboard:
                         row = self._record(value, x, rep, res)
                         done += 1
                         self._redraw()
-                        self._set_status(f"{head}: {self._brief(row)}", fraction=done / total,
-                                         color="#333" if row["conserved"] and row["pool_ok"] and "BUSY" not in self._brief(row)
-                        else "#b00")
+                        brief = self._brief(row)
+                        good = row["conserved"] and row["pool_ok"] and "BUSY" not in brief
+                        self._set_status(f"{head}: {brief}", fraction=done / total, color="#333" if good else "#b00")
             if self._stop.is_set():
                 self._set_status(f"stopped after {done} of {total} runs", "#b60")
             else:
