@@ -752,3 +752,17 @@ def test_the_executor_records_each_cells_load_over_a_second_at_least():
     if os.path.exists("/proc/stat"):
         # one 10 ms tick of another process in this 50 ms cell is 1% over the one-second floor, not 20%
         assert cell["other_cpu_percent"] is not None and cell["other_cpu_percent"] < 25
+
+
+def test_the_machine_record_names_the_core_and_the_table_says_it(monkeypatch):
+    m = widgets.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "cpu family" in cpuinfo.read_text():
+        assert m["cpu_id"].startswith("family ") and ", model " in m["cpu_id"]
+    d = Dashboard("prefetch", backend="memory", repeats=1, lab_factory=fake([]))
+    d.run()
+    meta = d.meta()
+    meta["machine"]["cpu_id"] = "family 26, model 2, stepping 0"
+    assert f"{meta['machine']['cpu']} (family 26, model 2, stepping 0), " in table_text(meta).splitlines()[0]
+    del meta["machine"]["cpu_id"]                      # a figure stored before the record had it
+    assert f"{meta['machine']['cpu']}, {meta['machine']['cpus']} CPUs" in table_text(meta).splitlines()[0]

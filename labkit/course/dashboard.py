@@ -199,7 +199,8 @@ class Banner:
         mode = (f"quick mode (LABKIT_QUICK=1): {QUICK_SECONDS:g} s per run, at most {QUICK_REPEATS} runs"
                 if quick() else "full measurements (LABKIT_QUICK=1 makes them short)")
         return [f"Backend: {name} ({self.why}).", what,
-                f"Machine: {i['cpu']}, {i['cpus']} CPUs, Linux {i['kernel']}, "
+                f"Machine: {i['cpu']}" + (f" ({i['cpu_id']})" if i.get("cpu_id") else "")
+                + f", {i['cpus']} CPUs, Linux {i['kernel']}, "
                 f"huge pages free: {i['hugepages_free']}; labkit {i['labkit']}, numba {i['numba']}; {mode}."]
 
     def _repr_markdown_(self):
@@ -218,10 +219,19 @@ def backend_banner(backend="auto"):
 
 def machine():
     """What the numbers were measured on (stored with every static figure)."""
-    cpu = platform.processor() or platform.machine()
+    cpu, cpu_id = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            info = {}
+            for ln in f:
+                if not ln.strip():
+                    break                                  # the first CPU is enough
+                key, _, value = ln.partition(":")
+                info[key.strip()] = value.strip()
+        cpu = info.get("model name", cpu)
+        # "AMD EPYC" names several generations: family and model say which core it is
+        cpu_id = ", ".join(f"{name} {info[key]}" for name, key in (
+            ("family", "cpu family"), ("model", "model"), ("stepping", "stepping")) if key in info)
     except OSError:
         pass
     huge = "n/a"
@@ -235,8 +245,8 @@ def machine():
         nb = numba.__version__
     except ImportError:
         nb = "n/a"
-    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "numba": nb, "labkit": __version__, "hugepages_free": huge}
+    return {"cpu": cpu, "cpu_id": cpu_id, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "numba": nb, "labkit": __version__, "hugepages_free": huge}
 
 
 # -- labels and numbers ---------------------------------------------------------
@@ -432,7 +442,8 @@ def table_text(meta):
     m = meta["machine"]
     cols = [spec["knob"]] + ([spec["over"]] if spec["over"] else [])
     head = (f"{spec['title']}: {spec['graph']} on {spec['backend_label']}; median [min, max] of the runs, "
-            f"{spec['seconds']:g} s each; {meta['date']}; {m['cpu']}, {m['cpus']} CPUs; labkit {m['labkit']}")
+            f"{spec['seconds']:g} s each; {meta['date']}; {m['cpu']}"
+            + (f" ({m['cpu_id']})" if m.get("cpu_id") else "") + f", {m['cpus']} CPUs; labkit {m['labkit']}")
     metrics = list(dict.fromkeys(list(spec["panels"]) + ["mpps"]))
     per_worker = any(len(r.get("worker_mpps") or []) > 1 for r in rows)
     compare = len(spec["values"]) > 1
