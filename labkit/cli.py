@@ -719,7 +719,7 @@ def _demo_rows(args, lab_mod, seconds, nic):
             row["verdict"] = noise.verdict(offs, ons)
             other, busiest, steal = max(loads, key=lambda ld: -1 if ld[0] is None else ld[0] + ld[2])
             row["other_cpu_percent"], row["busiest"], row["steal_percent"] = other, busiest, steal
-            row["busy"] = other is not None and other + steal >= noise.BUSY_PERCENT
+            row["busy"] = noise.is_busy(other, steal)
             if row["busy"] and row["verdict"] in ("faster", "slower"):
                 row["verdict"] = "unreliable (busy)"
     return rows, notes

@@ -99,10 +99,11 @@ class LoadLog:
 def busy_cells(nb):
     """[(cell id, what the others used)] of the cells stored from a busy machine, by the notebook's
     load record (metadata.labkit.load)."""
+    from labkit.run import noise
     rec = nb.metadata.get("labkit", {}).get("load", {})
-    limit = rec.get("busy_percent", 25.0)
+    limit = rec.get("busy_percent", noise.BUSY_PERCENT)
     return [(cid, c["other_cpu_percent"] + c.get("steal_percent", 0.0)) for cid, c in rec.get("cells", {}).items()
-            if c["other_cpu_percent"] is not None and c["other_cpu_percent"] + c.get("steal_percent", 0.0) >= limit]
+            if noise.is_busy(c["other_cpu_percent"], c.get("steal_percent"), limit)]
 
 
 def execute(path, timeout=TIMEOUT_S, quiet_wait=QUIET_WAIT_S):

@@ -483,14 +483,17 @@ def _verdict_rule():
             f"{noise.MIN_EFFECT:.0%} or more, else within noise; {noise.MIN_RUNS} runs a side at least")
 
 
+def runs_of(rows, value, x=None, metric="mpps"):
+    """Each run's `metric` at one point (knob value, over value), in the order measured."""
+    return [m for m in (_metric(r, metric) for r in rows if r["value"] == value and r["x"] == x) if m is not None]
+
+
 def _versus(spec, rows, value, x):
     """"1.23x faster": this point's median Mpps over the first value's at the same x, and the verdict."""
     first = spec["values"][0]
     if value == first:
         return "-"
-    def runs(v):
-        return [m for m in (_metric(r, "mpps") for r in rows if r["value"] == v and r["x"] == x) if m is not None]
-    base, this = runs(first), runs(value)
+    base, this = runs_of(rows, first, x), runs_of(rows, value, x)
     if not base or not this or not statistics.median(base):
         return "-"
     ratio = statistics.median(this) / statistics.median(base)
@@ -535,8 +538,7 @@ class Sweep:
 
     def runs(self, value, x=None, metric="mpps"):
         """Each run's `metric` at one point, in the order measured."""
-        return [m for m in (_metric(r, metric) for r in self.rows
-                            if r["value"] == value and r["x"] == x) if m is not None]
+        return runs_of(self.rows, value, x, metric)
 
     def label(self, value):
         return self.spec["labels"][self.values.index(value)]
@@ -928,7 +930,7 @@ class Dashboard:
         if not row["pool_ok"]:
             parts.append("BUFFERS LEAKED")
         other = row.get("other_cpu_percent")
-        if other is not None and other + (row.get("steal_percent") or 0.0) >= noise.BUSY_PERCENT:
+        if noise.is_busy(other, row.get("steal_percent")):
             parts.append(f"MACHINE BUSY (other processes {other:.0f}% of a CPU): not reliable")
         return ", ".join(parts)
 

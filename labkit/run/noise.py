@@ -69,6 +69,12 @@ def verdict(offs, ons, higher_is_better=True):
     return "within noise"
 
 
+def is_busy(other_percent, steal_percent=0.0, limit=BUSY_PERCENT):
+    """The rule every report uses: the other processes and the hypervisor's steal together took
+    `limit` % of a CPU or more (False when the others' share was not measured)."""
+    return other_percent is not None and other_percent + (steal_percent or 0.0) >= limit
+
+
 def spread(xs):
     """(median, min, max) of the runs, or (None, None, None)."""
     xs = [x for x in xs if x is not None]
@@ -188,7 +194,7 @@ class MachineLoad:
 
     @property
     def busy(self):
-        return self.other_percent is not None and self.other_percent + self.steal_percent >= BUSY_PERCENT
+        return is_busy(self.other_percent, self.steal_percent)
 
     @property
     def oversubscribed(self):
