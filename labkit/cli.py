@@ -226,7 +226,8 @@ def _knob_options(p):
     k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
     k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
     k.add_argument("--variant", choices=VARIANTS,
-                   help="each node's implementation: scalar (early exits) or branchless where a node has one")
+                   help="each node's implementation: scalar (early exits), branchless, or simd (a whole "
+                        "vector in vector lanes) where a node has one")
 
 
 def _gen_parser(sub):

@@ -76,11 +76,35 @@ def both(name, frame, fib, acl, adj=0):
             assert np.array_equal(a3, a1), (name, variant)
         at, bt = tight(frame, adj=adj)          # and it reads no byte past the frame
         assert fn.py_func(at, bt, len(frame), *tabs) == c1, (name, variant)
+    if node.simd is not None:                   # the whole-vector variant, on a vector of one
+        for py in (False, True):
+            a3, _ = place(frame, adj=adj)
+            assert simd_codes(node, a3, [base], [len(frame)], tabs, py)[0] == c1, (name, "simd", py)
+            assert np.array_equal(a3, a1), (name, "simd")
+        at, bt = tight(frame, adj=adj)
+        assert simd_codes(node, at, [bt], [len(frame)], tabs, True)[0] == c1, (name, "simd", "tight")
     if node.prefetch is not None:
         node.prefetch(a1, base, len(frame), *tabs)
         node.prefetch.py_func(at, bt, len(frame), *tabs)
     assert -len(node.errors) <= c1 < len(node.next)
     return c1, a1, base
+
+
+def simd_codes(node, arena, bases, lengths, tabs, py=False):
+    """A node's simd variant over one vector, as the generated loop runs it (gather every packet
+    into rows, decide the lanes, the slow path for SLOW): the codes. py: the pure-Python twins."""
+    gather, lanes = node.simd
+    one = node.one
+    if py:
+        gather, lanes, one = gather.py_func, lanes.py_func, one.py_func
+    n = len(bases)
+    rows = np.zeros((k.SIMD_ROWS + 2, n + 3), np.uint32)        # rows from r0 = 2, spare columns
+    for i in range(n):
+        gather(arena, bases[i], lengths[i], rows, 2, i)
+    lanes(rows, 2, n)
+    codes = [int(rows[2 + k.ROW_CODE, i]) - k.CODE_BIAS for i in range(n)]
+    assert not rows[2 + k.ROW_CODE, n:].any(), "the lanes wrote past the vector"
+    return [one(arena, bases[i], lengths[i], *tabs) if c == k.SLOW else c for i, c in enumerate(codes)]
 
 
 def udp(**ip):
@@ -338,3 +362,27 @@ def test_mutated_frames(fib, acl, kind, flips, cut):
     frame = bytes(b[:len(b) - cut % 8])
     for name in ALL:
         both(name, frame, fib, acl, adj=cut % 9)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 64, 255])
+def test_the_simd_variant_decides_a_whole_vector_as_the_scalar_node(n):
+    """Vectors of every length around the lanes (remainder loops included): valid frames, every
+    defect, options, short and random frames, each code the scalar node's."""
+    rng = np.random.default_rng(n)
+    kinds = list(VALID.values()) + [udp(ttl=1), udp(ihl=4), udp(version=6), udp(len=19), udp(len=900),
+                                    patch(udp(), 24, 0, 0), udp()[:20], udp()[:34], b"", udp()[:13]]
+    frames = []
+    for i in range(n):
+        f = bytearray(kinds[int(rng.integers(0, len(kinds)))])
+        if i % 5 == 4 and len(f) > 20:
+            f[int(rng.integers(14, 34))] = int(rng.integers(0, 256))
+        frames.append(bytes(f))
+    arena = np.zeros(SLOT * max(n, 1), np.uint8)
+    bases = [i * SLOT for i in range(n)]
+    for b, f in zip(bases, frames):
+        arena[b + DATA_OFF:b + DATA_OFF + len(f)] = np.frombuffer(f, np.uint8)
+    node = NODES["ip4-input"]
+    want = [node.one(arena, b, len(f)) for b, f in zip(bases, frames)]
+    assert simd_codes(node, arena, bases, [len(f) for f in frames], ()) == want
+    if n >= 64:
+        assert len(set(want)) >= 5, "the vector holds many kinds"

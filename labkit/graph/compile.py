@@ -28,11 +28,12 @@ import numpy as np
 
 from ..settings import cache_root, source_fingerprint
 from ..memory.layouts import LINE_SHIFT, PKT_VEC_AOS, RUN_REASONS
+from .kernels import SIMD_ROWS
 from .node import DROP, TX, Node
 from .nodes import GRAPHS, NODES, WIRING
 
 PREFETCH_AHEAD = 4     # packets ahead: far enough to hide a miss at ~20 cycles per packet per node
-GEN_VERSION = 3        # bump when the generator's output changes meaning
+GEN_VERSION = 4        # bump when the generator's output changes meaning
 
 
 @dataclass
@@ -95,7 +96,7 @@ def const_name(name):
     return name.replace("-", "_").upper()
 
 
-def _constants(g, handle_shift):
+def _constants(g, handle_shift, layout, simd):
     """The generated module's named constants: where each node's frame and each
     drop reason sit, so the code says counts[IP4_INPUT], not counts[1]."""
     width = max(len(const_name(x)) for x in list(g.reasons) + [n.name + "_errors" for n in g.nodes])
@@ -106,6 +107,8 @@ def _constants(g, handle_shift):
            f"PREFETCH_AHEAD = {PREFETCH_AHEAD}    # packets ahead whose data line (and tables) a node prefetches",
            "CALLS, VECTORS, CLOCKS = 0, 1, 2   # the columns of stats, per node (VPP's show runtime)",
            "", "# the nodes, in order: each one's frame in frames_* and counts, its row in stats"]
+    if simd:
+        out.insert(3, f"ROW0 = {row0(g, layout)}    # frames_h's scratch rows start here (simd variants: make_frames)")
     out += [f"{pad(n.name)} = {i}" for i, n in enumerate(g.nodes)]
     out += ["", "# drop reasons: each one's index in counters (labkit.graph.compile.resolve)"]
     out += [f"{pad(r)} = {str(i).ljust(3)} # {g.explanations[r]}" for i, r in enumerate(g.reasons)]
@@ -114,23 +117,59 @@ def _constants(g, handle_shift):
     return out
 
 
+def _simd(node, knobs):
+    """Whether `node` runs its whole-vector "simd" variant under these knobs."""
+    return knobs.variant == "simd" and node.simd is not None
+
+
+def row0(g, layout):
+    """Where the scratch rows of the simd variants begin in frames_h: after the nodes' frames
+    (layout soa), or at 0 (aos, whose frames are in frames_x and frames_h holds only the rows)."""
+    return len(g.nodes) if layout == "soa" else 0
+
+
+def _accessors(node, knobs):
+    """(handle expression, length expression, store-next statement, the node loop's arguments)."""
+    tbl = "".join(", " + t for t in node.tables)
+    if knobs.layout == "aos":
+        return (lambda e: f"(np.int64(v[{e}]['handle']) << HANDLE_SHIFT)",
+                lambda e: f"np.int64(v[{e}]['length'])",
+                lambda e, x: f"v[{e}]['next'] = {x}", f"arena, v, n{tbl}")
+    return (lambda e: f"(np.int64(hs[{e}]) << HANDLE_SHIFT)", lambda e: f"np.int64(ls[{e}])",
+            lambda e, x: f"nxt[{e}] = {x}", f"arena, hs, ls, n, nxt{tbl}")
+
+
+def _simd_loop(node, knobs):
+    """Source of a node's loop under its "simd" variant: gather every packet's header into the
+    scratch rows, decide every column at once (vectorized), then store the codes, asking the
+    per-packet function for the packets the lanes sent to the slow path. Unroll and prefetch do
+    not apply: these loops are the variant's own."""
+    h, ln, put, args = _accessors(node, knobs)
+    f = _fname(node)
+    tbl = "".join(", " + t for t in node.tables)
+    return "\n".join([
+        "@JIT", f"def {f}_node({args}, frames_h):",
+        f'    """{node.name} over one vector, the simd variant: gather into rows, decide in vector lanes."""',
+        "    for i in range(n):",
+        f"        {f}_gather(arena, {h('i')}, {ln('i')}, frames_h, ROW0, i)",
+        f"    {f}_lanes(frames_h, ROW0, n)",
+        "    for i in range(n):",
+        "        c = np.int64(frames_h[ROW0 + ROW_CODE, i]) - CODE_BIAS",
+        "        if c == SLOW:         # a header with options: the per-packet function decides",
+        f"            c = {f}_one(arena, {h('i')}, {ln('i')}{tbl})",
+        f"        {put('i', 'c')}"]) + "\n"
+
+
 def _node_loop(node, knobs):
     """Source of the loop that runs `node` over one vector (a single, dual or quad
     loop, then a single loop for the rest). With prefetch, each iteration first
     prefetches the packets PREFETCH_AHEAD places ahead, checking that bound once
     per iteration (VPP's quad loops run ``while (n_left_from >= 8)``): the last
     iterations of a vector prefetch nothing, there is nothing ahead to fetch."""
+    if _simd(node, knobs):
+        return _simd_loop(node, knobs)
     tbl = "".join(", " + t for t in node.tables)
-    if knobs.layout == "aos":
-        h = lambda e: f"(np.int64(v[{e}]['handle']) << HANDLE_SHIFT)"     # noqa: E731
-        ln = lambda e: f"np.int64(v[{e}]['length'])"                       # noqa: E731
-        put = lambda e, x: f"v[{e}]['next'] = {x}"                         # noqa: E731
-        args = f"arena, v, n{tbl}"
-    else:
-        h = lambda e: f"(np.int64(hs[{e}]) << HANDLE_SHIFT)"               # noqa: E731
-        ln = lambda e: f"np.int64(ls[{e}])"                                # noqa: E731
-        put = lambda e, x: f"nxt[{e}] = {x}"                               # noqa: E731
-        args = f"arena, hs, ls, n, nxt{tbl}"
+    h, ln, put, args = _accessors(node, knobs)
     f = _fname(node)
 
     def body(width, prefetch):
@@ -205,13 +244,14 @@ def _dispatch(g, knobs):
              "    n_tx = 0", "    n_free = 0"]
     for i, node in enumerate(g.nodes):
         ntbl = "".join(", " + t for t in node.tables)
+        rows = ", frames_h" if _simd(node, knobs) else ""
         me = const_name(node.name)
         lines += [f"    n = counts[{me}]", "    if n > 0:", "        t0 = rdtsc()"]
         if aos:
-            lines += [f"        v = frames_x[{me}]", f"        {_fname(node)}_node(arena, v, n{ntbl})"]
+            lines += [f"        v = frames_x[{me}]", f"        {_fname(node)}_node(arena, v, n{ntbl}{rows})"]
         else:
             lines += [f"        hs = frames_h[{me}]", f"        ls = frames_l[{me}]", f"        nxt = frames_x[{me}]",
-                      f"        {_fname(node)}_node(arena, hs, ls, n, nxt{ntbl})"]
+                      f"        {_fname(node)}_node(arena, hs, ls, n, nxt{ntbl}{rows})"]
         lines += _enqueue(g, i, aos)
         lines += [f"        counts[{me}] = 0",
                   f"        stats[{me}, CALLS] += 1",
@@ -227,7 +267,8 @@ def generate(g, knobs, handle_shift=LINE_SHIFT):
     handle_shift: LINE_SHIFT when handles are mempool buffers, 0 when they are
     byte offsets of frames in an AF_PACKET ring (zero-copy on veth)."""
     impls = [n.impl(knobs.variant) for n in g.nodes]
-    imports = sorted({(f.__module__, f.__name__) for f in impls} |
+    simd = [f for n in g.nodes if _simd(n, knobs) for f in n.simd]
+    imports = sorted({(f.__module__, f.__name__) for f in impls + simd} |
                      {(n.prefetch.__module__, n.prefetch.__name__) for n in g.nodes if n.prefetch})
     head = [f'"""Generated by labkit.graph.compile for graph {g.name!r}: '
             f'unroll={knobs.unroll} prefetch={knobs.prefetch} layout={knobs.layout} jit={knobs.jit}'
@@ -237,6 +278,8 @@ def generate(g, knobs, handle_shift=LINE_SHIFT):
             "from numba import njit",
             "from labkit.memory.intrinsics import rdtsc, prefetch",
             "from labkit.memory.layouts import DATA_OFF, LINE_SHIFT"]
+    if simd:
+        head.append("from labkit.graph.kernels import CODE_BIAS, ROW_CODE, SLOW")
     for mod, name in imports:
         head.append(f"from {mod} import {name}")
     if knobs.jit:
@@ -256,7 +299,9 @@ def generate(g, knobs, handle_shift=LINE_SHIFT):
         head.append(f"{_fname(n)}_one = {impl.__name__}")
         if n.prefetch:
             head.append(f"{_fname(n)}_pf = {n.prefetch.__name__}")
-    parts = ["\n".join(head) + "\n", "\n".join(_constants(g, handle_shift)) + "\n"]
+        if _simd(n, knobs):
+            head.append(f"{_fname(n)}_gather, {_fname(n)}_lanes = {n.simd[0].__name__}, {n.simd[1].__name__}")
+    parts = ["\n".join(head) + "\n", "\n".join(_constants(g, handle_shift, knobs.layout, bool(simd))) + "\n"]
     parts += [_node_loop(n, knobs) for n in g.nodes]
     parts.append(_dispatch(g, knobs))
     return "\n\n".join(parts)
@@ -300,12 +345,13 @@ def compile_graph(graph_name, knobs):
 
 
 def make_frames(g, batch, layout):
-    """Per-node frames of `batch` packets, in the chosen layout."""
+    """Per-node frames of `batch` packets, in the chosen layout: (frames_h, frames_l, frames_x,
+    counts). frames_h also carries SIMD_ROWS scratch rows from ``row0(g, layout)`` on, where a
+    node's "simd" variant gathers its headers (one set per engine or worker, like the frames)."""
     k = len(g.nodes)
     counts = np.zeros(k, dtype=np.int64)
     if layout == "aos":
         x = np.zeros((k, batch), dtype=PKT_VEC_AOS)
-        h = np.zeros((1, 1), dtype=np.uint32)
-        return h, h.astype(np.uint32), x, counts
-    return (np.zeros((k, batch), dtype=np.uint32), np.zeros((k, batch), dtype=np.uint32),
+        return np.zeros((SIMD_ROWS, batch), np.uint32), np.zeros((1, 1), np.uint32), x, counts
+    return (np.zeros((k + SIMD_ROWS, batch), dtype=np.uint32), np.zeros((k, batch), dtype=np.uint32),
             np.zeros((k, batch), dtype=np.int32), counts)

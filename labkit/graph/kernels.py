@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from labkit.memory.bytes import rd16, rd32, rd32le, wr16, wr32le
-from labkit.memory.intrinsics import prefetch
+from labkit.memory.intrinsics import load_le, prefetch
 from labkit.memory.layouts import (
     DATA_OFF, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_OFF, ETHERTYPE_IPV4, IP4_CSUM_OFF,
     IP4_DST_OFF, IP4_LEN_OFF, IP4_OFF, IP4_PROTO_OFF, IP4_SRC_OFF, IP4_TTL_OFF,
@@ -290,8 +290,8 @@ def ip4_input_branchless(arena, base, length):
     s = 0
     for o in range(0, 20, 2):
         s += rd16(arena, ip + o)
-    for o in range(20, min(hlen, n - IP4_OFF), 2):     # options: none in almost every packet
-        s += rd16(arena, ip + o)
+    for o in range(20, min(hlen, n - IP4_OFF - 1), 2):     # options: none in almost every packet; both
+        s += rd16(arena, ip + o)                             # bytes of each word inside the frame
     code = _pick(0, int(arena[ip + IP4_TTL_OFF]) <= 1, E_TTL_EXPIRED)
     code = _pick(code, _fold16(s) != 0xFFFF, E_IP4_BAD_CHECKSUM)
     code = _pick(code, (total < hlen) | (total > n - IP4_OFF), E_IP4_BAD_LENGTH)
@@ -299,3 +299,74 @@ def ip4_input_branchless(arena, base, length):
     code = _pick(code, hlen < 20, E_IP4_BAD_IHL)
     code = _pick(code, (ver_ihl >> 4) != 4, E_IP4_BAD_VERSION)
     return _pick(code, n < IP4_MIN, E_IP4_TRUNCATED)
+
+
+# --- the simd variant (Knobs(variant="simd")): a whole vector at once -----------------------
+#
+# A vector instruction works on the same field of many packets (4, 8 or 16 lanes of 32 bits), but
+# each packet's header lies in its own buffer. So ip4-input's simd variant runs in three loops
+# over the vector, which the graph compiler writes instead of the per-packet loop:
+#
+# 1. gather (``ip4_input_gather``, per packet): the header's 20 bytes, in three loads, into five
+#    *rows* of 32-bit words as they lie in memory (little-endian on x86), one column per packet,
+#    and the frame's length into a sixth (scratch rows that every engine's frames carry:
+#    ``labkit.graph.compile.make_frames``);
+# 2. decide (``ip4_input_lanes``): every check of ip4_input_branchless on the rows, in 32-bit
+#    arithmetic, with no jump: LLVM's loop vectorizer makes it vector code (16 packets per
+#    instruction with AVX-512). The words stay in memory's byte order: the ones' complement sum
+#    does not depend on it (RFC 1071 section 2(B)), so only the total length is swapped. A
+#    header with options (IHL > 5, rare) is marked SLOW;
+# 3. the slow path and the verdicts (generated): a SLOW packet gets ip4_input_one's code.
+#
+# The codes are ip4_input_one's, code for code (tests/test_kernels.py); notebook 12 measures
+# what the gather costs beside what the lanes save.
+
+SIMD_ROWS = 7               # scratch rows: the header's five 32-bit words, the frame length, the code
+ROW_LEN, ROW_CODE = 5, 6
+CODE_BIAS = 16              # a code is stored as code + CODE_BIAS in an unsigned row
+SLOW = 8                    # "options: ask ip4_input_one" (no node has 8 arcs)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def ip4_input_gather(arena, base, length, rows, r0, i):
+    """Column i of the rows (from row r0): the header's five 32-bit words as memory holds them, and
+    the length. A frame too short for the header is read from its buffer's start (``_header``); its
+    code will not look at those words."""
+    n = np.int64(length)
+    ip = _header(base, n, IP4_MIN) + IP4_OFF
+    a = load_le(arena, ip, 8)
+    b = load_le(arena, ip + 8, 8)
+    rows[r0, i] = a & 0xFFFFFFFF
+    rows[r0 + 1, i] = a >> 32
+    rows[r0 + 2, i] = b & 0xFFFFFFFF
+    rows[r0 + 3, i] = b >> 32
+    rows[r0 + 4, i] = load_le(arena, ip + 16, 4)
+    rows[r0 + ROW_LEN, i] = n
+
+
+@njit(nogil=True, cache=True, inline="always")
+def ip4_input_lanes(rows, r0, n):
+    """ip4_input_one's code of every gathered header (row ROW_CODE, + CODE_BIAS), computed lane-wise:
+    32-bit arithmetic (numba's integers are 64 bits; each step is cast back, so a vector holds twice
+    as many packets) and selects instead of exits, the first failing check winning as in
+    ip4_input_one. Byte 0 of a word is its low byte: version and IHL, then TTL in word 2."""
+    for i in range(n):
+        length = np.int32(rows[r0 + ROW_LEN, i])
+        d0 = np.uint32(rows[r0, i])
+        hlen = np.int32((d0 & 0xF) << 2)                             # IHL * 4
+        total = np.int32(((d0 >> 8) & 0xFF00) | (d0 >> 24))          # bytes 2-3, network order
+        s = np.uint32(0)
+        for w in range(5):
+            d = np.uint32(rows[r0 + w, i])
+            s = np.uint32(s + (d & 0xFFFF) + (d >> 16))
+        s = np.uint32((s & 0xFFFF) + (s >> 16))
+        s = np.uint32((s & 0xFFFF) + (s >> 16))
+        c = np.int32(0)
+        c = np.int32(E_TTL_EXPIRED) if np.uint32(rows[r0 + 2, i] & 0xFF) <= 1 else c
+        c = np.int32(E_IP4_BAD_CHECKSUM) if s != 0xFFFF else c
+        c = np.int32(E_IP4_BAD_LENGTH) if (total < hlen) | (total > length - IP4_OFF) else c
+        c = np.int32(SLOW) if hlen > 20 else c
+        c = np.int32(E_IP4_BAD_IHL) if hlen < 20 else c
+        c = np.int32(E_IP4_BAD_VERSION) if np.uint32((d0 >> 4) & 0xF) != 4 else c
+        c = np.int32(E_IP4_TRUNCATED) if length < IP4_MIN else c
+        rows[r0 + ROW_CODE, i] = np.uint32(c + CODE_BIAS)

@@ -29,6 +29,13 @@ picks one for every node that has it; a node without it runs ``one``, the
 pure-Python twin on the same crafted and random frames (tests/test_kernels.py),
 so none can rot unseen.
 
+``simd`` is the ``"simd"`` variant, which works on a whole vector instead of
+one packet: ``gather(arena, base, length, rows, r0, i)`` copies what the node
+reads of packet i into column i of scratch rows (``frames_h``' rows from
+``r0`` on), then ``lanes(rows, r0, n)`` decides every column at once, code
+plus ``CODE_BIAS`` into row ``ROW_CODE``, in a loop LLVM vectorizes; a code
+``SLOW`` sends that packet to ``one`` (``labkit.graph.kernels``).
+
 ``prefetch``, when given, has ``one``'s signature and returns nothing: it
 issues software prefetches for what ``one`` will touch (the frame is always
 prefetched by the loop; this is for tables, e.g. the FIB entry of the
@@ -38,7 +45,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 # The implementations a node may have besides its scalar one (Knobs(variant=...)).
-VARIANTS = ("scalar", "branchless")
+VARIANTS = ("scalar", "branchless", "simd")
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Node:
     reads: Tuple[str, ...] = ()                # header fields it reads, for `labkit trace`
     doc: str = ""
     variants: Tuple[Tuple[str, Callable], ...] = ()   # (variant name, another `one`), see VARIANTS
+    simd: Optional[Tuple[Callable, Callable]] = None  # (gather, lanes): the "simd" variant, a whole vector
 
     def __post_init__(self):
         assert self.name and self.next, self.name

@@ -33,6 +33,7 @@ NODES = {n.name: n for n in (
                  ("ip4_bad_checksum", "IPv4 header checksum does not verify"),
                  ("ttl_expired", "TTL 0 or 1: forwarding would make it 0 (RFC 1812 5.3.1)")),
          reads=_IP4_HDR, variants=(("branchless", k.ip4_input_branchless),),
+         simd=(k.ip4_input_gather, k.ip4_input_lanes),
          doc="Validate the IPv4 header as a router must (RFC 1812 5.2.2)."),
     Node("ip4-lookup", k.ip4_lookup_one, ("ip4-rewrite",),
          errors=(("no_route", "no route matches the destination address"),

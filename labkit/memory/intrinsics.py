@@ -10,6 +10,10 @@
 - ``cas(a, i, expected, new)``: compare-and-swap on an element of a 1-D
   integer array (x86 ``lock cmpxchg``, a full barrier); returns the old value.
   The workers' wire cursor and spinlocks are built on it.
+- ``load_le(a, i, width)``: ``width`` (4 or 8) bytes of a uint8 array from
+  byte ``i``, little-endian, in one load whatever the alignment (x86 loads
+  need none). Byte by byte, LLVM does not merge such reads: numba's index
+  arithmetic (negative indices wrap) sits between them.
 - ``prefetch(a, i)``: a software prefetch of the cache line holding ``a[i]``
   (``llvm.prefetch``: read, high locality). It is a hint: no fault, no effect
   on results.
@@ -104,6 +108,20 @@ def _prefetch(typingctx, arr, idx):
     return types.void(arr, idx), codegen
 
 
+@intrinsic
+def _load_le(typingctx, arr, idx, width):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8
+            and isinstance(width, types.IntegerLiteral) and width.literal_value in (4, 8)):
+        return None
+    bits = 8 * width.literal_value
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        v = builder.load(builder.bitcast(ptr, ir.IntType(bits).as_pointer()), align=1)
+        return builder.zext(v, ir.IntType(64)) if bits < 64 else v
+    return types.uint64(arr, idx, width), codegen
+
+
 # Python-level versions (the "JIT off" twins). numba compiles the overloads.
 
 def rdtsc():
@@ -148,6 +166,15 @@ def prefetch(a, i):
     return None
 
 
+def load_le(a, i, width):
+    """The pure-Python twin reads the same bytes, and raises IndexError past the array's end as
+    the compiled code must never go (whoever calls it checks the length first)."""
+    i = int(i)
+    if i < 0 or i + width > a.shape[0]:
+        raise IndexError(f"load_le({i}, {width}) past an array of {a.shape[0]} bytes")
+    return int.from_bytes(a[i:i + width].tobytes(), "little")
+
+
 @overload(rdtsc, inline="always")
 def _ov_rdtsc():
     return lambda: _rdtsc()
@@ -161,6 +188,11 @@ def _ov_load_acquire(a, i):
 @overload(store_release, inline="always")
 def _ov_store_release(a, i, v):
     return lambda a, i, v: _store_release(a, i, v)
+
+
+@overload(load_le, inline="always")
+def _ov_load_le(a, i, width):
+    return lambda a, i, width: _load_le(a, i, width)
 
 
 @overload(prefetch, inline="always")

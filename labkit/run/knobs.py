@@ -34,7 +34,7 @@ class Knobs:
     qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
     sync: str = "spsc"        # workers > 1: RSS in the NIC onto lock-free rings ("spsc"), or a dispatcher thread and locked queues ("lock")
     counters: str = "padded"  # workers > 1: each worker's per-packet counters on its own cache line ("padded"), or all on one ("packed")
-    variant: str = "scalar"   # each node's implementation: "scalar" (early exits) or "branchless" where a node has one
+    variant: str = "scalar"   # each node's implementation: "scalar" (early exits), "branchless" or "simd" (a whole vector in lanes) where a node has one
     model: str = "rtc"        # threading model: run to completion ("rtc"), or I/O and worker stages on cores of their own ("pipeline"), as lightweight threads on one thread ("lthreads"), or as OS threads on one CPU ("threads")
 
     def __post_init__(self):
