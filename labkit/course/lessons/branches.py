@@ -51,7 +51,8 @@ from labkit.memory.layouts import DATA_OFF, ETH_TYPE_OFF, ETHERTYPE_IPV4, IP4_LE
 from labkit.settings import quick
 
 __all__ = ["walk_branchy", "walk_branchless", "count_compiler", "measure_classic", "classic_table",
-           "measure_learning", "learning_table", "conditional_branches", "branch_counter",
+           "measure_learning", "learning_table", "conditional_branches", "compiled_fresh", "function_ir",
+           "branch_counter",
            "CLASSES", "FORWARD", "RUNT", "NOT_IP4", "TRUNCATED", "BAD_VERSION", "BAD_IHL", "OPTIONS", "BAD_LENGTH",
            "BAD_CHECKSUM", "TTL_EXPIRED", "reference_class", "starter_class", "make_frames", "classify_problems",
            "order_of", "time_classify", "kernel_branches", "ORDER_N"]
@@ -193,15 +194,15 @@ def _bodies(fn, sig):
     return out
 
 
-def conditional_branches(fn, sig=None):
-    """How many conditional branches (``br i1``, ``switch``) LLVM left in `fn`'s code for `sig`
-    (default: the first signature it was compiled for), loops' own tests included."""
+def compiled_fresh(fn, sig=None):
+    """(a fresh dispatcher of fn's Python code compiled for `sig`, sig), `sig` defaulting to the
+    first signature fn was compiled for. Fresh: a function loaded from numba's cache has machine
+    code, not IR, to show; and without bounds checks whatever NUMBA_BOUNDSCHECK says (labkit's
+    tests turn them on), as the data plane runs: a bounds check is a branch, and it keeps LLVM
+    from vectorizing."""
     if not fn.signatures and sig is None:
         raise ValueError(f"{fn.__name__} has not been compiled yet: call it once, or give sig")
     sig = sig or fn.signatures[0]
-    # compiled afresh: a function loaded from numba's cache has machine code, not IR, to show;
-    # and without bounds checks whatever NUMBA_BOUNDSCHECK says (labkit's tests turn them on),
-    # as the data plane runs: a bounds check is a branch too
     from numba.core import config
     fresh = njit(nogil=True, boundscheck=False)(fn.py_func)
     saved, config.BOUNDSCHECK = config.BOUNDSCHECK, None
@@ -209,10 +210,23 @@ def conditional_branches(fn, sig=None):
         fresh.compile(sig)
     finally:
         config.BOUNDSCHECK = saved
+    return fresh, sig
+
+
+def function_ir(fn, sig=None):
+    """The optimized LLVM IR of fn's own code for `sig` (compiled_fresh), numba's wrappers left out."""
+    fresh, sig = compiled_fresh(fn, sig)
     bodies = _bodies(fresh, sig)
     if not bodies:
         raise ValueError(f"no LLVM function for {fn.__name__} found in its IR")
-    return sum(len(re.findall(r"\bbr i1 ", b)) + len(re.findall(r"\bswitch ", b)) for b in bodies)
+    return "\n".join(bodies)
+
+
+def conditional_branches(fn, sig=None):
+    """How many conditional branches (``br i1``, ``switch``) LLVM left in `fn`'s code for `sig`
+    (default: the first signature it was compiled for), loops' own tests included."""
+    ir = function_ir(fn, sig)
+    return len(re.findall(r"\bbr i1 ", ir)) + len(re.findall(r"\bswitch ", ir))
 
 
 PERF_TYPE_HARDWARE, PERF_COUNT_HW_BRANCH_MISSES = 0, 5
