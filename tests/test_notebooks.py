@@ -386,6 +386,8 @@ def test_a_sweep_records_every_run_and_the_figure_matches():
     assert list(median.y) == [statistics.median(cyc[v]) for v in (1, 4, 16)]
     assert sorted(runs.y) == sorted(sum(cyc.values(), []))
     assert d.medians("cycles") == {v: statistics.median(cyc[v]) for v in (1, 4, 16)}
+    assert d.medians("node:eth-input") == d.medians("cycles")   # the fake's one node took every cycle
+    assert d.medians("node:ip4-input") == {}                     # a node the graph did not run
     assert d.median(4, metric="cpu") == statistics.median(r["cpu_percent"] for r in d.results if r["value"] == 4)
     assert fig.layout.xaxis.type == "log"                       # 1..16: a log axis
     meta = check_figure(json.loads(fig.to_json()))

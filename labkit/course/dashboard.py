@@ -282,6 +282,9 @@ def _r(v):
 
 
 def _metric(row, metric):
+    """One run's number: a METRICS name, or "node:NAME", that node's TSC cycles per packet."""
+    if metric.startswith("node:"):
+        return (row.get("node_cycles") or {}).get(metric[5:])
     if metric == "batch_us":
         c, v = row.get("cycles_per_packet"), row.get("vector")
         return _r(v * c / row["tsc_hz"] * 1e6) if c is not None and v and row.get("tsc_hz") else None
@@ -548,7 +551,7 @@ class Sweep:
         the first value, the technique off) by labkit.run.noise.verdict, on each run's `metric`
         ("cycles" and the other costs: lower is faster)."""
         than = self.values[0] if than is None else than
-        higher = metric in ("mpps", "gen_mpps", "vector")
+        higher = metric in ("mpps", "gen_mpps", "vector")          # "cycles", "node:NAME"...: lower is better
         return noise.verdict(self.runs(than, x, metric), self.runs(value, x, metric), higher_is_better=higher)
 
     def load(self):
@@ -951,6 +954,7 @@ class Dashboard:
             "nic_cycles_per_packet": _r(res.nic_cycles / res.sent) if res.sent and res.backend == "memory" else None,
             "batch": res.batch, "tsc_hz": _r(res.tsc_hz),
             "vector": _r(res.runtime[0].vectors_per_call) if getattr(res, "runtime", None) else None,
+            "node_cycles": {r.name: _r(r.cycles_per_packet) for r in getattr(res, "runtime", None) or []},
             "sent": res.sent, "forwarded": res.forwarded, "dropped": sum(res.dropped.values()),
             "polls": extra.get("dut_polls"), "kicks": extra.get("dut_kicks"),
             "conserved": bool(res.conserved), "pool_ok": bool(res.pool_ok),
