@@ -223,6 +223,8 @@ def _knob_options(p):
     k.add_argument("--batch", type=int, metavar="N", help="vector size: packets per burst and per dispatch (1..256)")
     for name in KNOB_FLAGS:
         k.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=KNOB_HELP[name])
+    k.add_argument("--prefetch-distance", type=int, metavar="N",
+                   help="with prefetch: how many packets ahead a node prefetches (1 to 64)")
     k.add_argument("--unroll", type=int, choices=(1, 2, 4), help="packets per loop iteration: 1, 2 or 4")
     k.add_argument("--layout", choices=("soa", "aos"), help="packet vector layout")
     k.add_argument("--variant", choices=VARIANTS,
@@ -326,8 +328,8 @@ def build_parser():
 # -- from arguments to a Lab --------------------------------------------------------
 
 def _knobs(args):
-    changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "unroll", "layout", "variant", "poll",
-                                                      "qdisc_bypass", "sync", "counters", "model")
+    changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "prefetch_distance", "unroll", "layout",
+                                                      "variant", "poll", "qdisc_bypass", "sync", "counters", "model")
                if getattr(args, name) is not None}
     return Knobs().with_(**changes)          # KnobError says which knob and what to use
 

@@ -112,3 +112,31 @@ def test_decode_names_every_code():
 def test_no_compiler_message(monkeypatch):
     monkeypatch.setattr(ck, "_compiler", lambda: None)
     assert ck.available() == (False, "no C compiler (cc) found; install gcc to compare with C")
+
+
+def test_bench_ratios_measure_each_pair_and_the_targets_judge_them(monkeypatch):
+    """Section 4 of `labkit bench` on small labs: each technique off and on, its ratio, and the
+    targets table's rows for them (met exactly when the ratio reaches the target)."""
+    from labkit.bench import compute
+    from labkit.run.knobs import Knobs
+    small = dict(flows=64)
+    monkeypatch.setattr(compute, "RATIOS", (
+        ("unroll", "quad over single", small, Knobs(unroll=1), Knobs(unroll=4), None),
+        ("prefetch", "prefetch over none", small, Knobs(prefetch=False), Knobs(prefetch=True), None),
+        ("simd", "simd over scalar", dict(malformed=0.3, mix="mixed"), Knobs(), Knobs(variant="simd"), None),
+        ("simd_node", "  ip4-input alone", dict(malformed=0.3, mix="mixed"), Knobs(), Knobs(variant="simd"),
+         "ip4-input")))
+    monkeypatch.setattr(compute, "_packets", lambda batch, graph, quick: 3000)
+    seen = []
+    res = compute.bench_ratios(runs=2, quick=True, progress=seen.append)
+    assert list(res) == ["unroll", "prefetch", "simd", "simd_node"] and seen
+    for r in res.values():
+        assert r["off"] > 0 and r["on"] > 0 and r["ratio"] == pytest.approx(r["off"] / r["on"])
+    assert res["simd_node"]["on"] < res["simd"]["on"]          # one node costs less than the whole graph
+    rows = compute._targets({}, {g: {"speedup": 200.0} for g in compute.GRAPHS}, {"skipped": "no C"}, res)
+    judged = {t["target"]: t for t in rows if t["unit"] == "x" and "numba" not in t["target"]
+              and "JIT" not in t["target"]}
+    assert set(judged) == {r["label"].strip() for r in res.values()}
+    for name, r in res.items():
+        t = judged[r["label"].strip()]
+        assert t["met"] == (r["ratio"] >= compute.TARGETS[name.split("_")[0]])

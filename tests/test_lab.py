@@ -196,7 +196,8 @@ def test_bad_lab_arguments_say_what_to_use(kw, msg):
 
 def test_bad_knobs_say_what_to_use():
     for kw in (dict(batch=0), dict(batch=257), dict(unroll=3), dict(layout="x"), dict(jit="yes"),
-               dict(variant="simd?")):
+               dict(variant="simd?"), dict(prefetch_distance=0), dict(prefetch_distance=65),
+               dict(prefetch_distance=True), dict(prefetch_distance=4.0)):
         with pytest.raises(KnobError, match="use"):
             Knobs(**kw)
     with pytest.raises(KnobError, match="unknown knob"):

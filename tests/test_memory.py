@@ -215,3 +215,27 @@ def test_the_cache_folder_holds_when_numba_was_imported_first(tmp_path):
     env["XDG_CACHE_HOME"] = str(tmp_path)
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0
+
+
+def test_wide_loads_and_stores_match_their_twins_at_any_alignment_and_refuse_past_the_end():
+    from numba import njit
+    from labkit.memory.intrinsics import load_le, store_le
+
+    @njit
+    def swap_words(a, i):                  # 12 bytes at i: the two halves traded, as the MAC swap does
+        x, y = load_le(a, i, 8), load_le(a, i + 8, 4)
+        store_le(a, i, (x >> 48) | (y << 16) | ((x & 0xFFFFFFFFFFFF) << 48), 8)
+        store_le(a, i + 8, (x & 0xFFFFFFFFFFFF) >> 16, 4)
+        return load_le(a, i, 4)
+
+    rng = np.random.default_rng(5)
+    for i in range(0, 9):                  # every alignment
+        orig = rng.integers(0, 256, 32).astype(np.uint8)
+        a, b = orig.copy(), orig.copy()
+        assert swap_words(a, i) == swap_words.py_func(b, i) == int.from_bytes(orig[i + 6:i + 10].tobytes(), "little")
+        want = np.concatenate([orig[:i], orig[i + 6:i + 12], orig[i:i + 6], orig[i + 12:]])
+        assert np.array_equal(a, want) and np.array_equal(b, want)
+    with pytest.raises(IndexError):
+        load_le(np.zeros(7, np.uint8), 0, 8)
+    with pytest.raises(IndexError):
+        store_le(np.zeros(10, np.uint8), 8, 1, 4)

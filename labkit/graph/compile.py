@@ -32,7 +32,6 @@ from .kernels import SIMD_ROWS
 from .node import DROP, TX, Node
 from .nodes import GRAPHS, NODES, WIRING
 
-PREFETCH_AHEAD = 4     # packets ahead: far enough to hide a miss at ~20 cycles per packet per node
 GEN_VERSION = 4        # bump when the generator's output changes meaning
 
 
@@ -96,7 +95,7 @@ def const_name(name):
     return name.replace("-", "_").upper()
 
 
-def _constants(g, handle_shift, layout, simd):
+def _constants(g, handle_shift, knobs, simd):
     """The generated module's named constants: where each node's frame and each
     drop reason sit, so the code says counts[IP4_INPUT], not counts[1]."""
     width = max(len(const_name(x)) for x in list(g.reasons) + [n.name + "_errors" for n in g.nodes])
@@ -104,11 +103,13 @@ def _constants(g, handle_shift, layout, simd):
     where = ("64-byte lines of the mempool's arena" if handle_shift == LINE_SHIFT
              else "byte offsets into an AF_PACKET RX ring" if handle_shift == 0 else f"<< {handle_shift}")
     out = [f"HANDLE_SHIFT = {handle_shift}      # a handle's buffer starts at handle << HANDLE_SHIFT: {where}",
-           f"PREFETCH_AHEAD = {PREFETCH_AHEAD}    # packets ahead whose data line (and tables) a node prefetches",
+           f"PREFETCH_AHEAD = {knobs.prefetch_distance}    # packets ahead whose data line (and tables) a node "
+           "prefetches (knob prefetch_distance)",
            "CALLS, VECTORS, CLOCKS = 0, 1, 2   # the columns of stats, per node (VPP's show runtime)",
            "", "# the nodes, in order: each one's frame in frames_* and counts, its row in stats"]
     if simd:
-        out.insert(3, f"ROW0 = {row0(g, layout)}    # frames_h's scratch rows start here (simd variants: make_frames)")
+        out.insert(3, f"ROW0 = {row0(g, knobs.layout)}    # frames_h's scratch rows start here (simd variants: "
+                   "make_frames)")
     out += [f"{pad(n.name)} = {i}" for i, n in enumerate(g.nodes)]
     out += ["", "# drop reasons: each one's index in counters (labkit.graph.compile.resolve)"]
     out += [f"{pad(r)} = {str(i).ljust(3)} # {g.explanations[r]}" for i, r in enumerate(g.reasons)]
@@ -301,7 +302,7 @@ def generate(g, knobs, handle_shift=LINE_SHIFT):
             head.append(f"{_fname(n)}_pf = {n.prefetch.__name__}")
         if _simd(n, knobs):
             head.append(f"{_fname(n)}_gather, {_fname(n)}_lanes = {n.simd[0].__name__}, {n.simd[1].__name__}")
-    parts = ["\n".join(head) + "\n", "\n".join(_constants(g, handle_shift, knobs.layout, bool(simd))) + "\n"]
+    parts = ["\n".join(head) + "\n", "\n".join(_constants(g, handle_shift, knobs, bool(simd))) + "\n"]
     parts += [_node_loop(n, knobs) for n in g.nodes]
     parts.append(_dispatch(g, knobs))
     return "\n\n".join(parts)

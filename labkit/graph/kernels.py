@@ -18,9 +18,9 @@ import numpy as np
 from numba import njit
 
 from labkit.memory.bytes import rd16, rd32, rd32le, wr16, wr32le
-from labkit.memory.intrinsics import load_le, prefetch
+from labkit.memory.intrinsics import load_le, prefetch, store_le
 from labkit.memory.layouts import (
-    DATA_OFF, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_OFF, ETHERTYPE_IPV4, IP4_CSUM_OFF,
+    DATA_OFF, ETH_DST_OFF, ETH_TYPE_OFF, ETHERTYPE_IPV4, IP4_CSUM_OFF,
     IP4_DST_OFF, IP4_LEN_OFF, IP4_OFF, IP4_PROTO_OFF, IP4_SRC_OFF, IP4_TTL_OFF,
     IPPROTO_TCP, IPPROTO_UDP, L4_DPORT_OFF, L4_SPORT_OFF, META_ADJ_OFF,
 )
@@ -69,14 +69,18 @@ def _fold16(s):
 
 @njit(nogil=True, cache=True, inline="always")
 def l2_macswap_one(arena, base, length):
-    """Reflect the frame: swap destination and source MAC (DPDK l2fwd's macswap)."""
+    """Reflect the frame: swap destination and source MAC (DPDK l2fwd's macswap). The 12 bytes
+    of the two addresses move as one 8-byte and one 4-byte word, in registers, not byte by byte
+    (DPDK's macswap does it with one 16-byte vector shuffle)."""
     f = np.int64(base) + DATA_OFF
     if np.int64(length) < ETH_LEN:
         return E_MACSWAP_RUNT
-    for i in range(6):
-        d = arena[f + ETH_DST_OFF + i]
-        arena[f + ETH_DST_OFF + i] = arena[f + ETH_SRC_OFF + i]
-        arena[f + ETH_SRC_OFF + i] = d
+    a = load_le(arena, f + ETH_DST_OFF, 8)              # dst bytes 0-5, src bytes 0-1
+    b = load_le(arena, f + ETH_DST_OFF + 8, 4)          # src bytes 2-5
+    dst = a & 0xFFFFFFFFFFFF
+    src = (a >> 48) | (b << 16)
+    store_le(arena, f + ETH_DST_OFF, src | (dst << 48), 8)
+    store_le(arena, f + ETH_DST_OFF + 8, dst >> 16, 4)
     return 0
 
 

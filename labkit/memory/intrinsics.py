@@ -10,10 +10,11 @@
 - ``cas(a, i, expected, new)``: compare-and-swap on an element of a 1-D
   integer array (x86 ``lock cmpxchg``, a full barrier); returns the old value.
   The workers' wire cursor and spinlocks are built on it.
-- ``load_le(a, i, width)``: ``width`` (4 or 8) bytes of a uint8 array from
-  byte ``i``, little-endian, in one load whatever the alignment (x86 loads
-  need none). Byte by byte, LLVM does not merge such reads: numba's index
-  arithmetic (negative indices wrap) sits between them.
+- ``load_le(a, i, width)`` / ``store_le(a, i, v, width)``: ``width`` (4 or
+  8) bytes of a uint8 array from byte ``i``, little-endian, in one load or
+  store whatever the alignment (x86 loads and stores need none). Byte by
+  byte, LLVM does not merge such accesses: numba's index arithmetic
+  (negative indices wrap) sits between them.
 - ``prefetch(a, i)``: a software prefetch of the cache line holding ``a[i]``
   (``llvm.prefetch``: read, high locality). It is a hint: no fault, no effect
   on results.
@@ -23,6 +24,8 @@ runs with the JIT off (``Knobs(jit=False)``).
 """
 
 import threading
+
+import numpy as np
 
 from llvmlite import ir
 from numba import types
@@ -122,6 +125,22 @@ def _load_le(typingctx, arr, idx, width):
     return types.uint64(arr, idx, width), codegen
 
 
+@intrinsic
+def _store_le(typingctx, arr, idx, val, width):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and isinstance(val, types.Integer)
+            and isinstance(width, types.IntegerLiteral) and width.literal_value in (4, 8)):
+        return None
+    bits = 8 * width.literal_value
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        v = context.cast(builder, args[2], signature.args[2], types.uint64)
+        v = builder.trunc(v, ir.IntType(bits)) if bits < 64 else v
+        builder.store(v, builder.bitcast(ptr, ir.IntType(bits).as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(arr, idx, val, width), codegen
+
+
 # Python-level versions (the "JIT off" twins). numba compiles the overloads.
 
 def rdtsc():
@@ -188,6 +207,19 @@ def _ov_load_acquire(a, i):
 @overload(store_release, inline="always")
 def _ov_store_release(a, i, v):
     return lambda a, i, v: _store_release(a, i, v)
+
+
+def store_le(a, i, v, width):
+    """The pure-Python twin writes the same bytes; past the array's end it raises IndexError."""
+    i = int(i)
+    if i < 0 or i + width > a.shape[0]:
+        raise IndexError(f"store_le({i}, {width}) past an array of {a.shape[0]} bytes")
+    a[i:i + width] = np.frombuffer((int(v) & ((1 << (8 * width)) - 1)).to_bytes(width, "little"), np.uint8)
+
+
+@overload(store_le, inline="always")
+def _ov_store_le(a, i, v, width):
+    return lambda a, i, v, width: _store_le(a, i, v, width)
 
 
 @overload(load_le, inline="always")

@@ -9,6 +9,10 @@ from dataclasses import dataclass, fields, replace, asdict
 from ..graph.node import VARIANTS
 
 MAX_BATCH = 256
+# How many packets ahead a node prefetches: far enough that the line arrives before the
+# packet's turn. The default is measured (labkit bench prefetch): see PREFETCH_DISTANCE's note.
+PREFETCH_DISTANCE = 4
+MAX_PREFETCH_DISTANCE = 64
 # Threading models (labkit.run.workers): run to completion; or an I/O stage and worker
 # stages, one per core ("pipeline"), as lightweight threads of one OS thread switched by a
 # compiled cooperative scheduler ("lthreads", labkit.run.lthreads: a switch costs ns), or as
@@ -28,6 +32,7 @@ class Knobs:
     mempool: bool = True      # fixed-size slots from a free stack (False: a general-purpose heap, per packet)
     hugepages: bool = True    # arena and FIB on 2 MiB pages when reserved (False: 4 KiB pages)
     prefetch: bool = True     # software prefetch of the next packets' headers and table entries
+    prefetch_distance: int = PREFETCH_DISTANCE   # prefetch: how many packets ahead of the one being processed
     unroll: int = 4           # packets per loop iteration in each node: 1 (single), 2 (dual), 4 (quad)
     layout: str = "soa"       # packet vector: structure of arrays ("soa") or array of structures ("aos")
     poll: str = "busy"        # veth/tap: busy-poll the RX ring ("busy") or sleep in poll() until frames come ("wait")
@@ -45,6 +50,10 @@ class Knobs:
         for name in ("jit", "copy", "mempool", "hugepages", "prefetch", "qdisc_bypass"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, getattr(self, name), "use True or False")
+        if (isinstance(self.prefetch_distance, bool) or not isinstance(self.prefetch_distance, int)
+                or not 1 <= self.prefetch_distance <= MAX_PREFETCH_DISTANCE):
+            bad("prefetch_distance", self.prefetch_distance, f"use an integer from 1 to {MAX_PREFETCH_DISTANCE} "
+                "(packets ahead; a vector holds at most 256)")
         if self.unroll not in (1, 2, 4) or isinstance(self.unroll, bool):
             bad("unroll", self.unroll, "use 1, 2 or 4")
         if self.layout not in ("soa", "aos"):
