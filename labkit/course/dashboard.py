@@ -139,6 +139,7 @@ TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator fra
           "counters": "per-worker counters", "dispatcher": "who hashes the frames", "rss_key": "RSS key",
           "model": "threading model", "layout": "packet vector layout", "pool_size": "pool size (buffers)",
           "unroll": "packets per loop iteration", "variant": "node implementation",
+          "prefetch_distance": "prefetch distance (packets ahead)",
           "order": "order of the frames", "malformed": "share of malformed frames"}
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")

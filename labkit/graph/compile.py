@@ -1,11 +1,15 @@
 """The graph compiler: from node declarations to one JIT-compiled dispatch.
 
 For a graph (nodes in order from the rx side, arcs by name) and the knobs that
-shape code (jit, unroll, prefetch, layout, variant), we *generate Python source*:
+shape code (jit, unroll, prefetch, prefetch_distance, layout, variant), we
+*generate Python source*:
 
 - one loop per node that calls the node's per-packet function over a whole
   vector and fills ``next`` (a single, dual or quad loop; with software
-  prefetch of the packets a few places ahead, and of the node's tables);
+  prefetch of the packets ``prefetch_distance`` places ahead, and of the
+  node's tables); under ``variant="simd"``, for a node that has one, three
+  loops instead: gather the vector's headers into scratch rows, decide every
+  row in vector lanes, hand out the verdicts (``labkit.graph.kernels``);
 - ``dispatch``: runs the nodes in order; after each node a generic step moves
   every packet to its next node's frame, to the tx vector, or counts it by
   reason and puts it on the free list (VPP's ``vlib_buffer_enqueue_to_next``).
