@@ -5,8 +5,9 @@ makes of the same logic?". To answer it fairly, this module holds:
 
 - ``C_SOURCE``: the per-packet logic of ``labkit.graph.kernels`` for the l2fwd
   graph (MAC swap) and the ip4 graph (eth-input, ip4-input, ip4-lookup,
-  ip4-rewrite), as ONE C function per graph that walks a whole vector, plus a
-  timing harness ``time_vector`` in C;
+  ip4-rewrite), as ONE C function per graph that walks a whole vector, a C
+  twin of the generated dispatch per graph, and timing harnesses
+  ``time_vector`` and ``time_dispatch`` in C;
 - ``build()``: compiles it with the system compiler (``cc -O2 -march=native
   -shared -fPIC``) into ``<labkit cache>/c/`` under a name that hashes the
   source and flags, and loads it with ctypes;
@@ -15,14 +16,14 @@ makes of the same logic?". To answer it fairly, this module holds:
   timing the generated ``dispatch`` of a Lab's compiled graph.
 
 Both harnesses restore each frame from its template before every pass,
-outside the timed part, and time only the vector processing with rdtsc. They
-are not doing quite the same work, and the report says so: the numba side runs
-the real ``dispatch``, which after each node also moves every packet to the
-next node's frame (or the tx / free list), counts drops by reason, and reads
-the TSC twice per node for the per-node statistics. The C side only computes
-a next code per packet. That is the honest comparison "our data plane vs the
-bare kernels in C"; the per-node numbers of the numba side (``stats``) show
-where its extra cycles go.
+outside the timed part, and time only the vector processing with rdtsc. The
+numba side runs the real ``dispatch``, which after each node also moves every
+packet to the next node's frame (or the tx / free list), counts drops by
+reason, and reads the TSC twice per node for the per-node statistics. So C
+comes twice: ``time_c_dispatch`` runs ``*_dispatch``, the C twin of that
+whole dispatch (the same frames, moves, counters and readings: like with
+like), and ``time_c`` runs ``*_vector``, the kernels alone, which only
+compute a next code per packet ("our data plane against the bare kernels").
 
 Drop codes of the C vector functions (``next[i]``): 0 = forwarded, else
 ``-(100 * node + k)`` where ``node`` is the position of the node in its graph
@@ -41,7 +42,7 @@ import subprocess
 
 import numpy as np
 
-from ..graph.compile import compile_graph, make_frames
+from ..graph.compile import compile_graph, make_frames, resolve
 from ..graph.nodes import NODES
 from ..memory.intrinsics import rdtsc
 from ..memory.layouts import LINE_SHIFT, aligned_zeros
@@ -222,6 +223,109 @@ static inline uint64_t ticks(void) {
 int tsc_is_ns(void) { return 1; }
 #endif
 
+/* ---- the whole dispatch, as labkit.graph.compile generates it ----------------------
+ * The fair twin of the numba side: frames per node (row `node` of fh, fl, fx, `batch`
+ * wide: handles, lengths, next codes), each node's loop over its frame, then the generic
+ * enqueue step: every packet to the next node's frame, to the tx vector, or counted by
+ * reason (counters[err_base[node] + k - 1] for code DROP(node + 1, k)) with its buffer on
+ * the free list; per node, statistics (calls, packets, TSC cycles), the TSC read twice per
+ * node as the numba side does. Single loops, no prefetch: the compiler's own choices. */
+typedef struct {
+    uint8_t *arena; uint32_t *fh, *fl; int32_t *fx; int64_t *counts; int64_t batch;
+    uint32_t *tx_h, *tx_l, *free_h; int64_t *counters, *stats; const int64_t *err_base;
+    int64_t n_tx, n_free;
+} dp_t;
+
+static inline void enqueue(dp_t *d, int node, int64_t n, int to) {   /* to < 0: tx */
+    const uint32_t *h = d->fh + node * d->batch, *l = d->fl + node * d->batch;
+    const int32_t *x = d->fx + node * d->batch;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t c = x[i];
+        if (c < 0) {
+            d->counters[d->err_base[node] - c - 100 * (node + 1) - 1]++;
+            d->free_h[d->n_free++] = h[i];
+        } else if (to < 0) {
+            d->tx_h[d->n_tx] = h[i];
+            d->tx_l[d->n_tx++] = l[i];
+        } else {
+            int64_t m = d->counts[to];
+            d->fh[to * d->batch + m] = h[i];
+            d->fl[to * d->batch + m] = l[i];
+            d->counts[to] = m + 1;
+        }
+    }
+}
+
+static inline void node_done(dp_t *d, int node, int64_t n, uint64_t t0) {
+    d->counts[node] = 0;
+    d->stats[3 * node] += 1;
+    d->stats[3 * node + 1] += n;
+    d->stats[3 * node + 2] += ticks() - t0;
+}
+
+#define NODE_LOOP(node, to, CALL) do {                                              \
+    int64_t n = d->counts[node];                                                    \
+    if (n > 0) {                                                                    \
+        uint64_t t0 = ticks();                                                      \
+        const uint32_t *h = d->fh + (node) * d->batch, *l = d->fl + (node) * d->batch; \
+        int32_t *x = d->fx + (node) * d->batch;                                     \
+        for (int64_t i = 0; i < n; i++) {                                           \
+            uint8_t *meta = d->arena + ((uint64_t)h[i] << LINE_SHIFT);              \
+            uint8_t *f = meta + DATA_OFF;                                           \
+            (void)meta; (void)f;                                                    \
+            x[i] = (CALL);                                                          \
+        }                                                                           \
+        enqueue(d, node, n, to);                                                    \
+        node_done(d, node, n, t0);                                                  \
+    }                                                                               \
+} while (0)
+
+static void l2fwd_dispatch(dp_t *d) {
+    NODE_LOOP(0, -1, macswap_one(d->arena, (uint64_t)h[i] << LINE_SHIFT, l[i]));
+}
+
+static void ip4_dispatch(dp_t *d, const uint16_t *tbl24, const uint16_t *tbl8,
+                         const uint8_t *adj_valid, int n_adj, const uint8_t *adj_mac) {
+    NODE_LOOP(0, 1, eth_input_one(f, l[i]));
+    NODE_LOOP(1, 2, ip4_input_one(f, l[i]));
+    NODE_LOOP(2, 3, ip4_lookup_one(meta, f, l[i], tbl24, tbl8, adj_valid, n_adj));
+    NODE_LOOP(3, -1, ip4_rewrite_one(meta, f, l[i], n_adj, adj_mac));
+}
+
+/* Like time_vector, with the whole dispatch: the vector restored into frame 0 (not
+ * timed), then one dispatch timed; the frames, counters, stats, tx and free lists are
+ * the caller's (numpy arrays), left as the last pass made them. *n_tx: packets sent. */
+uint64_t time_dispatch(int graph, int reps, uint8_t *arena, const uint32_t *handles,
+                       const uint32_t *lengths, int n, const uint8_t *templates, int stride,
+                       uint32_t *fh, uint32_t *fl, int32_t *fx, int64_t *counts, int64_t batch,
+                       uint32_t *tx_h, uint32_t *tx_l, uint32_t *free_h, int64_t *counters,
+                       int64_t *stats, const int64_t *err_base,
+                       const uint16_t *tbl24, const uint16_t *tbl8,
+                       const uint8_t *adj_valid, int n_adj, const uint8_t *adj_mac, int64_t *n_tx) {
+    dp_t d = {arena, fh, fl, fx, counts, batch, tx_h, tx_l, free_h, counters, stats, err_base, 0, 0};
+    uint64_t total = 0;
+    for (int r = 0; r < reps; r++) {
+        for (int i = 0; i < n; i++) {
+            uint32_t k = lengths[i] < 64 ? lengths[i] : 64;
+            memcpy(arena + ((uint64_t)handles[i] << LINE_SHIFT) + DATA_OFF,
+                   templates + (uint64_t)i * stride, k);
+            fh[i] = handles[i];
+            fl[i] = lengths[i];
+        }
+        counts[0] = n;
+        d.n_tx = d.n_free = 0;
+        uint64_t t0 = ticks();
+        if (graph == 0)
+            l2fwd_dispatch(&d);
+        else
+            ip4_dispatch(&d, tbl24, tbl8, adj_valid, n_adj, adj_mac);
+        total += ticks() - t0;
+        __asm__ __volatile__("" ::: "memory");
+    }
+    *n_tx = d.n_tx;
+    return total;
+}
+
 uint64_t time_vector(int graph, int reps, uint8_t *arena, const uint32_t *handles,
                      const uint32_t *lengths, int n, int32_t *next,
                      const uint8_t *templates, int stride,
@@ -303,6 +407,10 @@ def build():
     lib.ip4_vector.restype = i32
     lib.time_vector.argtypes = [i32, i32, P, P, P, i32, P, P, i32, P, P, P, i32, P]
     lib.time_vector.restype = ctypes.c_uint64
+    i64 = ctypes.c_int64
+    lib.time_dispatch.argtypes = [i32, i32, P, P, P, i32, P, i32, P, P, P, P, i64, P, P, P, P, P, P,
+                                  P, P, P, i32, P, P]
+    lib.time_dispatch.restype = ctypes.c_uint64
     lib.tsc_is_ns.argtypes = []
     lib.tsc_is_ns.restype = i32
     _lib.append(lib)
@@ -397,6 +505,32 @@ def time_c(graph, vec, reps, tables=None):
     return int(tot), nxt
 
 
+def time_c_dispatch(graph, vec, reps, tables=None):
+    """Total TSC cycles of `reps` passes of the C twin of the whole dispatch over `vec` (the same
+    frames, moves between them, drop counters and per-node statistics as the generated one).
+    Returns (cycles, n_tx, counters by reason index, stats [node, calls/packets/cycles],
+    tx handles, free handles) of the last pass (counters and stats summed over all passes)."""
+    lib = build()
+    g = resolve(graph)
+    n = vec.n
+    fh, fl, fx, counts = make_frames(g, n, "soa")
+    tx_h, tx_l, free_h = (np.zeros(n, np.uint32) for _ in range(3))
+    counters = np.zeros(len(g.reasons), np.int64)
+    stats = np.zeros((len(g.nodes), 3), np.int64)
+    err_base = np.array(g.err_base, np.int64)
+    n_tx = np.zeros(1, np.int64)
+    t24, t8, av, n_adj, am = _tables(tables)
+    tot = lib.time_dispatch(GRAPH_ID[graph], reps, _p(vec.arena, np.uint8), _p(vec.handles, np.uint32),
+                            _p(vec.lengths, np.uint32), n, _p(vec.templates, np.uint8), vec.stride,
+                            _p(fh, np.uint32), _p(fl, np.uint32), _p(fx, np.int32), _p(counts, np.int64), n,
+                            _p(tx_h, np.uint32), _p(tx_l, np.uint32), _p(free_h, np.uint32),
+                            _p(counters, np.int64), _p(stats, np.int64), _p(err_base, np.int64),
+                            _p(t24, np.uint16), _p(t8, np.uint16), _p(av, np.uint8), n_adj, _p(am, np.uint8),
+                            _p(n_tx, np.int64))
+    k = int(n_tx[0])
+    return int(tot), k, counters, stats, tx_h[:k].copy(), free_h[:n - k].copy()
+
+
 def c_ticks_are_ns():
     return bool(build().tsc_is_ns())
 
@@ -443,10 +577,11 @@ def numba_module(graph, knobs=None):
     return compile_graph(graph, knobs if knobs is not None else Knobs())
 
 
-def time_numba(graph, vec, reps, tables=None, knobs=None):
+def time_numba(graph, vec, reps, tables=None, knobs=None, out=None):
     """Total TSC cycles of `reps` passes of the generated dispatch over `vec`.
 
-    Returns (cycles, n_tx, stats) with stats the per-node [calls, packets, cycles]."""
+    Returns (cycles, n_tx, stats) with stats the per-node [calls, packets, cycles]; a dict `out`
+    receives the drop counters (summed over the passes) and the last pass's tx and free handles."""
     knobs = knobs if knobs is not None else Knobs(batch=max(1, min(vec.n, 256)))
     if knobs.layout != "soa":
         raise ValueError("the numba harness drives the soa layout only")
@@ -458,4 +593,6 @@ def time_numba(graph, vec, reps, tables=None, knobs=None):
     tabs = tuple(tables[t] for t in g.tables) if g.tables else ()
     cyc, n_tx = _harness()(mod.dispatch, reps, vec.arena, vec.handles, vec.lengths, vec.templates,
                            fh, fl, fx, counts, tx_h, tx_l, free_h, counters, stats, tabs)
+    if out is not None:
+        out.update(counters=counters, tx_h=tx_h[:n_tx].copy(), free_h=free_h[:vec.n - n_tx].copy())
     return int(cyc), int(n_tx), stats
