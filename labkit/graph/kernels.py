@@ -285,7 +285,11 @@ def ip4_input_branchless(arena, base, length):
     """ip4_input_one without an early exit: the seven checks of RFC 1812 5.2.2 all run
     and the first that failed, in ip4_input_one's order, gives the code. The checksum
     adds the 20 bytes every header has; only the options' words (IHL > 5, rare) go
-    round a loop, whose branch almost every packet takes the same way."""
+    round a loop, whose branch almost every packet takes the same way.
+
+    Measured (notebook 12, 2026-12-07, a 2-vCPU AMD EPYC Zen 4 VM; ip4 graph, vector 256,
+    30% malformed frames shuffled): ip4-input 38.0 TSC cycles per packet, its enqueue step
+    included, against 32.5 for ip4_input_one: every frame pays for every check."""
     n = np.int64(length)
     ip = _header(base, n, IP4_MIN) + IP4_OFF
     ver_ihl = int(arena[ip])
@@ -353,7 +357,12 @@ def ip4_input_lanes(rows, r0, n):
     """ip4_input_one's code of every gathered header (row ROW_CODE, + CODE_BIAS), computed lane-wise:
     32-bit arithmetic (numba's integers are 64 bits; each step is cast back, so a vector holds twice
     as many packets) and selects instead of exits, the first failing check winning as in
-    ip4_input_one. Byte 0 of a word is its low byte: version and IHL, then TTL in word 2."""
+    ip4_input_one. Byte 0 of a word is its low byte: version and IHL, then TTL in word 2.
+
+    Measured (notebook 12, 2026-12-07, a 2-vCPU AMD EPYC Zen 4 VM; ip4 graph, 30% malformed
+    frames shuffled): ip4-input with the three loops of the simd variant, its enqueue step
+    included, 22.4 TSC cycles per packet at vector 256 against 32.5 for ip4_input_one, and
+    63.5 against 45.0 at vector 4, where most lanes stay empty."""
     for i in range(n):
         length = np.int32(rows[r0 + ROW_LEN, i])
         d0 = np.uint32(rows[r0, i])
