@@ -12,7 +12,7 @@ l2_macswap_one = l2_macswap_one
 
 
 HANDLE_SHIFT = 0      # a handle's buffer starts at handle << HANDLE_SHIFT: byte offsets into an AF_PACKET RX ring
-PREFETCH_AHEAD = 4    # packets ahead whose data line (and tables) a node prefetches (knob prefetch_distance)
+PREFETCH_AHEAD = 16    # packets ahead whose data line (and tables) a node prefetches (knob prefetch_distance)
 CALLS, VECTORS, CLOCKS = 0, 1, 2   # the columns of stats, per node (VPP's show runtime)
 
 # the nodes, in order: each one's frame in frames_* and counts, its row in stats
