@@ -20,9 +20,9 @@ vectorizes.
 instruction sets in child processes (numba reads the target CPU once per
 process): vectorizing off (one lane), SSE4.2 (4 lanes of 32 bits), AVX2 (8)
 and AVX-512 (16), each only where this CPU has it. Each child reports the
-widest vector LLVM used (``vector_lanes``, read from the optimized IR), the
-registers in the assembly (``registers``: xmm, ymm, zmm) and TSC cycles per
-header.
+lanes per vector instruction (``vector_lanes``: the widest register its
+assembly names over the lane width of its IR's vector additions), the
+registers (``registers``: xmm, ymm, zmm) and TSC cycles per header.
 
 **Headers where they live.** In the data plane a header is not in a row of
 words: it is 14 bytes into a frame, each frame in its own buffer.
@@ -34,9 +34,10 @@ instruction helps there), the lanes (every check, vectorized) and the
 verdicts, so that what SIMD buys and what the transposition costs are seen
 apart.
 
-**The exercise** vectorizes ``starter_validate`` (early exits per header, which
-keep LLVM from vectorizing): ``validate_problems`` compares classes on crafted
-and random headers, ``vector_lanes`` reads the IR, ``time_validate`` measures.
+**The exercise** vectorizes ``starter_validate`` (early exits, a checksum loop
+as long as the header, numba's 64-bit integers: LLVM vectorizes it at best in
+64-bit lanes, with masks): ``validate_problems`` compares classes on crafted
+and random headers, ``lane_bits`` reads the IR, ``time_validate`` measures.
 """
 import json
 import os
@@ -49,14 +50,15 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from labkit.course.lessons.branches import compiled_fresh
+from labkit.course.lessons.branches import compiled_fresh, function_ir
 from labkit.graph import kernels as k
 from labkit.memory.intrinsics import rdtsc
 from labkit.memory.layouts import DATA_OFF, IP4_OFF
 from labkit.settings import quick
 
 __all__ = ["CLASSES", "FORWARD", "BAD_VERSION", "BAD_IHL", "OPTIONS", "BAD_LENGTH", "BAD_CHECKSUM", "TTL_EXPIRED",
-           "Headers", "make_headers", "checksum64", "checksum32", "validate", "KERNELS", "starter_validate", "reference_validate",
+           "Headers", "make_headers", "checksum64", "checksum32", "validate", "KERNELS", "starter_validate",
+           "reference_validate",
            "vector_lanes", "registers", "ISAS", "isas_here", "measure_lanes", "lanes_table", "measure_in_place",
            "in_place_table", "validate_problems", "time_validate", "N_HEADERS", "lane_bits", "vector_ops",
            "cycles_per_header", "frames_of"]
@@ -191,9 +193,10 @@ KERNELS = {"checksum, 64-bit sums": checksum64, "checksum, 32-bit sums": checksu
 @njit(nogil=True, cache=True)
 def starter_validate(words, room, n, out):
     """validate's classes the way ip4_input_one finds them (the exercise's starter): an early exit
-    per check, and the checksum summed over the header's own length, IHL words of 32 bits. That
-    count changes from header to header, so the loop over packets has a loop inside it, and
-    LLVM's vectorizer only vectorizes innermost loops."""
+    per check, the checksum summed over the header's own length (a loop inside the loop over
+    packets, whose count changes from header to header), numba's 64-bit integers. LLVM 22 still
+    vectorizes it, by unrolling the inner loop to its longest count and masking every path, in
+    64-bit lanes; an older LLVM may leave it scalar."""
     for i in range(n):
         w0 = int(words[0, i])
         if w0 >> 12 != 4:
@@ -246,7 +249,6 @@ def vector_ops(fn, sig=None):
     """{(operation, lanes, bits): count} of the vector integer operations in fn's optimized LLVM IR
     (compiled afresh, without bounds checks: ``branches.function_ir``). LLVM's vectors may be
     wider than a register (``<32 x i32>`` is two zmm registers' worth: it interleaves)."""
-    from labkit.course.lessons.branches import function_ir
     out = {}
     for op, lanes, bits in _VEC_OP.findall(function_ir(fn, sig)):
         key = (op.split()[0], int(lanes), int(bits))
@@ -264,7 +266,6 @@ def lane_bits(fn, sig=None):
 def registers(fn, sig=None):
     """{"xmm": n, "ymm": n, "zmm": n}: how often fn's machine code names each kind of vector register
     (128, 256 and 512 bits: SSE, AVX2 and AVX-512); all 0 off x86."""
-    from labkit.course.lessons.branches import compiled_fresh
     fresh, sig = compiled_fresh(fn, sig)
     asm = fresh.inspect_asm(sig)
     return {r: len(re.findall(rf"%{r}\d+", asm)) for r in ("xmm", "ymm", "zmm")}
@@ -497,7 +498,6 @@ def validate_problems(fn, seeds=(1, 2, 3)):
 def time_validate(fns, runs=None, seed=4):
     """{name: TSC cycles per header} of each {name: fn(words, room, n, out)} on one vector of headers,
     compiled afresh without bounds checks (as the data plane runs), measured in turn (medians)."""
-    from labkit.course.lessons.branches import compiled_fresh
     h = make_headers(seed=seed)
     sig = (h.words, h.room, h.n, np.zeros(h.n, np.int32))
     fresh = {}
