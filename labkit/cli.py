@@ -42,7 +42,7 @@ BACKEND_WHY = {
     "tap": "TAP device read/write, generator on AF_PACKET rings",
 }
 
-KNOB_FLAGS = ("jit", "copy", "mempool", "hugepages", "prefetch")
+KNOB_FLAGS = ("jit", "copy", "mempool", "hugepages", "prefetch", "interleave")
 ORDERS = ("spread", "sorted", "shuffled")   # labkit.nic.traffic.ORDERS, without importing numba for --help
 KNOB_HELP = {
     "jit": "numba-compiled kernels, or their pure-Python twins",
@@ -50,6 +50,7 @@ KNOB_HELP = {
     "mempool": "fixed-size slots from a free stack, or a general-purpose heap",
     "hugepages": "arena and FIB on 2 MiB pages when reserved, or 4 KiB pages",
     "prefetch": "software prefetch of the next packets' headers and table entries",
+    "interleave": "dual and quad loops run a node's stages for all their packets in turn, or repeat its body",
 }
 
 # Said when numba starts compiling (a kernel not in its cache yet), with numba's cache folder.

@@ -168,11 +168,11 @@ def test_run_json_conserves_packets(graph):
 
 def test_run_knob_flags_reach_the_lab():
     r = run_json("run", "--packets", "3000", "--batch", "32", "--no-prefetch", "--prefetch-distance", "9",
-                 "--unroll", "2", "--layout", "aos", "--copy", "--no-mempool", "--no-hugepages", "--variant", "branchless",
+                 "--unroll", "2", "--interleave", "--layout", "aos", "--copy", "--no-mempool", "--no-hugepages", "--variant", "branchless",
                  "--order", "shuffled", "--malformed", "0.3")
     assert r["batch"] == 32
     assert r["knobs"] == {"batch": 32, "jit": True, "copy": True, "mempool": False, "hugepages": False,
-                          "prefetch": False, "prefetch_distance": 9, "unroll": 2, "layout": "aos", "poll": "busy",
+                          "prefetch": False, "prefetch_distance": 9, "unroll": 2, "interleave": True, "layout": "aos", "poll": "busy",
                           "qdisc_bypass": True,
                           "sync": "spsc", "counters": "padded", "variant": "branchless", "model": "rtc"}
     assert r["conserved"] and r["pool_ok"] and sum(r["dropped"].values()) > 0

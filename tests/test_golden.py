@@ -22,6 +22,7 @@ CASES = {
     "ip4-memory-quad-soa": ("ip4", "memory", {}, Knobs()),
     "ip4-memory-single-soa": ("ip4", "memory", {}, Knobs(unroll=1)),
     "ip4-memory-quad-aos": ("ip4", "memory", {}, Knobs(layout="aos")),
+    "ip4-memory-quad-interleaved": ("ip4", "memory", {}, Knobs(interleave=True)),
     "ip4-memory-simd-soa": ("ip4", "memory", {}, Knobs(variant="simd")),
     "l2fwd-memory-single-aos-nojit-copy-heap": ("l2fwd", "memory", {},
                                                 Knobs(unroll=1, layout="aos", jit=False, copy=True, mempool=False)),

@@ -83,11 +83,29 @@ def both(name, frame, fib, acl, adj=0):
             assert np.array_equal(a3, a1), (name, "simd")
         at, bt = tight(frame, adj=adj)
         assert simd_codes(node, at, [bt], [len(frame)], tabs, True)[0] == c1, (name, "simd", "tight")
+    if node.stages:                             # the stages in a row, as a multi-loop runs them
+        for py in (False, True):
+            a3, _ = place(frame, adj=adj)
+            assert staged(node, a3, base, len(frame), tabs, py) == c1, (name, "stages", py)
+            assert np.array_equal(a3, a1), (name, "stages")
+        at, bt = tight(frame, adj=adj)
+        assert staged(node, at, bt, len(frame), tabs, True) == c1, (name, "stages", "tight")
     if node.prefetch is not None:
         node.prefetch(a1, base, len(frame), *tabs)
         node.prefetch.py_func(at, bt, len(frame), *tabs)
     assert -len(node.errors) <= c1 < len(node.next)
     return c1, a1, base
+
+
+def staged(node, arena, base, length, tabs, py=False):
+    """A node's stages run one after the other on one packet (``Node.stages``): its code."""
+    fns = [f.py_func if py else f for f in node.stages]
+    s = fns[0](arena, base, length, *tabs)
+    for f in fns[1:]:
+        if s < 0:
+            break
+        s = f(arena, base, length, s, *tabs)
+    return s
 
 
 def simd_codes(node, arena, bases, lengths, tabs, py=False):
@@ -386,3 +404,36 @@ def test_the_simd_variant_decides_a_whole_vector_as_the_scalar_node(n):
     assert simd_codes(node, arena, bases, [len(f) for f in frames], ()) == want
     if n >= 64:
         assert len(set(want)) >= 5, "the vector holds many kinds"
+
+
+@pytest.mark.parametrize("unroll,interleave,prefetch", [(4, True, True), (4, True, False), (2, True, True),
+                                                         (4, False, True)])
+def test_the_generated_multi_loops_decide_every_packet_as_one(fib, unroll, interleave, prefetch):
+    """ip4-lookup's loop as the graph compiler writes it (its stages interleaved four or two at a
+    time, or its function repeated), on vectors of 0 to 61 packets (remainders of 0 to 3): each
+    packet's code and metadata are ip4_lookup_one's for that packet, whatever its neighbours."""
+    from labkit.graph.compile import compile_graph
+    from labkit.memory.layouts import LINE_SHIFT
+    from labkit.run.knobs import Knobs
+    _, m = compile_graph("ip4", Knobs(unroll=unroll, interleave=interleave, prefetch=prefetch))
+    assert ("ip4_lookup_s2(" in m.__loader__.get_data(m.__file__).decode()) == interleave
+    t24, t8, valid = (a.copy() for a in (fib.tbl24, fib.tbl8, fib.adj_valid))
+    valid[3] = 0                                              # 10.0.0.0/8: an unresolved adjacency
+    kinds = [udp(dst="20.1.1.9"), udp(dst="20.1.2.9"), udp(dst="8.8.8.8"), udp(dst="8.8.8.9"),
+             udp(dst="99.1.1.1"), udp(dst="10.1.2.3"), udp()[:33], udp(dst="192.0.0.1"), udp(dst="185.1.1.1")]
+    rng = np.random.default_rng(unroll * 10 + prefetch)
+    for n in (0, 1, 3, 4, 5, 8, 61):
+        frames = [kinds[int(rng.integers(0, len(kinds)))] for _ in range(n)]
+        arena = np.zeros(SLOT * (n + 1), np.uint8)
+        hs = np.array([(i * SLOT) >> LINE_SHIFT for i in range(n)], np.uint32)
+        ls = np.array([len(f) for f in frames], np.uint32)
+        for i, f in enumerate(frames):
+            arena[i * SLOT + DATA_OFF:i * SLOT + DATA_OFF + len(f)] = np.frombuffer(f, np.uint8)
+        want = arena.copy()
+        codes = [k.ip4_lookup_one(want, i * SLOT, len(f), t24, t8, valid) for i, f in enumerate(frames)]
+        nxt = np.full(n + 2, 99, np.int32)
+        m.ip4_lookup_node(arena, hs, ls, n, nxt, t24, t8, valid)
+        assert list(nxt[:n]) == codes and list(nxt[n:]) == [99, 99], (n, unroll)
+        assert np.array_equal(arena, want), n
+        if n == 61:
+            assert {0, k.E_NO_ROUTE, k.E_ADJ_UNRESOLVED, k.E_LOOKUP_TRUNCATED} <= set(codes)

@@ -128,6 +128,7 @@ LABELS = {
     "rss_key": {"default": "Microsoft key", "symmetric": "symmetric key"},
     "layout": {"aos": "AoS (records)", "soa": "SoA (arrays)"},
     "unroll": {1: "single loop", 2: "dual loop", 4: "quad loop"},
+    "interleave": {False: "body repeated", True: "stages interleaved"},
     "variant": {"scalar": "early exits", "branchless": "branchless"},
     "order": {"spread": "spread", "sorted": "sorted (predictable)", "shuffled": "shuffled (unpredictable)"},
 }
@@ -138,7 +139,7 @@ TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator fra
           "workers": "workers (a core and a queue pair each)", "sync": "hand-over between cores",
           "counters": "per-worker counters", "dispatcher": "who hashes the frames", "rss_key": "RSS key",
           "model": "threading model", "layout": "packet vector layout", "pool_size": "pool size (buffers)",
-          "unroll": "packets per loop iteration", "variant": "node implementation",
+          "unroll": "packets per loop iteration", "interleave": "multi-loop: interleaved or repeated", "variant": "node implementation",
           "prefetch_distance": "prefetch distance (packets ahead)",
           "order": "order of the frames", "malformed": "share of malformed frames"}
 

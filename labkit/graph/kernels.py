@@ -144,16 +144,33 @@ def _dir24_8(tbl24, tbl8, dst):
     return e
 
 
+# ip4-lookup in three stages (``Node.stages``): load the destination, read its tbl24 entry (with
+# a big FIB almost always a cache miss), finish. The graph compiler's dual and quad loops run
+# each stage for every packet of the iteration before the next stage, so the packets' tbl24
+# reads are issued side by side (VPP's quad loops; DPDK l3fwd's ``processx4_step1/2/3``).
+# A stage's state is an int64 >= 0; a negative one is the packet's drop code, and the later
+# stages are skipped. ``ip4_lookup_one`` is the three stages in a row.
+
 @njit(nogil=True, cache=True, inline="always")
-def ip4_lookup_one(arena, base, length, tbl24, tbl8, adj_valid):
-    """Longest-prefix match on the destination; the adjacency index goes into
-    the buffer metadata (``META_ADJ_OFF``, little-endian u32) for ip4-rewrite.
-    ``adj_valid[adj]`` is 0 for an adjacency whose MAC is not resolved yet
-    (VPP's glean/incomplete adjacency): such packets are dropped."""
-    f = np.int64(base) + DATA_OFF
+def ip4_lookup_load(arena, base, length, tbl24, tbl8, adj_valid):
+    """Stage 1: the destination address, or ``E_LOOKUP_TRUNCATED``."""
     if np.int64(length) < IP4_MIN:
-        return E_LOOKUP_TRUNCATED
-    e = _dir24_8(tbl24, tbl8, rd32(arena, f + IP4_OFF + IP4_DST_OFF))
+        return np.int64(E_LOOKUP_TRUNCATED)
+    return np.int64(rd32(arena, np.int64(base) + DATA_OFF + IP4_OFF + IP4_DST_OFF))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def ip4_lookup_fib(arena, base, length, dst, tbl24, tbl8, adj_valid):
+    """Stage 2: the destination's tbl24 entry (16 bits) above the address (32)."""
+    return (np.int64(tbl24[dst >> 8]) << 32) | dst
+
+
+@njit(nogil=True, cache=True, inline="always")
+def ip4_lookup_finish(arena, base, length, s, tbl24, tbl8, adj_valid):
+    """Stage 3: the tbl8 group when the entry points to one, the adjacency into the metadata, the code."""
+    e = s >> 32
+    if e & TBL8_FLAG:
+        e = np.int64(tbl8[((e & 0x7FFF) << 8) | (s & 0xFF)])
     if e == 0:
         return E_NO_ROUTE
     adj = e - 1
@@ -161,6 +178,18 @@ def ip4_lookup_one(arena, base, length, tbl24, tbl8, adj_valid):
         return E_ADJ_UNRESOLVED
     wr32le(arena, np.int64(base) + META_ADJ_OFF, adj)
     return 0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def ip4_lookup_one(arena, base, length, tbl24, tbl8, adj_valid):
+    """Longest-prefix match on the destination, DIR-24-8 (``_dir24_8``). The adjacency index goes into the buffer metadata (``META_ADJ_OFF``, little-endian u32)
+    for ip4-rewrite. ``adj_valid[adj]`` is 0 for an adjacency whose MAC is not resolved yet (VPP's
+    glean/incomplete adjacency): such packets are dropped. The three stages above, in a row."""
+    s = ip4_lookup_load(arena, base, length, tbl24, tbl8, adj_valid)
+    if s < 0:
+        return s
+    s = ip4_lookup_fib(arena, base, length, s, tbl24, tbl8, adj_valid)
+    return ip4_lookup_finish(arena, base, length, s, tbl24, tbl8, adj_valid)
 
 
 @njit(nogil=True, cache=True, inline="always")

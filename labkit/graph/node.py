@@ -36,6 +36,16 @@ reads of packet i into column i of scratch rows (``frames_h``' rows from
 plus ``CODE_BIAS`` into row ``ROW_CODE``, in a loop LLVM vectorizes; a code
 ``SLOW`` sends that packet to ``one`` (``labkit.graph.kernels``).
 
+``stages``, when given, are ``one`` cut in the order it works, for the
+graph compiler's dual and quad loops to *interleave*: they run each stage for
+every packet of the iteration before the next stage, so that the packets'
+memory accesses overlap (VPP's quad loops; DPDK l3fwd's
+``processx4_step1/2/3``). The first is ``s = first(arena, base, length,
+*tables)``, the others ``s = next(arena, base, length, s, *tables)``, and the
+last returns the code. A state ``s < 0`` before the last stage is the
+packet's drop code: the later stages are skipped. Run in a row, the stages
+are ``one`` (tests/test_kernels.py checks it on every frame).
+
 ``prefetch``, when given, has ``one``'s signature and returns nothing: it
 issues software prefetches for what ``one`` will touch (the frame is always
 prefetched by the loop; this is for tables, e.g. the FIB entry of the
@@ -60,11 +70,13 @@ class Node:
     doc: str = ""
     variants: Tuple[Tuple[str, Callable], ...] = ()   # (variant name, another `one`), see VARIANTS
     simd: Optional[Tuple[Callable, Callable]] = None  # (gather, lanes): the "simd" variant, a whole vector
+    stages: Tuple[Callable, ...] = ()          # `one` cut in stages, for interleaved multi-loops
 
     def __post_init__(self):
         assert self.name and self.next, self.name
         names = [e[0] for e in self.errors]
         assert len(set(names)) == len(names), f"{self.name}: duplicate error names"
+        assert len(self.stages) != 1, f"{self.name}: one stage is `one` itself"
         for v, _ in self.variants:
             assert v in VARIANTS and v != "scalar", f"{self.name}: unknown variant {v!r}"
 

@@ -41,6 +41,7 @@ NODES = {n.name: n for n in (
                  ("adj_unresolved", "the route's next hop has no resolved adjacency")),
          tables=("fib_tbl24", "fib_tbl8", "fib_adj_valid"),
          prefetch=k.ip4_lookup_prefetch,
+         stages=(k.ip4_lookup_load, k.ip4_lookup_fib, k.ip4_lookup_finish),
          reads=("ip4.dst",),
          doc="DIR-24-8 longest-prefix match; the adjacency goes into buffer metadata."),
     Node("ip4-rewrite", k.ip4_rewrite_one, (TX,),

@@ -17,6 +17,12 @@ MAX_BATCH = 256
 # (Until then it was 4; notebook 07, section 3, finds the same in isolation: 16 or more.)
 PREFETCH_DISTANCE = 16
 MAX_PREFETCH_DISTANCE = 64
+# Whether a dual or quad loop interleaves a node's stages (Node.stages: ip4-lookup's load, FIB read,
+# finish) or repeats its body. Off by default, by measurement: ip4 on the in-memory NIC, quad loop,
+# vector 256, medians of 7 interleaved runs (2026-12-07, a 2-vCPU AMD EPYC Zen 4 VM), ip4-lookup's
+# TSC cycles per packet, repeated / interleaved: 1,000,000 flows 43.5 / 46.2 with prefetch and
+# 61.3 / 69.6 without; 1,024 flows 11.5 / 11.9 and 10.5 / 10.6. The core's out-of-order window
+# already overlaps the packets of the repeated body (notebook 09 measures where interleaving pays).
 # Threading models (labkit.run.workers): run to completion; or an I/O stage and worker
 # stages, one per core ("pipeline"), as lightweight threads of one OS thread switched by a
 # compiled cooperative scheduler ("lthreads", labkit.run.lthreads: a switch costs ns), or as
@@ -38,6 +44,7 @@ class Knobs:
     prefetch: bool = True     # software prefetch of the next packets' headers and table entries
     prefetch_distance: int = PREFETCH_DISTANCE   # prefetch: how many packets ahead of the one being processed
     unroll: int = 4           # packets per loop iteration in each node: 1 (single), 2 (dual), 4 (quad)
+    interleave: bool = False  # unroll > 1: run a node's stages for all the iteration's packets in turn (False: repeat its body); see INTERLEAVE
     layout: str = "soa"       # packet vector: structure of arrays ("soa") or array of structures ("aos")
     poll: str = "busy"        # veth/tap: busy-poll the RX ring ("busy") or sleep in poll() until frames come ("wait")
     qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
@@ -51,7 +58,7 @@ class Knobs:
             raise KnobError(f"knob {name}={value!r} is invalid: {want}")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= MAX_BATCH:
             bad("batch", self.batch, f"use an integer from 1 to {MAX_BATCH}")
-        for name in ("jit", "copy", "mempool", "hugepages", "prefetch", "qdisc_bypass"):
+        for name in ("jit", "copy", "mempool", "hugepages", "prefetch", "interleave", "qdisc_bypass"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, getattr(self, name), "use True or False")
         if (isinstance(self.prefetch_distance, bool) or not isinstance(self.prefetch_distance, int)
