@@ -239,3 +239,33 @@ def test_wide_loads_and_stores_match_their_twins_at_any_alignment_and_refuse_pas
         load_le(np.zeros(7, np.uint8), 0, 8)
     with pytest.raises(IndexError):
         store_le(np.zeros(10, np.uint8), 8, 1, 4)
+
+
+def test_likely_and_unlikely_become_branch_weights_and_change_no_result():
+    from numba import njit
+    from labkit.memory.intrinsics import likely, unlikely
+
+    def hinted(a):
+        s = 0
+        for i in range(a.size):
+            if unlikely(a[i] > 100):
+                s += 7
+            elif likely(a[i] != 3):
+                s += 1
+        return s
+
+    def plain(a):
+        s = 0
+        for i in range(a.size):
+            if a[i] > 100:
+                s += 7
+            elif a[i] != 3:
+                s += 1
+        return s
+
+    a = np.arange(200)
+    jh, jp = njit(hinted), njit(plain)
+    assert jh(a) == jp(a) == hinted(a) == 793
+    weights = lambda f: [ln for ln in list(f.inspect_llvm().values())[0].splitlines()  # noqa: E731
+                         if '!"branch_weights", !"expected"' in ln]
+    assert weights(jh) and not weights(jp)

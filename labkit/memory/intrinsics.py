@@ -15,6 +15,16 @@
   store whatever the alignment (x86 loads and stores need none). Byte by
   byte, LLVM does not merge such accesses: numba's index arithmetic
   (negative indices wrap) sits between them.
+- ``likely(c)`` / ``unlikely(c)``: the boolean ``c``, with a hint to LLVM
+  that it is almost always true / false (``llvm.expect.i1``, GCC's
+  ``__builtin_expect``, DPDK's ``likely()``): LLVM lays the expected path
+  out as the straight line, the other one out of the way. A hint: no effect
+  on results. The data plane's kernels do without: ``unlikely`` on every
+  error exit of the scalar nodes changed nothing beyond the noise (ip4 on the
+  in-memory NIC, medians of 7 runs, two processes of each alternated,
+  2026-12-07, a 2-vCPU AMD EPYC Zen 4 VM: 59.1 and 68.9 TSC cycles per packet
+  with the hints, 60.6 and 61.9 without). LLVM's own guesses (an early
+  return is the rare path) already lay the kernels out that way.
 - ``prefetch(a, i)``: a software prefetch of the cache line holding ``a[i]``
   (``llvm.prefetch``: read, high locality). It is a hint: no fault, no effect
   on results.
@@ -109,6 +119,18 @@ def _prefetch(typingctx, arr, idx):
                           ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         return context.get_dummy_value()
     return types.void(arr, idx), codegen
+
+
+@intrinsic
+def _expect(typingctx, cond, expected):
+    if not (isinstance(cond, types.Boolean) and isinstance(expected, types.BooleanLiteral)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        b1 = ir.IntType(1)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(b1, [b1, b1]), "llvm.expect.i1")
+        return builder.call(fn, [args[0], ir.Constant(b1, int(expected.literal_value))])
+    return types.boolean(cond, expected), codegen
 
 
 @intrinsic
@@ -225,6 +247,24 @@ def _ov_store_le(a, i, v, width):
 @overload(load_le, inline="always")
 def _ov_load_le(a, i, width):
     return lambda a, i, width: _load_le(a, i, width)
+
+
+def likely(c):
+    return bool(c)
+
+
+def unlikely(c):
+    return bool(c)
+
+
+@overload(likely, inline="always")
+def _ov_likely(c):
+    return lambda c: _expect(c, True)
+
+
+@overload(unlikely, inline="always")
+def _ov_unlikely(c):
+    return lambda c: _expect(c, False)
 
 
 @overload(prefetch, inline="always")
