@@ -294,3 +294,17 @@ def test_reads_in_a_compiled_helper_are_explained():
     assert ml.result_problems(via_helper) == []
     assert "no read of packet 0's fields was seen" in ml.quad_problems(via_helper)[0]
     assert "src[0] was read 0 times" in ml.access_problems(via_helper)[0]
+
+
+def test_core_names_amd_cores_by_family_and_model(tmp_path):
+    def cpu(vendor, family, model):
+        p = tmp_path / f"{vendor}-{family}-{model}"
+        block = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+        p.write_text(block + "\n" + block.replace("processor\t: 0", "processor\t: 1"))
+        return str(p)
+    assert ml.core(cpu("AuthenticAMD", 25, 17)) == ("Zen 4", 320)       # EPYC 9004 (Genoa)
+    assert ml.core(cpu("AuthenticAMD", 25, 1)) == ("Zen 3", 256)        # EPYC 7003 (Milan)
+    assert ml.core(cpu("AuthenticAMD", 26, 2)) == ("Zen 5", 448)
+    assert ml.core(cpu("AuthenticAMD", 23, 49)) == ("Zen 2", 224)
+    assert ml.core(cpu("GenuineIntel", 6, 143)) is None
+    assert ml.core(str(tmp_path / "absent")) is None

@@ -41,7 +41,7 @@ from labkit.memory.intrinsics import rdtsc
 __all__ = ["CRC_TABLE", "CRC_INIT", "CRC_XOR", "crc32_u32", "crc32_u8", "Flows", "make_flows", "key_bytes",
            "reference_hashes", "N_MAX", "quad_problems", "result_problems", "access_problems", "run_nrt_free",
            "time_flow_hash", "CHAIN_VARIANTS", "measure_chains", "chain_single", "chain_unrolled4", "chain_dual",
-           "chain_quad", "chains_table"]
+           "chain_quad", "chains_table", "core", "node_source", "per_node_medians", "per_node_table"]
 
 
 # ---- the exercise: CRC-32 of a 5-tuple -----------------------------------------------
@@ -461,6 +461,36 @@ def node_source(graph="ip4", node="ip4-rewrite", **knobs):
     start = src.index(f"def {node.replace('-', '_')}_node(")
     start = src.rindex("@JIT", 0, start)
     return src[start:src.index("\n\n", start)].rstrip() + "\n"
+
+
+# AMD cores by CPUID family and model ranges, with their reorder buffers (AMD's optimization
+# guides and Hot Chips talks: Zen 192 entries, Zen 2 224, Zen 3 256, Zen 4 320, Zen 5 448).
+_AMD_CORES = (
+    (0x17, ((0x00, 0x2F),), "Zen or Zen+", 192), (0x17, ((0x30, 0xFF),), "Zen 2", 224),
+    (0x19, ((0x10, 0x1F), (0x60, 0x7F), (0xA0, 0xAF)), "Zen 4", 320),
+    (0x19, ((0x00, 0xFF),), "Zen 3", 256), (0x1A, ((0x00, 0xFF),), "Zen 5", 448),
+)
+
+
+def core(cpuinfo="/proc/cpuinfo"):
+    """(core name, reorder-buffer entries) of this machine's CPU when it is an AMD core labkit
+    knows (by CPUID family and model, as /proc/cpuinfo gives them), else None."""
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if fields.get("vendor_id") != "AuthenticAMD":
+        return None
+    try:
+        fam, model = int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return None
+    for f, ranges, name, rob in _AMD_CORES:
+        if f == fam and any(lo <= model <= hi for lo, hi in ranges):
+            return name, rob
+    return None
 
 
 def per_node_medians(dash):
