@@ -61,6 +61,8 @@ HEAVY = dict(malformed=0.3, mix="mixed", order="shuffled")
 RATIOS = (
     ("unroll", "quad loop over single loop, ip4, 1M flows", BIG, Knobs(unroll=1), Knobs(unroll=4), None),
     ("prefetch", "prefetch over none, ip4, 1M flows", BIG, Knobs(prefetch=False), Knobs(prefetch=True), None),
+    ("interleave", "quad loop interleaved over repeated, no prefetch, 1M flows: ip4-lookup", BIG,
+     Knobs(prefetch=False), Knobs(prefetch=False, interleave=True), "ip4-lookup"),
     ("simd", "simd over scalar ip4-input, 30% malformed shuffled: graph", HEAVY, Knobs(variant="scalar"),
      Knobs(variant="simd"), None),
     ("simd_node", "  the same, ip4-input alone", HEAVY, Knobs(variant="scalar"), Knobs(variant="simd"), "ip4-input"),
