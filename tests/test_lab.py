@@ -229,6 +229,35 @@ def test_run_rejects_bad_budgets():
             lab.run(**kw)
 
 
+@pytest.mark.parametrize("layout", ["soa", "aos"])
+def test_a_vector_that_goes_one_way_moves_whole_and_a_mixed_one_packet_by_packet(layout, tmp_path):
+    """The enqueue step's two paths: vectors whose packets all take one arc or all drop for one
+    reason (runs of 8 alike), and vectors that mix them, each counted exactly."""
+    from labkit.nic.traffic import make_traffic
+    ip = [make_traffic(flows=8, mix="udp", size=s).frame(i) for i, s in enumerate((64, 200, 64, 1500, 64, 90, 64, 64))]
+    arp = bytes(6 * [0xFF]) + bytes(6) + b"\x08\x06" + bytes(46)
+    runt = bytes(10)
+    frames = ip * 3 + [arp] * 8 + [runt] * 8 + ip + [arp, runt] * 4 + ip[:5] + [arp] * 3
+    path = tmp_path / "f.pcap"
+    with PcapWriter(str(path)) as w:
+        for f in frames:
+            w.write(f)
+    for graph, want in (("ip4", {"unknown_ethertype": 15, "eth_runt": 12}), ("l2fwd", {"macswap_runt": 12})):
+        seen = []
+        for batch in (8, 3, 1):           # runs of 8 alike fill whole vectors only at batch 8
+            out = tmp_path / f"{graph}{batch}.pcap"
+            lab = Lab(graph=graph, pcap_in=str(path), pcap_out=str(out), knobs=Knobs(batch=batch, layout=layout))
+            res = lab.run()
+            assert_sound(res, lab, len(frames))
+            assert {k: res.dropped[k] for k in want} == want
+            seen.append((res.forwarded, res.dropped, [r.packets for r in res.runtime], read_frames(str(out))))
+        out_lengths = sorted(map(len, seen[0][3]))
+        assert len(out_lengths) == res.forwarded and len(set(out_lengths)) >= 2
+        if graph == "l2fwd":            # every frame but the runts back, each its own length
+            assert out_lengths == sorted(len(f) for f in frames if f != runt)
+        assert seen[0] == seen[1] == seen[2]
+
+
 def _frames_strategy():
     from hypothesis import strategies as st
     from labkit.nic.traffic import make_traffic

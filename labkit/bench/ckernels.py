@@ -228,7 +228,7 @@ int tsc_is_ns(void) { return 1; }
  * wide: handles, lengths, next codes), each node's loop over its frame, then the generic
  * enqueue step: every packet to the next node's frame, to the tx vector, or counted by
  * reason (counters[err_base[node] + k - 1] for code DROP(node + 1, k)) with its buffer on
- * the free list; per node, statistics (calls, packets, TSC cycles), the TSC read twice per
+ * the free list, the whole vector in one copy when every packet goes the same way; per node, statistics (calls, packets, TSC cycles), the TSC read twice per
  * node as the numba side does. Single loops, no prefetch: the compiler's own choices. */
 typedef struct {
     uint8_t *arena; uint32_t *fh, *fl; int32_t *fx; int64_t *counts; int64_t batch;
@@ -239,6 +239,32 @@ typedef struct {
 static inline void enqueue(dp_t *d, int node, int64_t n, int to) {   /* to < 0: tx */
     const uint32_t *h = d->fh + node * d->batch, *l = d->fl + node * d->batch;
     const int32_t *x = d->fx + node * d->batch;
+    int32_t c0 = x[0];
+    int64_t same = 0;
+    for (int64_t i = 0; i < n; i++)
+        same += x[i] == c0;
+    if (same == n) {                      /* the whole vector one way */
+        if (c0 < 0) {
+            d->counters[d->err_base[node] - c0 - 100 * (node + 1) - 1] += n;
+            for (int64_t i = 0; i < n; i++)
+                d->free_h[d->n_free + i] = h[i];
+            d->n_free += n;
+        } else if (to < 0) {
+            for (int64_t i = 0; i < n; i++) {
+                d->tx_h[d->n_tx + i] = h[i];
+                d->tx_l[d->n_tx + i] = l[i];
+            }
+            d->n_tx += n;
+        } else {
+            int64_t m = d->counts[to];
+            for (int64_t i = 0; i < n; i++) {
+                d->fh[to * d->batch + m + i] = h[i];
+                d->fl[to * d->batch + m + i] = l[i];
+            }
+            d->counts[to] = m + n;
+        }
+        return;
+    }
     for (int64_t i = 0; i < n; i++) {
         int32_t c = x[i];
         if (c < 0) {

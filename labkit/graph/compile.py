@@ -227,35 +227,70 @@ def _node_loop(node, knobs):
 
 def _enqueue(g, i, aos):
     """The generic step after node i: every packet to its next node's frame, to
-    the TX vector, or dropped (counted by reason, its buffer on the free list)."""
+    the TX vector, or dropped (counted by reason, its buffer on the free list).
+
+    First a check whether the whole vector goes one way (VPP's enqueue_to_next
+    looks for the same "next" in runs of packets): it usually does (every packet
+    valid, every route resolved), and then the frame moves in one branch-free
+    copy. Else each packet by its code."""
     node = g.nodes[i]
     err0 = const_name(node.name + "_errors") if node.errors else None
-    lines = ["        for k in range(n):"]
     if aos:
-        lines += ["            c = v[k]['next']", "            hk = v[k]['handle']", "            lk = v[k]['length']"]
+        code, hk, lk = (lambda k: f"v[{k}]['next']"), (lambda k: f"v[{k}]['handle']"), (lambda k: f"v[{k}]['length']")
     else:
-        lines += ["            c = nxt[k]", "            hk = hs[k]", "            lk = ls[k]"]
-    lines += ["            if c < 0:",
-              f"                counters[{err0} - 1 - c] += 1" if err0 else
-              "                pass    # (a node without errors returns no code < 0)",
-              "                free_h[n_free] = hk",
-              "                n_free += 1"]
+        code, hk, lk = (lambda k: f"nxt[{k}]"), (lambda k: f"hs[{k}]"), (lambda k: f"ls[{k}]")
+
+    def to_node(t, k, m, ind):
+        to = const_name(g.nodes[t].name)
+        if aos:
+            return [f"{ind}frames_x[{to}][{m}]['handle'] = {hk(k)}", f"{ind}frames_x[{to}][{m}]['length'] = {lk(k)}"]
+        return [f"{ind}frames_h[{to}, {m}] = {hk(k)}", f"{ind}frames_l[{to}, {m}] = {lk(k)}"]
+
+    lines = [f"        c0 = {code(0)}",
+             "        same = 0",
+             "        for k in range(n):",
+             f"            same += {code('k')} == c0",
+             "        if same == n:             # the whole vector one way: no per-packet decision",
+             "            if c0 < 0:",
+             f"                counters[{err0} - 1 - c0] += n" if err0 else
+             "                pass    # (a node without errors returns no code < 0)",
+             "                for k in range(n):",
+             f"                    free_h[n_free + k] = {hk('k')}",
+             "                n_free += n"]
     for a, t in enumerate(g.arcs[i]):
+        lines.append(f"            elif c0 == {a}:     # -> {'tx' if t == TX_T else 'drop' if t == DROP_T else g.nodes[t].name}")
         if t == TX_T:
-            lines += [f"            elif c == {a}:      # -> tx",
-                      "                tx_h[n_tx] = hk", "                tx_l[n_tx] = lk", "                n_tx += 1"]
+            lines += ["                for k in range(n):", f"                    tx_h[n_tx + k] = {hk('k')}",
+                      f"                    tx_l[n_tx + k] = {lk('k')}", "                n_tx += n"]
         elif t == DROP_T:
-            lines += [f"            elif c == {a}:      # -> drop",
-                      "                free_h[n_free] = hk", "                n_free += 1"]
+            lines += ["                for k in range(n):", f"                    free_h[n_free + k] = {hk('k')}",
+                      "                n_free += n"]
         else:
             to = const_name(g.nodes[t].name)
-            lines += [f"            elif c == {a}:      # -> {g.nodes[t].name}", f"                m = counts[{to}]"]
-            if aos:
-                lines += [f"                frames_x[{to}][m]['handle'] = hk",
-                          f"                frames_x[{to}][m]['length'] = lk"]
-            else:
-                lines += [f"                frames_h[{to}, m] = hk", f"                frames_l[{to}, m] = lk"]
-            lines.append(f"                counts[{to}] = m + 1")
+            lines += [f"                m = counts[{to}]", "                for k in range(n):"]
+            lines += to_node(t, "k", "m + k", "                    ")
+            lines.append(f"                counts[{to}] = m + n")
+    lines += ["        else:",
+              "            for k in range(n):",
+              f"                c = {code('k')}",
+              "                if c < 0:",
+              f"                    counters[{err0} - 1 - c] += 1" if err0 else
+              "                    pass    # (a node without errors returns no code < 0)",
+              f"                    free_h[n_free] = {hk('k')}",
+              "                    n_free += 1"]
+    for a, t in enumerate(g.arcs[i]):
+        if t == TX_T:
+            lines += [f"                elif c == {a}:      # -> tx",
+                      f"                    tx_h[n_tx] = {hk('k')}", f"                    tx_l[n_tx] = {lk('k')}",
+                      "                    n_tx += 1"]
+        elif t == DROP_T:
+            lines += [f"                elif c == {a}:      # -> drop",
+                      f"                    free_h[n_free] = {hk('k')}", "                    n_free += 1"]
+        else:
+            to = const_name(g.nodes[t].name)
+            lines += [f"                elif c == {a}:      # -> {g.nodes[t].name}", f"                    m = counts[{to}]"]
+            lines += to_node(t, "k", "m", "                    ")
+            lines.append(f"                    counts[{to}] = m + 1")
     return lines
 
 

@@ -149,19 +149,34 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         t0 = rdtsc()
         v = frames_x[ETH_INPUT]
         eth_input_node(arena, v, n)
+        c0 = v[0]['next']
+        same = 0
         for k in range(n):
-            c = v[k]['next']
-            hk = v[k]['handle']
-            lk = v[k]['length']
-            if c < 0:
-                counters[ETH_INPUT_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> ip4-input
+            same += v[k]['next'] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[ETH_INPUT_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = v[k]['handle']
+                n_free += n
+            elif c0 == 0:     # -> ip4-input
                 m = counts[IP4_INPUT]
-                frames_x[IP4_INPUT][m]['handle'] = hk
-                frames_x[IP4_INPUT][m]['length'] = lk
-                counts[IP4_INPUT] = m + 1
+                for k in range(n):
+                    frames_x[IP4_INPUT][m + k]['handle'] = v[k]['handle']
+                    frames_x[IP4_INPUT][m + k]['length'] = v[k]['length']
+                counts[IP4_INPUT] = m + n
+        else:
+            for k in range(n):
+                c = v[k]['next']
+                if c < 0:
+                    counters[ETH_INPUT_ERRORS - 1 - c] += 1
+                    free_h[n_free] = v[k]['handle']
+                    n_free += 1
+                elif c == 0:      # -> ip4-input
+                    m = counts[IP4_INPUT]
+                    frames_x[IP4_INPUT][m]['handle'] = v[k]['handle']
+                    frames_x[IP4_INPUT][m]['length'] = v[k]['length']
+                    counts[IP4_INPUT] = m + 1
         counts[ETH_INPUT] = 0
         stats[ETH_INPUT, CALLS] += 1
         stats[ETH_INPUT, VECTORS] += n
@@ -171,19 +186,34 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         t0 = rdtsc()
         v = frames_x[IP4_INPUT]
         ip4_input_node(arena, v, n)
+        c0 = v[0]['next']
+        same = 0
         for k in range(n):
-            c = v[k]['next']
-            hk = v[k]['handle']
-            lk = v[k]['length']
-            if c < 0:
-                counters[IP4_INPUT_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> ip4-lookup
+            same += v[k]['next'] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[IP4_INPUT_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = v[k]['handle']
+                n_free += n
+            elif c0 == 0:     # -> ip4-lookup
                 m = counts[IP4_LOOKUP]
-                frames_x[IP4_LOOKUP][m]['handle'] = hk
-                frames_x[IP4_LOOKUP][m]['length'] = lk
-                counts[IP4_LOOKUP] = m + 1
+                for k in range(n):
+                    frames_x[IP4_LOOKUP][m + k]['handle'] = v[k]['handle']
+                    frames_x[IP4_LOOKUP][m + k]['length'] = v[k]['length']
+                counts[IP4_LOOKUP] = m + n
+        else:
+            for k in range(n):
+                c = v[k]['next']
+                if c < 0:
+                    counters[IP4_INPUT_ERRORS - 1 - c] += 1
+                    free_h[n_free] = v[k]['handle']
+                    n_free += 1
+                elif c == 0:      # -> ip4-lookup
+                    m = counts[IP4_LOOKUP]
+                    frames_x[IP4_LOOKUP][m]['handle'] = v[k]['handle']
+                    frames_x[IP4_LOOKUP][m]['length'] = v[k]['length']
+                    counts[IP4_LOOKUP] = m + 1
         counts[IP4_INPUT] = 0
         stats[IP4_INPUT, CALLS] += 1
         stats[IP4_INPUT, VECTORS] += n
@@ -193,19 +223,34 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         t0 = rdtsc()
         v = frames_x[IP4_LOOKUP]
         ip4_lookup_node(arena, v, n, fib_tbl24, fib_tbl8, fib_adj_valid)
+        c0 = v[0]['next']
+        same = 0
         for k in range(n):
-            c = v[k]['next']
-            hk = v[k]['handle']
-            lk = v[k]['length']
-            if c < 0:
-                counters[IP4_LOOKUP_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> ip4-rewrite
+            same += v[k]['next'] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[IP4_LOOKUP_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = v[k]['handle']
+                n_free += n
+            elif c0 == 0:     # -> ip4-rewrite
                 m = counts[IP4_REWRITE]
-                frames_x[IP4_REWRITE][m]['handle'] = hk
-                frames_x[IP4_REWRITE][m]['length'] = lk
-                counts[IP4_REWRITE] = m + 1
+                for k in range(n):
+                    frames_x[IP4_REWRITE][m + k]['handle'] = v[k]['handle']
+                    frames_x[IP4_REWRITE][m + k]['length'] = v[k]['length']
+                counts[IP4_REWRITE] = m + n
+        else:
+            for k in range(n):
+                c = v[k]['next']
+                if c < 0:
+                    counters[IP4_LOOKUP_ERRORS - 1 - c] += 1
+                    free_h[n_free] = v[k]['handle']
+                    n_free += 1
+                elif c == 0:      # -> ip4-rewrite
+                    m = counts[IP4_REWRITE]
+                    frames_x[IP4_REWRITE][m]['handle'] = v[k]['handle']
+                    frames_x[IP4_REWRITE][m]['length'] = v[k]['length']
+                    counts[IP4_REWRITE] = m + 1
         counts[IP4_LOOKUP] = 0
         stats[IP4_LOOKUP, CALLS] += 1
         stats[IP4_LOOKUP, VECTORS] += n
@@ -215,18 +260,32 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         t0 = rdtsc()
         v = frames_x[IP4_REWRITE]
         ip4_rewrite_node(arena, v, n, adj_mac)
+        c0 = v[0]['next']
+        same = 0
         for k in range(n):
-            c = v[k]['next']
-            hk = v[k]['handle']
-            lk = v[k]['length']
-            if c < 0:
-                counters[IP4_REWRITE_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> tx
-                tx_h[n_tx] = hk
-                tx_l[n_tx] = lk
-                n_tx += 1
+            same += v[k]['next'] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[IP4_REWRITE_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = v[k]['handle']
+                n_free += n
+            elif c0 == 0:     # -> tx
+                for k in range(n):
+                    tx_h[n_tx + k] = v[k]['handle']
+                    tx_l[n_tx + k] = v[k]['length']
+                n_tx += n
+        else:
+            for k in range(n):
+                c = v[k]['next']
+                if c < 0:
+                    counters[IP4_REWRITE_ERRORS - 1 - c] += 1
+                    free_h[n_free] = v[k]['handle']
+                    n_free += 1
+                elif c == 0:      # -> tx
+                    tx_h[n_tx] = v[k]['handle']
+                    tx_l[n_tx] = v[k]['length']
+                    n_tx += 1
         counts[IP4_REWRITE] = 0
         stats[IP4_REWRITE, CALLS] += 1
         stats[IP4_REWRITE, VECTORS] += n

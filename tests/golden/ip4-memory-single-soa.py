@@ -112,19 +112,34 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         ls = frames_l[ETH_INPUT]
         nxt = frames_x[ETH_INPUT]
         eth_input_node(arena, hs, ls, n, nxt)
+        c0 = nxt[0]
+        same = 0
         for k in range(n):
-            c = nxt[k]
-            hk = hs[k]
-            lk = ls[k]
-            if c < 0:
-                counters[ETH_INPUT_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> ip4-input
+            same += nxt[k] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[ETH_INPUT_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = hs[k]
+                n_free += n
+            elif c0 == 0:     # -> ip4-input
                 m = counts[IP4_INPUT]
-                frames_h[IP4_INPUT, m] = hk
-                frames_l[IP4_INPUT, m] = lk
-                counts[IP4_INPUT] = m + 1
+                for k in range(n):
+                    frames_h[IP4_INPUT, m + k] = hs[k]
+                    frames_l[IP4_INPUT, m + k] = ls[k]
+                counts[IP4_INPUT] = m + n
+        else:
+            for k in range(n):
+                c = nxt[k]
+                if c < 0:
+                    counters[ETH_INPUT_ERRORS - 1 - c] += 1
+                    free_h[n_free] = hs[k]
+                    n_free += 1
+                elif c == 0:      # -> ip4-input
+                    m = counts[IP4_INPUT]
+                    frames_h[IP4_INPUT, m] = hs[k]
+                    frames_l[IP4_INPUT, m] = ls[k]
+                    counts[IP4_INPUT] = m + 1
         counts[ETH_INPUT] = 0
         stats[ETH_INPUT, CALLS] += 1
         stats[ETH_INPUT, VECTORS] += n
@@ -136,19 +151,34 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         ls = frames_l[IP4_INPUT]
         nxt = frames_x[IP4_INPUT]
         ip4_input_node(arena, hs, ls, n, nxt)
+        c0 = nxt[0]
+        same = 0
         for k in range(n):
-            c = nxt[k]
-            hk = hs[k]
-            lk = ls[k]
-            if c < 0:
-                counters[IP4_INPUT_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> ip4-lookup
+            same += nxt[k] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[IP4_INPUT_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = hs[k]
+                n_free += n
+            elif c0 == 0:     # -> ip4-lookup
                 m = counts[IP4_LOOKUP]
-                frames_h[IP4_LOOKUP, m] = hk
-                frames_l[IP4_LOOKUP, m] = lk
-                counts[IP4_LOOKUP] = m + 1
+                for k in range(n):
+                    frames_h[IP4_LOOKUP, m + k] = hs[k]
+                    frames_l[IP4_LOOKUP, m + k] = ls[k]
+                counts[IP4_LOOKUP] = m + n
+        else:
+            for k in range(n):
+                c = nxt[k]
+                if c < 0:
+                    counters[IP4_INPUT_ERRORS - 1 - c] += 1
+                    free_h[n_free] = hs[k]
+                    n_free += 1
+                elif c == 0:      # -> ip4-lookup
+                    m = counts[IP4_LOOKUP]
+                    frames_h[IP4_LOOKUP, m] = hs[k]
+                    frames_l[IP4_LOOKUP, m] = ls[k]
+                    counts[IP4_LOOKUP] = m + 1
         counts[IP4_INPUT] = 0
         stats[IP4_INPUT, CALLS] += 1
         stats[IP4_INPUT, VECTORS] += n
@@ -160,19 +190,34 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         ls = frames_l[IP4_LOOKUP]
         nxt = frames_x[IP4_LOOKUP]
         ip4_lookup_node(arena, hs, ls, n, nxt, fib_tbl24, fib_tbl8, fib_adj_valid)
+        c0 = nxt[0]
+        same = 0
         for k in range(n):
-            c = nxt[k]
-            hk = hs[k]
-            lk = ls[k]
-            if c < 0:
-                counters[IP4_LOOKUP_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> ip4-rewrite
+            same += nxt[k] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[IP4_LOOKUP_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = hs[k]
+                n_free += n
+            elif c0 == 0:     # -> ip4-rewrite
                 m = counts[IP4_REWRITE]
-                frames_h[IP4_REWRITE, m] = hk
-                frames_l[IP4_REWRITE, m] = lk
-                counts[IP4_REWRITE] = m + 1
+                for k in range(n):
+                    frames_h[IP4_REWRITE, m + k] = hs[k]
+                    frames_l[IP4_REWRITE, m + k] = ls[k]
+                counts[IP4_REWRITE] = m + n
+        else:
+            for k in range(n):
+                c = nxt[k]
+                if c < 0:
+                    counters[IP4_LOOKUP_ERRORS - 1 - c] += 1
+                    free_h[n_free] = hs[k]
+                    n_free += 1
+                elif c == 0:      # -> ip4-rewrite
+                    m = counts[IP4_REWRITE]
+                    frames_h[IP4_REWRITE, m] = hs[k]
+                    frames_l[IP4_REWRITE, m] = ls[k]
+                    counts[IP4_REWRITE] = m + 1
         counts[IP4_LOOKUP] = 0
         stats[IP4_LOOKUP, CALLS] += 1
         stats[IP4_LOOKUP, VECTORS] += n
@@ -184,18 +229,32 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         ls = frames_l[IP4_REWRITE]
         nxt = frames_x[IP4_REWRITE]
         ip4_rewrite_node(arena, hs, ls, n, nxt, adj_mac)
+        c0 = nxt[0]
+        same = 0
         for k in range(n):
-            c = nxt[k]
-            hk = hs[k]
-            lk = ls[k]
-            if c < 0:
-                counters[IP4_REWRITE_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> tx
-                tx_h[n_tx] = hk
-                tx_l[n_tx] = lk
-                n_tx += 1
+            same += nxt[k] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[IP4_REWRITE_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = hs[k]
+                n_free += n
+            elif c0 == 0:     # -> tx
+                for k in range(n):
+                    tx_h[n_tx + k] = hs[k]
+                    tx_l[n_tx + k] = ls[k]
+                n_tx += n
+        else:
+            for k in range(n):
+                c = nxt[k]
+                if c < 0:
+                    counters[IP4_REWRITE_ERRORS - 1 - c] += 1
+                    free_h[n_free] = hs[k]
+                    n_free += 1
+                elif c == 0:      # -> tx
+                    tx_h[n_tx] = hs[k]
+                    tx_l[n_tx] = ls[k]
+                    n_tx += 1
         counts[IP4_REWRITE] = 0
         stats[IP4_REWRITE, CALLS] += 1
         stats[IP4_REWRITE, VECTORS] += n

@@ -61,18 +61,32 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         ls = frames_l[L2_MACSWAP]
         nxt = frames_x[L2_MACSWAP]
         l2_macswap_node(arena, hs, ls, n, nxt)
+        c0 = nxt[0]
+        same = 0
         for k in range(n):
-            c = nxt[k]
-            hk = hs[k]
-            lk = ls[k]
-            if c < 0:
-                counters[L2_MACSWAP_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> tx
-                tx_h[n_tx] = hk
-                tx_l[n_tx] = lk
-                n_tx += 1
+            same += nxt[k] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[L2_MACSWAP_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = hs[k]
+                n_free += n
+            elif c0 == 0:     # -> tx
+                for k in range(n):
+                    tx_h[n_tx + k] = hs[k]
+                    tx_l[n_tx + k] = ls[k]
+                n_tx += n
+        else:
+            for k in range(n):
+                c = nxt[k]
+                if c < 0:
+                    counters[L2_MACSWAP_ERRORS - 1 - c] += 1
+                    free_h[n_free] = hs[k]
+                    n_free += 1
+                elif c == 0:      # -> tx
+                    tx_h[n_tx] = hs[k]
+                    tx_l[n_tx] = ls[k]
+                    n_tx += 1
         counts[L2_MACSWAP] = 0
         stats[L2_MACSWAP, CALLS] += 1
         stats[L2_MACSWAP, VECTORS] += n

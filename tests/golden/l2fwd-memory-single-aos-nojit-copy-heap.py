@@ -51,18 +51,32 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
         t0 = rdtsc()
         v = frames_x[L2_MACSWAP]
         l2_macswap_node(arena, v, n)
+        c0 = v[0]['next']
+        same = 0
         for k in range(n):
-            c = v[k]['next']
-            hk = v[k]['handle']
-            lk = v[k]['length']
-            if c < 0:
-                counters[L2_MACSWAP_ERRORS - 1 - c] += 1
-                free_h[n_free] = hk
-                n_free += 1
-            elif c == 0:      # -> tx
-                tx_h[n_tx] = hk
-                tx_l[n_tx] = lk
-                n_tx += 1
+            same += v[k]['next'] == c0
+        if same == n:             # the whole vector one way: no per-packet decision
+            if c0 < 0:
+                counters[L2_MACSWAP_ERRORS - 1 - c0] += n
+                for k in range(n):
+                    free_h[n_free + k] = v[k]['handle']
+                n_free += n
+            elif c0 == 0:     # -> tx
+                for k in range(n):
+                    tx_h[n_tx + k] = v[k]['handle']
+                    tx_l[n_tx + k] = v[k]['length']
+                n_tx += n
+        else:
+            for k in range(n):
+                c = v[k]['next']
+                if c < 0:
+                    counters[L2_MACSWAP_ERRORS - 1 - c] += 1
+                    free_h[n_free] = v[k]['handle']
+                    n_free += 1
+                elif c == 0:      # -> tx
+                    tx_h[n_tx] = v[k]['handle']
+                    tx_l[n_tx] = v[k]['length']
+                    n_tx += 1
         counts[L2_MACSWAP] = 0
         stats[L2_MACSWAP, CALLS] += 1
         stats[L2_MACSWAP, VECTORS] += n
