@@ -225,8 +225,9 @@ def ip4_rewrite_one(arena, base, length, adj_mac):
     s = _fold16((~hc & 0xFFFF) + (~m & 0xFFFF) + m2)
     wr16(arena, ip + IP4_TTL_OFF, m2)
     wr16(arena, ip + IP4_CSUM_OFF, ~s & 0xFFFF)
-    for i in range(12):
-        arena[f + ETH_DST_OFF + i] = adj_mac[adj, i]
+    mac = adj_mac[adj]                                   # 12 bytes: two words, not twelve bytes
+    store_le(arena, f + ETH_DST_OFF, load_le(mac, 0, 8), 8)
+    store_le(arena, f + ETH_DST_OFF + 8, load_le(mac, 8, 4), 4)
     return 0
 
 
