@@ -241,6 +241,51 @@ def test_wide_loads_and_stores_match_their_twins_at_any_alignment_and_refuse_pas
         store_le(np.zeros(10, np.uint8), 8, 1, 4)
 
 
+def test_network_order_fields_are_one_access_each_and_checked_like_indexing_when_compiled():
+    """rd16/rd32/wr16/wr32 (load_be/store_be) and the little-endian metadata helpers, compiled and
+    pure Python, at every alignment; compiled with NUMBA_BOUNDSCHECK=1 (tests/conftest.py) a field
+    that runs past the array raises IndexError as a[i] would."""
+    from numba import config, njit
+    from labkit.memory.bytes import rd16, rd32, rd32le, wr16, wr32, wr32le
+    from labkit.memory.intrinsics import load_be, store_be
+
+    rng = np.random.default_rng(9)
+    for o in range(8):
+        a = rng.integers(0, 256, 16).astype(np.uint8)
+        raw = a[o:o + 4].tobytes()
+        for rd in (rd16, rd16.py_func):
+            assert rd(a, o) == int.from_bytes(raw[:2], "big")
+        for rd in (rd32, rd32.py_func):
+            assert rd(a, o) == int.from_bytes(raw, "big")
+        assert rd32le(a, o) == rd32le.py_func(a, o) == int.from_bytes(raw, "little")
+        assert isinstance(rd16(a, o), int) and rd32(a, o) >= 0
+        for wr, width, order in ((wr16, 2, "big"), (wr32, 4, "big"), (wr32le, 4, "little")):
+            for f in (wr, wr.py_func):
+                b = a.copy()
+                f(b, o, 0x89ABCDEF)
+                assert b[o:o + width].tobytes() == (0x89ABCDEF & ((1 << 8 * width) - 1)).to_bytes(width, order)
+                assert np.array_equal(np.delete(b, range(o, o + width)), np.delete(a, range(o, o + width)))
+    assert config.BOUNDSCHECK
+
+    @njit
+    def past(a, o):
+        return load_be(a, o, 4)
+
+    @njit
+    def past_store(a, o):
+        store_be(a, o, 1, 2)
+
+    a = np.zeros(8, np.uint8)
+    assert past(a, 4) == 0
+    for bad in (5, -1):
+        with pytest.raises(IndexError):
+            past(a, bad)
+    with pytest.raises(IndexError):
+        past_store(a, 7)
+    with pytest.raises(IndexError):
+        rd32(a, 6)
+
+
 def test_likely_and_unlikely_become_branch_weights_and_change_no_result():
     from numba import njit
     from labkit.memory.intrinsics import likely, unlikely

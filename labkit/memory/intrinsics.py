@@ -10,11 +10,15 @@
 - ``cas(a, i, expected, new)``: compare-and-swap on an element of a 1-D
   integer array (x86 ``lock cmpxchg``, a full barrier); returns the old value.
   The workers' wire cursor and spinlocks are built on it.
-- ``load_le(a, i, width)`` / ``store_le(a, i, v, width)``: ``width`` (4 or
-  8) bytes of a uint8 array from byte ``i``, little-endian, in one load or
+- ``load_le(a, i, width)`` / ``store_le(a, i, v, width)``: ``width`` (2, 4
+  or 8) bytes of a uint8 array from byte ``i``, little-endian, in one load or
   store whatever the alignment (x86 loads and stores need none). Byte by
   byte, LLVM does not merge such accesses: numba's index arithmetic
-  (negative indices wrap) sits between them.
+  (negative indices wrap) sits between them. ``load_be`` / ``store_be``: the
+  same in network order (big-endian), one ``bswap`` (or ``rol``) more;
+  ``load_be`` gives an int64 (2 or 4 bytes). Compiled with
+  ``NUMBA_BOUNDSCHECK=1`` (as the tests are), each checks its bytes are inside
+  the array and raises IndexError, as an indexed access would.
 - ``likely(c)`` / ``unlikely(c)``: the boolean ``c``, with a hint to LLVM
   that it is almost always true / false (``llvm.expect.i1``, GCC's
   ``__builtin_expect``, DPDK's ``likely()``): LLVM lays the expected path
@@ -133,34 +137,56 @@ def _expect(typingctx, cond, expected):
     return types.boolean(cond, expected), codegen
 
 
-@intrinsic
-def _load_le(typingctx, arr, idx, width):
-    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8
-            and isinstance(width, types.IntegerLiteral) and width.literal_value in (4, 8)):
-        return None
-    bits = 8 * width.literal_value
-
-    def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        v = builder.load(builder.bitcast(ptr, ir.IntType(bits).as_pointer()), align=1)
-        return builder.zext(v, ir.IntType(64)) if bits < 64 else v
-    return types.uint64(arr, idx, width), codegen
+def _wide(arr, width, widths):
+    """The access's bit width, or None when numba must look for another implementation."""
+    if (isinstance(arr, types.Array) and arr.dtype == types.uint8
+            and isinstance(width, types.IntegerLiteral) and width.literal_value in widths):
+        return 8 * width.literal_value
+    return None
 
 
-@intrinsic
-def _store_le(typingctx, arr, idx, val, width):
-    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and isinstance(val, types.Integer)
-            and isinstance(width, types.IntegerLiteral) and width.literal_value in (4, 8)):
-        return None
-    bits = 8 * width.literal_value
+def _bswap(builder, v, bits):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(bits), [ir.IntType(bits)]),
+                                        f"llvm.bswap.i{bits}")
+    return builder.call(fn, [v])
 
-    def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        v = context.cast(builder, args[2], signature.args[2], types.uint64)
-        v = builder.trunc(v, ir.IntType(bits)) if bits < 64 else v
-        builder.store(v, builder.bitcast(ptr, ir.IntType(bits).as_pointer()), align=1)
-        return context.get_dummy_value()
-    return types.void(arr, idx, val, width), codegen
+
+def _loader(swap, result):
+    def typer(typingctx, arr, idx, width):
+        bits = _wide(arr, width, (2, 4) if swap else (2, 4, 8))
+        if bits is None:
+            return None
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            v = builder.load(builder.bitcast(ptr, ir.IntType(bits).as_pointer()), align=1)
+            v = _bswap(builder, v, bits) if swap else v
+            return builder.zext(v, ir.IntType(64)) if bits < 64 else v
+        return result(arr, idx, width), codegen
+    return typer
+
+
+def _storer(swap):
+    def typer(typingctx, arr, idx, val, width):
+        bits = _wide(arr, width, (2, 4) if swap else (2, 4, 8))
+        if bits is None or not isinstance(val, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            v = context.cast(builder, args[2], signature.args[2], types.uint64)
+            v = builder.trunc(v, ir.IntType(bits)) if bits < 64 else v
+            v = _bswap(builder, v, bits) if swap else v
+            builder.store(v, builder.bitcast(ptr, ir.IntType(bits).as_pointer()), align=1)
+            return context.get_dummy_value()
+        return types.void(arr, idx, val, width), codegen
+    return typer
+
+
+_load_le = intrinsic(_loader(False, types.uint64))
+_load_be = intrinsic(_loader(True, types.int64))
+_store_le = intrinsic(_storer(False))
+_store_be = intrinsic(_storer(True))
 
 
 # Python-level versions (the "JIT off" twins). numba compiles the overloads.
@@ -216,6 +242,47 @@ def load_le(a, i, width):
     return int.from_bytes(a[i:i + width].tobytes(), "little")
 
 
+def load_be(a, i, width):
+    """Network order; past the array's end the pure-Python twin raises IndexError."""
+    i = int(i)
+    if i < 0 or i + width > a.shape[0]:
+        raise IndexError(f"load_be({i}, {width}) past an array of {a.shape[0]} bytes")
+    return int.from_bytes(a[i:i + width].tobytes(), "big")
+
+
+def store_be(a, i, v, width):
+    """Network order; past the array's end the pure-Python twin raises IndexError."""
+    i = int(i)
+    if i < 0 or i + width > a.shape[0]:
+        raise IndexError(f"store_be({i}, {width}) past an array of {a.shape[0]} bytes")
+    a[i:i + width] = np.frombuffer((int(v) & ((1 << (8 * width)) - 1)).to_bytes(width, "big"), np.uint8)
+
+
+def _checked():
+    """Whether compiled code checks indices (NUMBA_BOUNDSCHECK=1, as in the tests)."""
+    from numba.core import config
+    return bool(config.BOUNDSCHECK)
+
+
+def _guarded(access, nargs):
+    """An overload body: the access, preceded by a bounds check when compiled code checks indices."""
+    if nargs == 3:
+        if _checked():
+            def impl(a, i, width):
+                if i < 0 or i + width > a.shape[0]:
+                    raise IndexError("wide load past the array's end")
+                return access(a, i, width)
+            return impl
+        return lambda a, i, width: access(a, i, width)
+    if _checked():
+        def impl4(a, i, v, width):
+            if i < 0 or i + width > a.shape[0]:
+                raise IndexError("wide store past the array's end")
+            access(a, i, v, width)
+        return impl4
+    return lambda a, i, v, width: access(a, i, v, width)
+
+
 @overload(rdtsc, inline="always")
 def _ov_rdtsc():
     return lambda: _rdtsc()
@@ -241,12 +308,22 @@ def store_le(a, i, v, width):
 
 @overload(store_le, inline="always")
 def _ov_store_le(a, i, v, width):
-    return lambda a, i, v, width: _store_le(a, i, v, width)
+    return _guarded(_store_le, 4)
 
 
 @overload(load_le, inline="always")
 def _ov_load_le(a, i, width):
-    return lambda a, i, width: _load_le(a, i, width)
+    return _guarded(_load_le, 3)
+
+
+@overload(store_be, inline="always")
+def _ov_store_be(a, i, v, width):
+    return _guarded(_store_be, 4)
+
+
+@overload(load_be, inline="always")
+def _ov_load_be(a, i, width):
+    return _guarded(_load_be, 3)
 
 
 def likely(c):
