@@ -16,9 +16,9 @@
   byte, LLVM does not merge such accesses: numba's index arithmetic
   (negative indices wrap) sits between them. ``load_be`` / ``store_be``: the
   same in network order (big-endian), one ``bswap`` (or ``rol``) more;
-  ``load_be`` gives an int64 (2 or 4 bytes). Compiled with
-  ``NUMBA_BOUNDSCHECK=1`` (as the tests are), each checks its bytes are inside
-  the array and raises IndexError, as an indexed access would.
+  ``load_be`` gives an int64 (2 or 4 bytes). Compiled with bounds checks
+  (``NUMBA_BOUNDSCHECK=1``, as the tests are), each checks that its first and
+  last bytes are inside the array, as ``a[i]`` would: IndexError.
 - ``likely(c)`` / ``unlikely(c)``: the boolean ``c``, with a hint to LLVM
   that it is almost always true / false (``llvm.expect.i1``, GCC's
   ``__builtin_expect``, DPDK's ``likely()``): LLVM lays the expected path
@@ -49,8 +49,14 @@ from numba.extending import intrinsic, overload
 _I32 = ir.IntType(32)
 
 
-def _element_pointer(context, builder, aty, a, i):
+def _element_pointer(context, builder, aty, a, i, width=1):
+    """Where a[i] is; compiled with bounds checks (NUMBA_BOUNDSCHECK=1, as in the tests), the
+    access's first and last bytes are checked as a[i] would be: IndexError."""
     ary = context.make_array(aty)(context, builder, a)
+    if context.enable_boundscheck:
+        last = builder.add(i, ir.Constant(i.type, width - 1))
+        cgutils.get_item_pointer(context, builder, aty, ary, [last], boundscheck=True)
+        return cgutils.get_item_pointer(context, builder, aty, ary, [i], boundscheck=True)
     return cgutils.get_item_pointer(context, builder, aty, ary, [i])
 
 
@@ -158,7 +164,7 @@ def _loader(swap, result):
             return None
 
         def codegen(context, builder, signature, args):
-            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1], bits // 8)
             v = builder.load(builder.bitcast(ptr, ir.IntType(bits).as_pointer()), align=1)
             v = _bswap(builder, v, bits) if swap else v
             return builder.zext(v, ir.IntType(64)) if bits < 64 else v
@@ -173,7 +179,7 @@ def _storer(swap):
             return None
 
         def codegen(context, builder, signature, args):
-            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1], bits // 8)
             v = context.cast(builder, args[2], signature.args[2], types.uint64)
             v = builder.trunc(v, ir.IntType(bits)) if bits < 64 else v
             v = _bswap(builder, v, bits) if swap else v
@@ -258,31 +264,6 @@ def store_be(a, i, v, width):
     a[i:i + width] = np.frombuffer((int(v) & ((1 << (8 * width)) - 1)).to_bytes(width, "big"), np.uint8)
 
 
-def _checked():
-    """Whether compiled code checks indices (NUMBA_BOUNDSCHECK=1, as in the tests)."""
-    from numba.core import config
-    return bool(config.BOUNDSCHECK)
-
-
-def _guarded(access, nargs):
-    """An overload body: the access, preceded by a bounds check when compiled code checks indices."""
-    if nargs == 3:
-        if _checked():
-            def impl(a, i, width):
-                if i < 0 or i + width > a.shape[0]:
-                    raise IndexError("wide load past the array's end")
-                return access(a, i, width)
-            return impl
-        return lambda a, i, width: access(a, i, width)
-    if _checked():
-        def impl4(a, i, v, width):
-            if i < 0 or i + width > a.shape[0]:
-                raise IndexError("wide store past the array's end")
-            access(a, i, v, width)
-        return impl4
-    return lambda a, i, v, width: access(a, i, v, width)
-
-
 @overload(rdtsc, inline="always")
 def _ov_rdtsc():
     return lambda: _rdtsc()
@@ -308,22 +289,22 @@ def store_le(a, i, v, width):
 
 @overload(store_le, inline="always")
 def _ov_store_le(a, i, v, width):
-    return _guarded(_store_le, 4)
+    return lambda a, i, v, width: _store_le(a, i, v, width)
 
 
 @overload(load_le, inline="always")
 def _ov_load_le(a, i, width):
-    return _guarded(_load_le, 3)
+    return lambda a, i, width: _load_le(a, i, width)
 
 
 @overload(store_be, inline="always")
 def _ov_store_be(a, i, v, width):
-    return _guarded(_store_be, 4)
+    return lambda a, i, v, width: _store_be(a, i, v, width)
 
 
 @overload(load_be, inline="always")
 def _ov_load_be(a, i, width):
-    return _guarded(_load_be, 3)
+    return lambda a, i, width: _load_be(a, i, width)
 
 
 def likely(c):
