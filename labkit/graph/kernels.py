@@ -182,8 +182,9 @@ def ip4_lookup_finish(arena, base, length, s, tbl24, tbl8, adj_valid):
 
 @njit(nogil=True, cache=True, inline="always")
 def ip4_lookup_one(arena, base, length, tbl24, tbl8, adj_valid):
-    """Longest-prefix match on the destination, DIR-24-8 (``_dir24_8``). The adjacency index goes into the buffer metadata (``META_ADJ_OFF``, little-endian u32)
-    for ip4-rewrite. ``adj_valid[adj]`` is 0 for an adjacency whose MAC is not resolved yet (VPP's
+    """Longest-prefix match on the destination, DIR-24-8 (``_dir24_8``). The adjacency index goes
+    into the buffer metadata (``META_ADJ_OFF``, little-endian u32) for ip4-rewrite.
+    ``adj_valid[adj]`` is 0 for an adjacency whose MAC is not resolved yet (VPP's
     glean/incomplete adjacency): such packets are dropped. The three stages above, in a row."""
     s = ip4_lookup_load(arena, base, length, tbl24, tbl8, adj_valid)
     if s < 0:

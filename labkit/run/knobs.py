@@ -21,8 +21,9 @@ MAX_PREFETCH_DISTANCE = 64
 # finish) or repeats its body. Off by default, by measurement: ip4 on the in-memory NIC, quad loop,
 # vector 256, medians of 7 interleaved runs (2026-12-07, a 2-vCPU AMD EPYC Zen 4 VM), ip4-lookup's
 # TSC cycles per packet, repeated / interleaved: 1,000,000 flows 43.5 / 46.2 with prefetch and
-# 61.3 / 69.6 without; 1,024 flows 11.5 / 11.9 and 10.5 / 10.6. The core's out-of-order window
-# already overlaps the packets of the repeated body (notebook 09 measures where interleaving pays).
+# 61.3 / 69.6 without; 1,024 flows 11.5 / 11.9 and 10.5 / 10.6. Most likely the core's out-of-order
+# window already overlaps the packets of the repeated body (notebook 09, section 1; its section 2
+# shows where interleaving pays: long chains of dependent work).
 # Threading models (labkit.run.workers): run to completion; or an I/O stage and worker
 # stages, one per core ("pipeline"), as lightweight threads of one OS thread switched by a
 # compiled cooperative scheduler ("lthreads", labkit.run.lthreads: a switch costs ns), or as
@@ -44,7 +45,7 @@ class Knobs:
     prefetch: bool = True     # software prefetch of the next packets' headers and table entries
     prefetch_distance: int = PREFETCH_DISTANCE   # prefetch: how many packets ahead of the one being processed
     unroll: int = 4           # packets per loop iteration in each node: 1 (single), 2 (dual), 4 (quad)
-    interleave: bool = False  # unroll > 1: run a node's stages for all the iteration's packets in turn (False: repeat its body); see INTERLEAVE
+    interleave: bool = False  # unroll > 1: run a node's stages for all the iteration's packets in turn (False: repeat its body); default: see above
     layout: str = "soa"       # packet vector: structure of arrays ("soa") or array of structures ("aos")
     poll: str = "busy"        # veth/tap: busy-poll the RX ring ("busy") or sleep in poll() until frames come ("wait")
     qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
