@@ -18,11 +18,13 @@ The library is imported lazily, so `labkit --help` and `--version` stay fast.
 import argparse
 import json
 import os
-import signal
 import sys
+import threading
 
 from labkit import __version__
 from labkit.graph.node import VARIANTS
+from labkit.run import interrupts
+from labkit.run.interrupts import Terminated
 from labkit.run.knobs import MODELS, Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES
 from labkit.run.ports import KINDS as PORTS     # light: dataclasses only
 from labkit.settings import quick
@@ -876,19 +878,10 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be, so the same clean-up runs
-    (the run drains, ports close, namespaces this run made are removed)."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] not in (["bench"],) and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    if argv[:1] not in (["bench"],) and threading.current_thread() is threading.main_thread():
+        interrupts.install()           # SIGTERM as Ctrl-C; neither lost in a finalizer
     try:
         if argv[:1] == ["bench"]:               # bench parses its own options
             return cmd_bench(argv[1:])

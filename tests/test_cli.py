@@ -426,3 +426,32 @@ def test_ctrl_c_during_a_run_exits_130_without_traceback(tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130
     assert out == "" and "Traceback" not in err
+
+
+def test_an_interrupt_lost_in_a_finalizer_is_raised_again():
+    """Python drops an exception raised in a finalizer ("Exception ignored in ..."): a Ctrl-C or
+    SIGTERM whose handler fired there would let the run go on. labkit's handlers remember the
+    signal, and the run loops' check() raises it again, as the right kind, once."""
+    import signal
+    from labkit.run import interrupts
+
+    class Finalized:
+        def __init__(self, signum):
+            self.signum = signum
+
+        def __del__(self):
+            interrupts._handler(self.signum, None)    # what the handler does if it fires here
+
+    interrupts.check()                                # nothing pending: nothing raised
+    Finalized(signal.SIGINT)                          # the exception is printed and dropped
+    with pytest.raises(KeyboardInterrupt) as e:
+        interrupts.check()
+    assert not isinstance(e.value, interrupts.Terminated)
+    interrupts.check()                                # raised once, not twice
+    Finalized(signal.SIGTERM)
+    with pytest.raises(interrupts.Terminated):
+        interrupts.check()
+    with pytest.raises(KeyboardInterrupt):            # delivered normally, then handled: not raised again
+        interrupts._handler(signal.SIGINT, None)
+    interrupts.caught()
+    interrupts.check()

@@ -50,6 +50,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
+from . import interrupts
 from ..graph.compile import make_frames
 from ..memory.layouts import own_lines, rehome
 from ..nic import afpacket as af
@@ -443,6 +444,7 @@ class _Run:
         while True:
             try:
                 time.sleep(WATCH_S)
+                interrupts.check()                          # a Ctrl-C lost in a finalizer, raised again
                 if self.errors:
                     break
                 d = self.drops()
@@ -463,6 +465,7 @@ class _Run:
                 if quiet > QUIET_S:
                     break                                   # the books will not balance: say so
             except KeyboardInterrupt as e:
+                interrupts.caught()
                 interrupted = e
                 gst[gen.G_STOP] = 1
         return interrupted, stalled

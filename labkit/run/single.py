@@ -20,6 +20,7 @@ DPDK poll-mode driver refills its ring inside rx_burst), and the graph.
 """
 import numpy as np
 
+from . import interrupts
 from ..graph.compile import make_frames
 from ..memory.ring import Ring
 from ..nic import memory as nicmem
@@ -87,7 +88,9 @@ class SingleLoop(Engine):
             while not done:
                 done = slice_(budget, stop, now_tsc() + int(SLICE_S * hz))
                 tell_progress(progress, packets, nst[nicmem.SENT], start, stop)
+                interrupts.check()                  # a Ctrl-C lost in a finalizer, raised again
         except KeyboardInterrupt:
+            interrupts.caught()
             # Stop offering, let the data plane drain what is in flight, so
             # every buffer goes back to the pool; then let the interrupt go on.
             nst[nicmem.STOPPED] = 1

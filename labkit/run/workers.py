@@ -80,6 +80,7 @@ import time
 import numpy as np
 from numba import njit
 
+from . import interrupts
 from ..graph.compile import make_frames
 from ..memory.bytes import wr32le
 from ..memory.intrinsics import load_acquire, rdtsc, store_release
@@ -516,7 +517,9 @@ class Workers(Engine):
                 while th.is_alive():
                     th.join(SLICE_S)
                     report()
+                    interrupts.check()              # a Ctrl-C lost in a finalizer, raised again
         except KeyboardInterrupt:
+            interrupts.caught()
             mq.stop_wire(self.nic.ws)                 # stop offering; every stage drains
             for th in ths:
                 th.join()
