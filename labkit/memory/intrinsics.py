@@ -239,29 +239,39 @@ def prefetch(a, i):
     return None
 
 
-def load_le(a, i, width):
-    """The pure-Python twin reads the same bytes, and raises IndexError past the array's end as
-    the compiled code must never go (whoever calls it checks the length first)."""
+def _span(name, a, i, width):
+    """The pure-Python twins' bounds: bytes i .. i + width - 1, or IndexError past the array's
+    end, where the compiled code must never go (whoever calls it checks the length first)."""
     i = int(i)
     if i < 0 or i + width > a.shape[0]:
-        raise IndexError(f"load_le({i}, {width}) past an array of {a.shape[0]} bytes")
-    return int.from_bytes(a[i:i + width].tobytes(), "little")
+        raise IndexError(f"{name}({i}, {width}) past an array of {a.shape[0]} bytes")
+    return slice(i, i + width)
+
+
+def _load(name, a, i, width, order):
+    return int.from_bytes(a[_span(name, a, i, width)].tobytes(), order)
+
+
+def _store(name, a, i, v, width, order):
+    a[_span(name, a, i, width)] = np.frombuffer((int(v) & ((1 << (8 * width)) - 1)).to_bytes(width, order), np.uint8)
+
+
+def load_le(a, i, width):
+    return _load("load_le", a, i, width, "little")
+
+
+def store_le(a, i, v, width):
+    _store("store_le", a, i, v, width, "little")
 
 
 def load_be(a, i, width):
-    """Network order; past the array's end the pure-Python twin raises IndexError."""
-    i = int(i)
-    if i < 0 or i + width > a.shape[0]:
-        raise IndexError(f"load_be({i}, {width}) past an array of {a.shape[0]} bytes")
-    return int.from_bytes(a[i:i + width].tobytes(), "big")
+    """Network order."""
+    return _load("load_be", a, i, width, "big")
 
 
 def store_be(a, i, v, width):
-    """Network order; past the array's end the pure-Python twin raises IndexError."""
-    i = int(i)
-    if i < 0 or i + width > a.shape[0]:
-        raise IndexError(f"store_be({i}, {width}) past an array of {a.shape[0]} bytes")
-    a[i:i + width] = np.frombuffer((int(v) & ((1 << (8 * width)) - 1)).to_bytes(width, "big"), np.uint8)
+    """Network order."""
+    _store("store_be", a, i, v, width, "big")
 
 
 @overload(rdtsc, inline="always")
@@ -277,14 +287,6 @@ def _ov_load_acquire(a, i):
 @overload(store_release, inline="always")
 def _ov_store_release(a, i, v):
     return lambda a, i, v: _store_release(a, i, v)
-
-
-def store_le(a, i, v, width):
-    """The pure-Python twin writes the same bytes; past the array's end it raises IndexError."""
-    i = int(i)
-    if i < 0 or i + width > a.shape[0]:
-        raise IndexError(f"store_le({i}, {width}) past an array of {a.shape[0]} bytes")
-    a[i:i + width] = np.frombuffer((int(v) & ((1 << (8 * width)) - 1)).to_bytes(width, "little"), np.uint8)
 
 
 @overload(store_le, inline="always")
