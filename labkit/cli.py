@@ -25,7 +25,8 @@ from labkit import __version__
 from labkit.graph.node import VARIANTS
 from labkit.run import interrupts
 from labkit.run.interrupts import Terminated
-from labkit.run.knobs import MODELS, Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES
+from labkit.run.knobs import (ADAPTIVE_SPIN_US, MAX_COALESCE_MS, MODELS, POLLS, RX_RINGS, Knobs, KnobError, TECHNIQUES,
+                              WORKER_TECHNIQUES)
 from labkit.run.ports import KINDS as PORTS     # light: dataclasses only
 from labkit.settings import quick
 
@@ -209,13 +210,28 @@ def _lab_options(p):
                    help="per-worker counters on their own cache line, or all on one (false sharing)")
     w.add_argument("--rss-key", dest="rss_key", choices=("default", "symmetric"),
                    help="Toeplitz key: the RSS specification's, or symmetric (both directions, one queue)")
+    m = p.add_argument_group("measure")
+    m.add_argument("--latency", action="store_true",
+                   help="stamp each frame as it leaves and report its latency when it comes back "
+                        "(percentiles in ns; with --rate: at that offered load, else at saturation)")
     n = p.add_argument_group("real NIC (veth, tap)")
-    n.add_argument("--poll", choices=("busy", "wait"),
-                   help="busy-poll the RX ring, or sleep in poll() until frames come (default: busy)")
+    n.add_argument("--poll", choices=POLLS,
+                   help="busy-poll the RX ring, sleep in poll() until frames come, or adaptive: busy for "
+                        f"{ADAPTIVE_SPIN_US} µs after the last frame, then sleep (default: busy)")
+    n.add_argument("--rx-ring", dest="rx_ring", choices=RX_RINGS,
+                   help="the DUT's RX ring hands over blocks of frames (TPACKET_V3: coalescing) or each frame "
+                        "as it lands (TPACKET_V2) (default: block)")
+    n.add_argument("--coalesce-ms", dest="coalesce_ms", type=int, metavar="MS",
+                   help=f"block ring: hand a block over this long after its first frame (1..{MAX_COALESCE_MS}, "
+                        "default: 1)")
+    n.add_argument("--block-kb", dest="block_kb", type=int, metavar="KIB",
+                   help="block ring: a block's size, 4..1024 KiB, a power of two (default: 64)")
     n.add_argument("--qdisc-bypass", dest="qdisc_bypass", action=argparse.BooleanOptionalAction, default=None,
                    help="send straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer")
     n.add_argument("--rate", type=_int_at_least(1, "packets per second, 1 or more"), metavar="PPS",
-                   help="generator rate in packets per second (default: as fast as possible)")
+                   help="offered load in packets per second: the generator's rate, or the in-memory NIC's "
+                        "(one queue; frames that find its RX ring full are dropped) (default: as fast as "
+                        "the device under test takes them)")
     n.add_argument("--gen-batch", dest="gen_batch", type=_int_between(1, 256, "frames per kick from 1 to 256"),
                    metavar="N",
                    help="generator frames per TX kick, 1..256 (default: 64)")
@@ -246,7 +262,8 @@ def _gen_parser(sub):
     p.add_argument("--fanout", action="store_true", help="ring: one of several workers in a PACKET_FANOUT group")
     _knob_options(p)
     p.add_argument("--sync", choices=("spsc", "lock"), help="dispatch: lock-free rings, or spinlocked queues")
-    p.set_defaults(poll=None, qdisc_bypass=None, counters=None, model=None)
+    p.set_defaults(poll=None, qdisc_bypass=None, counters=None, model=None, rx_ring=None, coalesce_ms=None,
+                   block_kb=None)
     return p
 
 
@@ -332,7 +349,8 @@ def build_parser():
 
 def _knobs(args):
     changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "prefetch_distance", "unroll", "layout",
-                                                      "variant", "poll", "qdisc_bypass", "sync", "counters", "model")
+                                                      "variant", "poll", "qdisc_bypass", "rx_ring", "coalesce_ms",
+                                                      "block_kb", "sync", "counters", "model")
                if getattr(args, name) is not None}
     return Knobs().with_(**changes)          # KnobError says which knob and what to use
 
@@ -378,7 +396,8 @@ def _make_lab(args):
                        size=args.size, flows=args.flows, mix=args.mix, malformed=args.malformed,
                        order=args.order, pcap_in=args.pcap, pcap_out=args.out, seed=args.seed,
                        rate=getattr(args, "rate", None), gen_batch=getattr(args, "gen_batch", None),
-                       workers=getattr(args, "workers", None) or 1, rss_key=getattr(args, "rss_key", None) or "default")
+                       workers=getattr(args, "workers", None) or 1, rss_key=getattr(args, "rss_key", None) or "default",
+                       latency=bool(getattr(args, "latency", False)))
 
 
 # -- output helpers -------------------------------------------------------------
@@ -568,6 +587,8 @@ def cmd_run(args):
         for link, n in sorted(res.extra.get("kernel_tx_retries", {}).items()):
             if n:
                 t.add_row(f"kernel TX retries: {link}", f"{n:,}")
+    if res.latency is not None:
+        _latency_rows(t, res.latency)
     console.print(t)
     if len(res.extra.get("workers", [])) > 1:     # several cores: one row per RSS queue (or fanout socket)
         w = _table("queue", "handled", "Mpps", "TSC cyc/pkt", "CPU", "queue full")
@@ -578,6 +599,18 @@ def cmd_run(args):
         console.print(w)
     _notes(res.notes)
     return _finish(res)
+
+
+def _latency_rows(t, lat):
+    """The latency rows of `labkit run`: percentiles in µs, and what load they were measured under."""
+    t.add_row("latency", lat["load"])
+    if not lat["samples"]:
+        t.add_row("latency samples", f"none ({lat['unstamped']:,} frames came back without a stamp)")
+        return
+    for key in ("p50", "p90", "p99", "p999", "max"):
+        t.add_row(f"latency {key}", f"{lat[key] / 1000:,.1f} µs")
+    t.add_row("latency samples", f"{lat['samples']:,}" + (f" ({lat['unstamped']:,} frames too short for a stamp)"
+                                                         if lat["unstamped"] else ""))
 
 
 def cmd_runtime(args):
@@ -709,7 +742,7 @@ def _demo_rows(args, lab_mod, seconds, nic):
                         res = lab.run(seconds=seconds, progress=progress)     # (it samples the machine's load)
                     loads.append((res.other_cpu_percent, res.busiest, res.steal_percent))
                     notes.extend(n for n in res.notes
-                                 if not n.startswith(("rate and gen_batch", "the machine was busy")))
+                                 if not n.startswith(("rate applies", "gen_batch applies", "the machine was busy")))
                     notes.extend(_broken(res))
                     runs[state].append({"mpps": res.pps / 1e6, "cycles_per_packet": res.cycles_per_packet,
                                         "cpu_percent": res.cpu_percent})

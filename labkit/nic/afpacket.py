@@ -16,8 +16,15 @@ of the status (so the frame bytes are read after it, and so LLVM cannot hoist
 the load out of a spin loop) and a release store to give the block back
 (so our writes to it are done before the kernel reuses it).
 
-Geometry, chosen for latency as well as rate: a block closes when full or
-after ``timeout_ms``. 64 KiB holds ~250 minimum-size frames, so at the
+RX, per frame: a TPACKET_V2 ring (``mode="frame"``): one status word per
+frame, handed over the moment the kernel has written it. The driver polls
+each frame's word and gives each back; ``poll()`` wakes on every frame. No
+coalescing at all: the lowest latency, one status word per frame to walk.
+The same ``rx_burst``/``rx_release`` walk both kinds (the cursor says which).
+
+Geometry of a block ring, chosen for latency as well as rate: a block closes
+when full or after ``timeout_ms``: together they are the ring's interrupt
+coalescing (a NIC's ``rx-frames`` and ``rx-usecs``: ``ethtool -C``). 64 KiB holds ~250 minimum-size frames, so at the
 ~0.5 Mpps a veth pair carries per core it fills in about half a millisecond;
 at low rates the 1 ms timeout (the smallest the kernel takes) bounds the
 wait. 32 blocks (2 MiB) absorb ~16 ms of traffic while the poller is busy
@@ -78,8 +85,9 @@ TP_STATUS_AVAILABLE, TP_STATUS_SEND_REQUEST, TP_STATUS_WRONG_FORMAT = 0, 1, 4   
 BLK_STATUS, BLK_NUM_PKTS, BLK_FIRST = 8, 12, 16
 # struct tpacket3_hdr (per frame in a V3 block)
 P3_NEXT, P3_SNAPLEN, P3_LEN, P3_MAC, P3_RXHASH = 0, 12, 16, 24, 28
-# struct tpacket2_hdr (per TX frame): status, len, snaplen; data follows at 32
-P2_STATUS, P2_LEN, P2_SNAPLEN, P2_DATA = 0, 4, 8, 32
+# struct tpacket2_hdr (per TX frame, and per RX frame of a per-frame ring): status, len,
+# snaplen, mac (RX: where the frame starts); TX data follows at 32
+P2_STATUS, P2_LEN, P2_SNAPLEN, P2_MAC, P2_DATA = 0, 4, 8, 12, 32
 
 # Where the kernel puts a frame in a V3 block: macoff = 82 + PACKET_RESERVE
 # (TPACKET_ALIGN(68 + 16) + reserve - 14). We want DATA_OFF + 64 bytes before
@@ -87,9 +95,14 @@ P2_STATUS, P2_LEN, P2_SNAPLEN, P2_DATA = 0, 4, 8, 32
 RX_MACOFF = 192
 RX_RESERVE = RX_MACOFF - 82
 assert RX_MACOFF - DATA_OFF >= 48
+# A V2 frame: macoff = 66 + PACKET_RESERVE (TPACKET_ALIGN(52 + 16) + reserve - 14); the
+# 32-byte tpacket2_hdr fits in front of our 128 bytes as well.
+RX2_RESERVE = RX_MACOFF - 66
+RX2_FRAME = 2048
+RX_MODES = ("block", "frame")
 
-# cursor of an RX ring (int64 array)
-C_BLK, C_OFF, C_LEFT, C_REL, C_HELD, C_BSIZE, C_BNR = range(7)
+# cursor of an RX ring (int64 array); a per-frame ring's "blocks" are its frames
+C_BLK, C_OFF, C_LEFT, C_REL, C_HELD, C_BSIZE, C_BNR, C_PERFRAME = range(8)
 # cursor of a TX ring
 T_HEAD, T_FSIZE, T_FNR, T_PENDING = range(4)
 
@@ -132,23 +145,35 @@ def read_stats(s):
 
 
 class RxRing:
-    """A TPACKET_V3 receive ring on one interface."""
+    """A receive ring on one interface: TPACKET_V3 blocks (mode "block"), or TPACKET_V2
+    frames (mode "frame": per-frame hand-over, no flow hash)."""
 
-    def __init__(self, ns, ifname, block_size=1 << 16, block_nr=32, timeout_ms=1, rxhash=False):
+    def __init__(self, ns, ifname, block_size=1 << 16, block_nr=32, timeout_ms=1, rxhash=False, mode="block"):
+        if mode not in RX_MODES:
+            raise PortError(f"RX ring mode {mode!r}: use one of {', '.join(RX_MODES)}")
         if block_size % mmap.PAGESIZE or block_size < RX_MACOFF + 64 or not 1 <= block_nr <= 4096:
             raise PortError(f"RX ring geometry {block_size}x{block_nr}: block size must be a "
                             f"multiple of {mmap.PAGESIZE}, count 1..4096")
-        self.ns, self.ifname = ns, ifname
+        if mode == "frame" and rxhash:
+            raise PortError("a per-frame (TPACKET_V2) ring has no flow hash (tp_rxhash is TPACKET_V3's)")
+        if not 1 <= timeout_ms <= 60_000:
+            raise PortError(f"RX block timeout {timeout_ms} ms: use 1 to 60000")
+        self.ns, self.ifname, self.mode = ns, ifname, mode
         self.sock = s = packet_socket(ns, ifname)
         try:
-            s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-            s.setsockopt(SOL_PACKET, PACKET_RESERVE, RX_RESERVE)
+            v3 = mode == "block"
+            s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3 if v3 else TPACKET_V2)
+            s.setsockopt(SOL_PACKET, PACKET_RESERVE, RX_RESERVE if v3 else RX2_RESERVE)
             # Do not deliver frames this host sends on the interface (a TX
             # socket on the same TAP, say): they are not received traffic.
             s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            frame_size = 2048
-            req = struct.pack("7I", block_size, block_nr, frame_size, block_size // frame_size * block_nr,
-                              timeout_ms, 0, TP_FT_REQ_FILL_RXHASH if rxhash else 0)
+            frame_size = RX2_FRAME
+            n_frames = block_size // frame_size * block_nr
+            if v3:
+                req = struct.pack("7I", block_size, block_nr, frame_size, n_frames,
+                                  timeout_ms, 0, TP_FT_REQ_FILL_RXHASH if rxhash else 0)
+            else:                   # the same memory, as 2 KiB frames of their own
+                req = struct.pack("4I", block_size, block_nr, frame_size, n_frames)
             s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             self.map = mmap.mmap(s.fileno(), block_size * block_nr, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
@@ -159,8 +184,12 @@ class RxRing:
         self.u8 = np.frombuffer(self.map, np.uint8)
         self.u32 = np.frombuffer(self.map, np.uint32)
         self.cur = np.zeros(8, np.int64)
-        self.cur[C_BSIZE], self.cur[C_BNR] = block_size, block_nr
-        self.max_frame = block_size - 48 - RX_MACOFF
+        if v3:
+            self.cur[C_BSIZE], self.cur[C_BNR] = block_size, block_nr
+            self.max_frame = block_size - 48 - RX_MACOFF
+        else:
+            self.cur[C_BSIZE], self.cur[C_BNR], self.cur[C_PERFRAME] = frame_size, n_frames, 1
+            self.max_frame = frame_size - RX_MACOFF
         read_stats(s)                     # start the kernel's counters from zero
 
     def fileno(self):
@@ -265,7 +294,10 @@ def rx_burst(u8, u32, cur, hs, ls, hashes, max_n, max_frame, too_long):
     frame i's "buffer" (frame at hs[i] + DATA_OFF), ls[i] its length, hashes[i]
     the kernel's flow hash. Frames the ring truncated (longer than a block) or
     longer than max_frame are counted in too_long[0] and skipped. Blocks whose
-    frames have all been taken are *held* until rx_release()."""
+    frames have all been taken are *held* until rx_release(). A per-frame ring:
+    see rx_burst_frames."""
+    if cur[C_PERFRAME]:
+        return rx_burst_frames(u8, u32, cur, hs, ls, hashes, max_n, max_frame, too_long)
     n = 0
     bsize, bnr = cur[C_BSIZE], cur[C_BNR]
     while n < max_n:
@@ -303,11 +335,36 @@ def rx_burst(u8, u32, cur, hs, ls, hashes, max_n, max_frame, too_long):
 
 
 @njit(nogil=True, cache=True)
+def rx_burst_frames(u8, u32, cur, hs, ls, hashes, max_n, max_frame, too_long):
+    """rx_burst on a per-frame (TPACKET_V2) ring: each frame's status word says whether
+    the kernel has handed it over; taken frames are held until rx_release()."""
+    n = 0
+    fsize, fnr = cur[C_BSIZE], cur[C_BNR]
+    while n < max_n and cur[C_HELD] < fnr:
+        base = cur[C_BLK] * fsize
+        if (load_acquire(u32, (base + P2_STATUS) >> 2) & TP_STATUS_USER) == 0:
+            break                                      # the kernel still owns it
+        snap = np.int64(u32[(base + P2_SNAPLEN) >> 2])
+        length = np.int64(u32[(base + P2_LEN) >> 2])
+        if snap < length or length > max_frame:
+            too_long[0] += 1
+        else:
+            hs[n] = base + _u16(u8, base + P2_MAC) - DATA_OFF
+            ls[n] = length
+            hashes[n] = 0
+            n += 1
+        cur[C_BLK] = (cur[C_BLK] + 1) % fnr
+        cur[C_HELD] += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
 def rx_release(u32, cur):
-    """Give every held block back to the kernel (after its frames are done)."""
+    """Give every held block (or frame) back to the kernel (after its frames are done)."""
     bsize, bnr = cur[C_BSIZE], cur[C_BNR]
+    status = P2_STATUS if cur[C_PERFRAME] else BLK_STATUS
     while cur[C_HELD] > 0:
-        store_release(u32, (cur[C_REL] * bsize + BLK_STATUS) >> 2, TP_STATUS_KERNEL)
+        store_release(u32, (cur[C_REL] * bsize + status) >> 2, TP_STATUS_KERNEL)
         cur[C_REL] = (cur[C_REL] + 1) % bnr
         cur[C_HELD] -= 1
 

@@ -11,34 +11,51 @@ Counters (``gst``, int64) are indices below. ``sent`` counts every frame the
 generator offered: posted to the TX ring, or refused before that because no
 Ethernet link can carry it (shorter than a header, longer than MTU + 14):
 those are counted ``gen_unsendable``, as a NIC would refuse the descriptor.
+
+Latency (``labkit.nic.latency``): with a histogram (``hist.size > 0``) the
+generator writes each frame's stamp into its TX slot just before the kick
+(one TSC reading per kick: the frames leave together), and reads the stamp of
+each frame that comes back (one TSC reading per RX burst). The kernel reads a
+TX slot only inside the kick's ``send()``, so writing the stamp after the
+slot was requested, and before the kick, is safe.
 """
 import numpy as np
 from numba import njit
 
 from ..memory.intrinsics import rdtsc
 from ..memory.layouts import DATA_OFF
-from .afpacket import ETH_HLEN, rx_burst, rx_release, tx_kick, tx_put, tx_reap
+from .afpacket import ETH_HLEN, P2_DATA, T_FSIZE, T_HEAD, rx_burst, rx_release, tx_kick, tx_put, tx_reap
+from .latency import take_stamp, write_stamp
 
 (G_POS, G_SENT, G_UNSENDABLE, G_RX, G_RX_BYTES, G_TOO_LONG, G_CAP_N, G_CAP_BYTES,
  G_CAP_LOST, G_STOP, G_ERR, G_TX_DONE_TSC, G_LAST_RX_TSC, G_PENDING) = range(14)
 GST_SIZE = 16
+NO_STAMPS = (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros((0, 2), np.int64))   # latency not measured
 
 
 @njit(nogil=True, cache=True)
 def gen_slice(tx8, tx32, tcur, tx_fd, kick_buf, frames, stride, flens, seq, max_len,
               rx8, rx32, rcur, hs, ls, hashes, rx_max, too_long,
-              cap_data, cap_len, gst, budget, t_start, stop_tsc, cyc_per_pkt, batch, slice_end):
+              cap_data, cap_len, gst, budget, t_start, stop_tsc, cyc_per_pkt, batch, slice_end,
+              stamp_at, hist, stamps):
     """Send (until `budget` frames or `stop_tsc`) and receive, until slice_end.
 
     Returns whether sending is over (and the TX ring empty). Receiving goes
-    on for as long as the caller keeps calling."""
+    on for as long as the caller keeps calling. With a histogram, `stamp_at` is
+    each template's stamp offset and `stamps` (batch x 2) holds where this
+    kick's stamps go and their sequence numbers."""
     nseq = seq.size
+    measure = hist.size > 0
     while True:
         now = np.int64(rdtsc())
         # -- receive: count what the device under test sent back --------------
         n = rx_burst(rx8, rx32, rcur, hs, ls, hashes, hs.size, rx_max, too_long)
         if n > 0:
             gst[G_LAST_RX_TSC] = now
+            if measure:
+                back = np.int64(rdtsc())
+                for i in range(n):
+                    take_stamp(rx8, np.int64(hs[i]) + DATA_OFF, np.int64(ls[i]), back, hist)
         for i in range(n):
             length = np.int64(ls[i])
             gst[G_RX] += 1
@@ -64,18 +81,28 @@ def gen_slice(tx8, tx32, tcur, tx_fd, kick_buf, frames, stride, flens, seq, max_
                 allowed = min(allowed, np.int64((now - t_start) / cyc_per_pkt) + 1 - gst[G_SENT])
             k = min(batch, allowed)
             pos = gst[G_POS]                 # the next place in seq, always 0..nseq-1
+            n_st = 0
             for _ in range(k):
                 t = seq[pos]
                 length = np.int64(flens[t])
+                slot = tcur[T_HEAD] * tcur[T_FSIZE] + P2_DATA
                 if length < ETH_HLEN or length > max_len:
                     gst[G_UNSENDABLE] += 1
                 elif not tx_put(tx8, tx32, tcur, frames, np.int64(t) * stride, length):
                     break                   # the ring is full: kick, come back
+                elif measure and stamp_at[t] >= 0:
+                    stamps[n_st, 0] = slot + stamp_at[t]
+                    stamps[n_st, 1] = gst[G_SENT]
+                    n_st += 1
                 pos += 1
                 if pos == nseq:             # a compare, not `% nseq`: a division costs tens of cycles
                     pos = 0
                 gst[G_SENT] += 1
             gst[G_POS] = pos
+            if n_st > 0:
+                leaving = np.int64(rdtsc())
+                for i in range(n_st):
+                    write_stamp(tx8, stamps[i, 0], leaving, stamps[i, 1])
         e = tx_kick(tx_fd, kick_buf, tcur)
         if e != 0:
             gst[G_ERR] = e

@@ -52,10 +52,11 @@ import numpy as np
 from numba import njit
 
 from ..memory.bytes import wr32le
-from ..memory.intrinsics import cas, load_acquire, store_release
+from ..memory.intrinsics import cas, load_acquire, rdtsc, store_release
 from ..memory.layouts import (CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, META_WIRE_OFF,
                               aligned_zeros)
 from ..memory.ring import Ring, ring_enqueue, ring_dequeue
+from .latency import take_stamp, write_stamp
 from .rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, hash_ipv4_frames, make_tables
 from ..memory.layouts import MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, TX_BAD_DESCRIPTOR
 from .memory import capture, FWD, FWD_BYTES, SENT
@@ -179,17 +180,31 @@ def mq_pending(ws, budget, plist, nseq, nst):
     return cyc * nseq + plist[j - cyc * L] < wire
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _write_frame(arena, base, frames, t, length, p, q):
+    """Template t into the buffer at `base`, with its wire position and queue in the metadata."""
+    for b in range(length):      # a loop, not a slice: compiled without NRT
+        arena[base + DATA_OFF + b] = frames[t, b]
+    wr32le(arena, base + META_WIRE_OFF, p & 0xFFFFFFFF)
+    wr32le(arena, base + META_WIRE_OFF + 4, p >> 32)
+    arena[base + META_RXQ_OFF] = q & 0xFF
+    arena[base + META_RXQ_OFF + 1] = (q >> 8) & 0xFF
+
+
 @njit(nogil=True, cache=True)
 def mq_rx_dma(arena, handles, got, room, frames, flens, seq, plist, q, ws, budget, claim_max, max_frame,
-              rx_desc, rx_cur, tmp_l, tmp_hash, bases, tables, reta, nst, counters, qfull, may_claim):
+              rx_desc, rx_cur, tmp_l, tmp_hash, bases, tables, reta, nst, counters, qfull, may_claim, stamp_at,
+              hist):
     """Queue q's part of the device: take the frames that arrived for q (in
     wire order), claim more if q's ring has room, write them into the buffers
     ``handles[:got]`` the driver allocated from q's pool, hash each, post them.
 
     ``room``: free RX descriptors. Frames beyond ``room`` are counted
     ``counters[qfull]`` (rx_queue_full), beyond ``got`` ``mempool_empty``,
-    longer than a buffer ``rx_frame_too_long``. Returns the buffers used.
+    longer than a buffer ``rx_frame_too_long``. Returns the buffers used. With a
+    histogram each frame gets its latency stamp (``labkit.nic.latency``).
     """
+    now = rdtsc() if hist.size > 0 else 0
     L = plist.size
     if L == 0:
         return 0
@@ -226,12 +241,9 @@ def mq_rx_dma(arena, handles, got, room, frames, flens, seq, plist, q, ws, budge
                 counters[MEMPOOL_EMPTY] += 1
                 continue
             base = np.int64(handles[used]) << LINE_SHIFT
-            for b in range(length):      # a loop, not a slice: compiled without NRT
-                arena[base + DATA_OFF + b] = frames[t, b]
-            wr32le(arena, base + META_WIRE_OFF, p & 0xFFFFFFFF)
-            wr32le(arena, base + META_WIRE_OFF + 4, p >> 32)
-            arena[base + META_RXQ_OFF] = q & 0xFF
-            arena[base + META_RXQ_OFF + 1] = (q >> 8) & 0xFF
+            _write_frame(arena, base, frames, t, length, p, q)
+            if hist.size > 0 and stamp_at[t] >= 0:
+                write_stamp(arena, base + DATA_OFF + stamp_at[t], now, p)
             bases[used] = base
             tmp_l[used] = length
             used += 1
@@ -272,11 +284,12 @@ def read_wire(arena, h):
 
 @njit(nogil=True, cache=True)
 def mq_tx_collect(arena, tx_desc, tx_cur, out_h, tmp_l, tmp_hash, max_frame,
-                  cap_data, cap_len, cap_wire, nst, counters):
-    """The device takes queue q's TX descriptors (as ``nic_tx_collect``); a
-    capture also records each frame's wire position. Every buffer taken is to
-    be freed by the caller: out_h[:k]."""
+                  cap_data, cap_len, cap_wire, nst, counters, hist):
+    """The device takes queue q's TX descriptors (as ``nic_tx_collect``, latency
+    stamps included); a capture also records each frame's wire position. Every
+    buffer taken is to be freed by the caller: out_h[:k]."""
     k = ring_dequeue(tx_desc, tx_cur, out_h, tmp_l, tmp_hash, out_h.size)
+    now = rdtsc() if hist.size > 0 and k > 0 else 0
     for i in range(k):
         length = np.int64(tmp_l[i])
         h = np.int64(out_h[i])
@@ -285,6 +298,8 @@ def mq_tx_collect(arena, tx_desc, tx_cur, out_h, tmp_l, tmp_hash, max_frame,
             continue
         nst[FWD] += 1
         nst[FWD_BYTES] += length
+        if hist.size > 0:
+            take_stamp(arena, (h << LINE_SHIFT) + DATA_OFF, length, now, hist)
         if cap_len.size > 0:
             n = capture(arena, h, length, cap_data, cap_len, nst)
             if n >= 0:

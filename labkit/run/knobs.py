@@ -29,6 +29,18 @@ MAX_PREFETCH_DISTANCE = 64
 # compiled cooperative scheduler ("lthreads", labkit.run.lthreads: a switch costs ns), or as
 # OS threads sharing one CPU, switched by the kernel ("threads": a switch costs ~1 µs).
 MODELS = ("rtc", "pipeline", "lthreads", "threads")
+# Polling on a real NIC: spin on the RX ring ("busy", a poll-mode driver: the lowest latency, a
+# whole CPU at any load), sleep in poll() until the kernel says frames came ("wait": an
+# interrupt-style wake-up), or spin for ADAPTIVE_SPIN_US after the last frame and then sleep
+# ("adaptive": what NAPI and DPDK's l3fwd-power do, busy under load, asleep when idle).
+POLLS = ("busy", "wait", "adaptive")
+ADAPTIVE_SPIN_US = 20
+# The RX ring's kind: TPACKET_V3 blocks ("block": the kernel hands a block over when it is full
+# or `coalesce_ms` after its first frame, interrupt coalescing) or TPACKET_V2 frames ("frame":
+# each frame handed over as it lands; no flow hash, so one worker).
+RX_RINGS = ("block", "frame")
+MAX_COALESCE_MS = 1000
+BLOCK_KBS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class KnobError(ValueError):
@@ -47,7 +59,10 @@ class Knobs:
     unroll: int = 4           # packets per loop iteration in each node: 1 (single), 2 (dual), 4 (quad)
     interleave: bool = False  # unroll > 1: run a node's stages for all the iteration's packets in turn (False: repeat its body); default: see above
     layout: str = "soa"       # packet vector: structure of arrays ("soa") or array of structures ("aos")
-    poll: str = "busy"        # veth/tap: busy-poll the RX ring ("busy") or sleep in poll() until frames come ("wait")
+    poll: str = "busy"        # veth/tap: busy-poll the RX ring ("busy"), sleep in poll() until frames come ("wait"), or both in turn ("adaptive")
+    rx_ring: str = "block"    # veth/tap: the DUT's RX ring hands over blocks of frames ("block", TPACKET_V3) or each frame ("frame", TPACKET_V2)
+    coalesce_ms: int = 1      # rx_ring="block": a block is handed over this long after its first frame, if not full before (the kernel's unit is 1 ms)
+    block_kb: int = 64        # rx_ring="block": a block's size in KiB (64 KiB: ~250 frames of 60 bytes)
     qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
     sync: str = "spsc"        # workers > 1: RSS in the NIC onto lock-free rings ("spsc"), or a dispatcher thread and locked queues ("lock")
     counters: str = "padded"  # workers > 1: each worker's per-packet counters on its own cache line ("padded"), or all on one ("packed")
@@ -70,8 +85,17 @@ class Knobs:
             bad("unroll", self.unroll, "use 1, 2 or 4")
         if self.layout not in ("soa", "aos"):
             bad("layout", self.layout, 'use "soa" or "aos"')
-        if self.poll not in ("busy", "wait"):
-            bad("poll", self.poll, 'use "busy" (poll-mode driver) or "wait" (sleep in poll())')
+        if self.poll not in POLLS:
+            bad("poll", self.poll, 'use "busy" (poll-mode driver), "wait" (sleep in poll()) or "adaptive" '
+                f'(busy for {ADAPTIVE_SPIN_US} µs after the last frame, then sleep)')
+        if self.rx_ring not in RX_RINGS:
+            bad("rx_ring", self.rx_ring, 'use "block" (TPACKET_V3 blocks) or "frame" (TPACKET_V2, per frame)')
+        if (isinstance(self.coalesce_ms, bool) or not isinstance(self.coalesce_ms, int)
+                or not 1 <= self.coalesce_ms <= MAX_COALESCE_MS):
+            bad("coalesce_ms", self.coalesce_ms, f"use whole milliseconds from 1 to {MAX_COALESCE_MS} (the kernel's "
+                "block timeout has no finer unit; rx_ring='frame' has no timeout at all)")
+        if self.block_kb not in BLOCK_KBS or isinstance(self.block_kb, bool):
+            bad("block_kb", self.block_kb, "use one of " + ", ".join(map(str, BLOCK_KBS)) + " (KiB, whole pages)")
         if self.sync not in ("spsc", "lock"):
             bad("sync", self.sync, 'use "spsc" (RSS in the NIC, lock-free rings) or "lock" (dispatcher thread, spinlocked queues)')
         if self.counters not in ("padded", "packed"):
@@ -110,7 +134,7 @@ TECHNIQUES = {
     "qdisc bypass": ("qdisc_bypass", False, "veth"),
 }
 # Knobs that only a real NIC (veth, tap) has.
-NET_KNOBS = ("poll", "qdisc_bypass")
+NET_KNOBS = ("poll", "qdisc_bypass", "rx_ring", "coalesce_ms", "block_kb")
 # Multi-core techniques: they show only with several workers (Lab(workers=N), N > 1),
 # so they are not in TECHNIQUES (whose rows run on one worker).
 WORKER_TECHNIQUES = {

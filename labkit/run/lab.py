@@ -74,9 +74,9 @@ class Lab:
                  mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1,
                  routes=100_000, pool_size=POOL_SIZE, ring_size=RING_SIZE, capture_max=1_000_000,
                  rate=None, gen_batch=None, workers=1, queues=None, rss_key="default", multiqueue=None,
-                 dispatcher=None, order="spread"):
+                 dispatcher=None, order="spread", latency=False):
         knobs = knobs if knobs is not None else Knobs()
-        _check_lab(backend, graph, knobs, rate, gen_batch)
+        _check_lab(backend, graph, knobs, rate, gen_batch, latency)
         if pcap_in is not None and order != "spread":
             raise LabError(f"order={order!r} arranges generated traffic; a capture (pcap_in) is replayed in its "
                            "own order: leave order unset")
@@ -112,26 +112,28 @@ class Lab:
             from .netrun import GEN_BATCH, NetEngine
             self.engine = NetEngine(backend, self.graph, knobs, pool, self.tables, traffic_for,
                                     gen_batch=gen_batch or GEN_BATCH, rate=rate,
-                                    capture_path=pcap_out, capture_max=capture_max, workers=n_workers)
+                                    capture_path=pcap_out, capture_max=capture_max, workers=n_workers,
+                                    latency=latency)
             self.notes = notes + self.engine.notes
             self.pools, self.max_frame, self.traffic = [pool], pool.max_frame, self.engine.traffic
             return
         notes += _memory_notes(knobs, rate, gen_batch, kind)
         self.engine = self._memory_engine(kind, knobs, pool, traffic_for, notes, n_workers, pool_size, ring_size,
-                                          capture_max, pcap_out, rss_key, dispatcher)
+                                          capture_max, pcap_out, rss_key, dispatcher, rate, latency)
         self.notes, self.pools, self.max_frame = self.engine.notes, self.engine.pools, self.engine.max_frame
         self.traffic = self.engine.traffic
 
     def _memory_engine(self, kind, knobs, pool, traffic_for, notes, n_workers, pool_size, ring_size, capture_max,
-                       pcap_out, rss_key, dispatcher):
+                       pcap_out, rss_key, dispatcher, rate, latency):
         if kind == "single":
             return SingleLoop(self.graph, knobs, pool, self.tables, traffic_for(pool.max_frame), ring_size,
-                              capture_path=pcap_out, capture_max=capture_max, notes=notes)
+                              capture_path=pcap_out, capture_max=capture_max, notes=notes, rate=rate,
+                              latency=latency)
         traffic = traffic_for(MAX_FRAME_DEFAULT)
         try:
             return Workers(self.graph, knobs, self.tables, traffic, n_workers, pool_size, ring_size,
                            capture_max=capture_max if pcap_out else 0, rss_key=rss_key,
-                           dispatcher=dispatcher, notes=notes, capture_path=pcap_out)
+                           dispatcher=dispatcher, notes=notes, capture_path=pcap_out, latency=latency)
         except ValueError as e:
             raise LabError(str(e)) from None
 
@@ -208,7 +210,7 @@ class Lab:
         self.close()
 
 
-def _check_lab(backend, graph, knobs, rate, gen_batch):
+def _check_lab(backend, graph, knobs, rate, gen_batch, latency):
     """The arguments that need no engine to check; one line says what to use."""
     if backend not in BACKENDS:
         raise LabError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
@@ -218,6 +220,8 @@ def _check_lab(backend, graph, knobs, rate, gen_batch):
     if gen_batch is not None and (isinstance(gen_batch, bool) or not isinstance(gen_batch, int)
                                   or not 1 <= gen_batch <= 256):
         raise LabError(f"gen_batch={gen_batch!r}: use frames per TX kick from 1 to 256")
+    if not isinstance(latency, bool):
+        raise LabError(f"latency={latency!r}: use True (stamp every frame and report its latency) or False")
     if graph not in GRAPHS:
         raise LabError(f"unknown graph {graph!r}; graphs are: {', '.join(GRAPHS)}")
     if not isinstance(knobs, Knobs):
@@ -245,6 +249,9 @@ def _engine_kind(backend, knobs, n_workers, multiqueue, dispatcher):
     if n_workers > 1 and backend == "tap":
         raise LabError(f"workers={n_workers} on a TAP device: it has one file descriptor, one queue; "
                        "use backend='veth' (N sockets in a PACKET_FANOUT group) or workers=1")
+    if n_workers > 1 and backend == "veth" and knobs.rx_ring == "frame":
+        raise LabError(f"workers={n_workers} on veth need the flow hash the kernel writes in a block ring's "
+                       "frames (tp_rxhash); rx_ring='frame' (TPACKET_V2) has none: use rx_ring='block' or workers=1")
     if n_workers > 1 and backend == "veth" and knobs.copy:
         raise LabError(f"workers={n_workers} on veth fans out over AF_PACKET rings; copy=True "
                        "(recv()/send() per frame) runs with workers=1")
@@ -255,9 +262,12 @@ def _memory_notes(knobs, rate, gen_batch, kind):
     """What a run on the in-memory NIC says about knobs it has no use for."""
     notes = [f"knob {name} applies to a real NIC (veth, tap), not the in-memory one"
              for name in NET_KNOBS if getattr(knobs, name) != getattr(Knobs(), name)]
-    if rate is not None or gen_batch is not None:
-        notes.append("rate and gen_batch apply to the veth and tap generator; the in-memory NIC "
-                     "offers frames as fast as the data plane takes them")
+    if gen_batch is not None:
+        notes.append("gen_batch applies to the veth and tap generator; the in-memory NIC "
+                     "offers frames one ring's room at a time")
+    if rate is not None and kind != "single":
+        notes.append("rate applies to the veth and tap generator and to one queue of the in-memory NIC; "
+                     "the multi-queue NIC offers frames as fast as the workers take them")
     if kind == "single":
         notes += [f"knob {name} applies to several workers (workers=N), not to one"
                   for name in WORKER_KNOBS if getattr(knobs, name) != getattr(Knobs(), name)]

@@ -55,11 +55,13 @@ from ..graph.compile import make_frames
 from ..memory.layouts import own_lines, rehome
 from ..nic import afpacket as af
 from ..nic import generator as gen
+from ..nic import latency as lat
 from ..nic import labnet
 from ..nic.pcap import write_packed
 from ..nic.syscalls import strerror
 from ..settings import SLICE_S
 from .engine import Engine, tell_progress
+from .knobs import ADAPTIVE_SPIN_US
 from .loopgen import load_module, port_for
 from .measure import now_tsc, tsc_hz
 from .ports import (N_BUSY_ITER, N_CAP_LOST, N_CAP_N, N_DUT_CYC, N_ERR, N_KICKS, N_LAST_BUSY, N_NIC_CYC, N_POLLS,
@@ -73,6 +75,7 @@ LINK_S = 0.25         # read the links' drop counters this often (a netlink roun
 STALL_S = 5.0         # give up sending when the kernel has taken no frame for this long
 POLL_MS = 10          # poll(): longest sleep before the loop looks at its stop flag
 RCVBUF = 8 << 20      # socket receive buffer of the copy path (bytes)
+RX_RING_BYTES = 2 << 20   # the DUT's RX ring: 2 MiB, in blocks of block_kb (or 2 KiB frames)
 SO_RCVBUFFORCE = 33   # (Linux; root may exceed rmem_max)
 GEN_BATCH = 64        # frames per TX kick of the generator
 HASH_SOURCE = "kernel (PACKET_FANOUT_HASH; tp_rxhash in each frame's metadata)"
@@ -92,13 +95,14 @@ class NetEngine(Engine):
     kind = "net"
 
     def __init__(self, backend, graph, knobs, pool, tables, traffic_for, gen_batch=GEN_BATCH,
-                 rate=None, capture_path=None, capture_max=0, workers=1):
+                 rate=None, capture_path=None, capture_max=0, workers=1, latency=False):
         self.backend, self.g, self.knobs, self.pool = backend, graph, knobs, pool
         self.pools, self.max_frame = [pool], pool.max_frame
         self.tables = tables
         self.gen_batch, self.rate = gen_batch, rate
         self.capture_path, self.capture_max = capture_path, (capture_max if capture_path else 0)
         self.n_workers = workers
+        self.latency = latency
         self.fanout = workers > 1
         self.fanout_group = None
         self.notes = []
@@ -121,7 +125,8 @@ class NetEngine(Engine):
         gns, dns = labnet.gen_ns(), labnet.dut_ns()
         gen_tx_if, gen_rx_if = (labnet.TAP, labnet.TAP) if b == "tap" else (labnet.GEN_TX, labnet.GEN_RX)
         self.gen_tx = self._own(af.TxRing(gns, gen_tx_if, qdisc_bypass=k.qdisc_bypass))
-        self.gen_rx = self._own(af.RxRing(gns, gen_rx_if))
+        # the generator measures latency on a per-frame ring: it sees each frame as it lands
+        self.gen_rx = self._own(af.RxRing(gns, gen_rx_if, mode="frame" if self.latency else "block"))
         # Links whose tx_dropped counts frames. From a TX *ring* a frame the
         # link drops is not lost: tpacket_snd() sees the drop, puts the frame
         # back to TP_STATUS_SEND_REQUEST and returns ENOBUFS, and the next kick
@@ -155,7 +160,9 @@ class NetEngine(Engine):
         else:
             self.port = "ring"
             for q in range(self.n_workers):
-                rx = self._own(af.RxRing(dns, labnet.DUT_RX, rxhash=self.fanout))
+                block = k.block_kb << 10
+                rx = self._own(af.RxRing(dns, labnet.DUT_RX, rxhash=self.fanout, mode=k.rx_ring, block_size=block,
+                                         block_nr=max(1, RX_RING_BYTES // block), timeout_ms=k.coalesce_ms))
                 if self.fanout:
                     self.fanout_group = rx.join_fanout(self.fanout_group)
                 tx = self._own(af.TxRing(dns, labnet.DUT_TX, qdisc_bypass=k.qdisc_bypass))
@@ -164,6 +171,10 @@ class NetEngine(Engine):
             self.wires.append((dns, labnet.DUT_TX, "link_dut_to_gen", False))
             max_link = min(self.gen_tx.max_frame, self.duts[0].tx.max_frame)
         self.max_link = max_link
+        if self.port != "ring":
+            self.notes += [f"knob {name} shapes the DUT's AF_PACKET RX ring (veth, zero-copy); the {self.port} "
+                           "port has none" for name in ("rx_ring", "coalesce_ms", "block_kb")
+                           if getattr(k, name) != getattr(type(k)(), name)]
         self.traffic = traffic_for(max_link)
         options = dict(fanout=self.fanout, capture=self.fanout and self.capture_max > 0) if self.port == "ring" else {}
         self.mod = load_module(self.g, k, port_for(self.g, k, self.port, **options))
@@ -207,7 +218,7 @@ class NetEngine(Engine):
         d.cap_len = np.zeros(cap_n, np.uint32)
         d.cap_meta = np.zeros((cap_n, 2), np.uint32)
 
-    def _dut_slice(self, d, rx_max, poll_ms):
+    def _dut_slice(self, d, rx_max, poll_ms, spin_cyc):
         """A function slice_end -> done that runs worker d's loop for one slice."""
         m, b = self.mod, self.knobs.batch
         tables = [self.tables[name] for name in self.g.tables]
@@ -217,11 +228,11 @@ class NetEngine(Engine):
             more = (d.q, d.cap_data, d.cap_len, d.cap_meta) if self.fanout else ()
             return lambda slice_end: m.run_slice(
                 rx.u8, rx.u32, rx.cur, rx_max, tx.u8, tx.u32, tx.cur, d.tx_fd, tx.max_frame, tx.kick_buf,
-                d.pfd, poll_ms, d.nst, slice_end, b, fh, fl, fx, counts, d.tx_h, d.tx_l, d.free_h, d.tmp_h,
+                d.pfd, poll_ms, spin_cyc, d.nst, slice_end, b, fh, fl, fx, counts, d.tx_h, d.tx_l, d.free_h, d.tmp_h,
                 d.tmp_l, d.tmp_hash, d.too_long, d.counters, d.stats, *more, *tables)
         p = self.pool
         return lambda slice_end: m.run_slice(
-            p.arena, p.a, p.b, d.rx_fd, d.tx_fd, p.max_frame, d.pfd, poll_ms, d.nst, slice_end, b, fh, fl, fx,
+            p.arena, p.a, p.b, d.rx_fd, d.tx_fd, p.max_frame, d.pfd, poll_ms, spin_cyc, d.nst, slice_end, b, fh, fl, fx,
             counts, d.tx_h, d.tx_l, d.free_h, d.tmp_h, d.counters, d.stats, *tables)
 
     # -- the run ---------------------------------------------------------------------
@@ -287,7 +298,8 @@ class NetEngine(Engine):
         return make_result(self.backend, g, k, stats=sum(w.stats for w in duts), sent=int(gst[gen.G_SENT]),
                            forwarded=int(gst[gen.G_RX]), dropped=dropped, seconds=wall, tsc_hz=hz,
                            dut_cycles=r.dut_sum(N_DUT_CYC), nic_cycles=r.dut_sum(N_NIC_CYC), notes=notes,
-                           pool_ok=pool_ok, cpu_percent=100.0 * dut_cpu / max(dut_wall, 1e-9), extra=extra)
+                           pool_ok=pool_ok, cpu_percent=100.0 * dut_cpu / max(dut_wall, 1e-9), extra=extra,
+                           latency=lat.summarize(r.stamps[1], hz, self.rate) if self.latency else None)
 
     def _worker_row(self, w, wall, hz, pool_ok):
         """Worker w's share of the run, in the shape of labkit.run.workers' rows.
@@ -340,14 +352,19 @@ class _Run:
         self.frames_flat = t.frames.reshape(-1)
         self.gh, self.gl, self.ghash = (np.zeros(256, np.uint32) for _ in range(3))
         self.g_too_long = np.zeros(1, np.int64)
+        if eng.latency:
+            self.stamps = (lat.stamp_offsets(t.frames, t.lengths), lat.new_hist(), np.zeros((256, 2), np.int64))
+        else:
+            self.stamps = gen.NO_STAMPS
         self.rate_cpp = self.hz / eng.rate if eng.rate else 0.0
-        poll_ms = POLL_MS if k.poll == "wait" else 0
+        poll_ms = POLL_MS if k.poll != "busy" else 0
+        spin_cyc = int(ADAPTIVE_SPIN_US * 1e-6 * self.hz) if k.poll == "adaptive" else 0
         self.slices = []
         for d in eng.duts:
             eng._dut_state(d)
             # a frame longer than a buffer's data room is dropped in every mode alike
             rx_max = min(d.rx.max_frame, eng.pool.max_frame) if d.rx else 0
-            self.slices.append(eng._dut_slice(d, rx_max, poll_ms))
+            self.slices.append(eng._dut_slice(d, rx_max, poll_ms, spin_cyc))
         self.errors, self.cpu = [], {}
         self.gen_final = threading.Event()
         self.retried, self.freezes, self.wire = {}, {}, {}     # link drops as last read (every LINK_S)
@@ -362,7 +379,7 @@ class _Run:
         return gen.gen_slice(tx.u8, tx.u32, tx.cur, tx.fileno(), tx.kick_buf, self.frames_flat, t.stride,
                              t.lengths, t.seq, tx.max_frame, rx.u8, rx.u32, rx.cur, self.gh, self.gl, self.ghash,
                              rx.max_frame, self.g_too_long, self.cap_data, self.cap_len, self.gst, self.budget,
-                             t_start, stop_tsc, self.rate_cpp, eng.gen_batch, slice_end)
+                             t_start, stop_tsc, self.rate_cpp, eng.gen_batch, slice_end, *self.stamps)
 
     def compile(self):
         """Compile (or load from numba's cache) before the clock starts; zero the kernel's counters."""
@@ -373,6 +390,7 @@ class _Run:
             dut_slice(0)
             d.nst[:] = 0
         self.gst[:] = 0
+        self.stamps[1][:] = 0
         for s, _ in self.eng.kernel_socks:
             af.read_stats(s)
         self.wire0 = {name: labnet.link_stats(ns, ifn)["tx_dropped"] for ns, ifn, name, _ in self.eng.wires}

@@ -151,17 +151,19 @@ def memory_port(g, knobs):
         kind="memory",
         args=("arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, frames, flens, seq, max_frame,\n"
               "              cap_data, cap_len, nst, budget, stop_tsc, slice_end_tsc, batch,\n"
+              "              t_start, cyc_per_pkt, stamp_at, hist,\n"
               "              frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, "
               "tmp_hash, counters, stats"),
         doc="Run until the slice ends (returns False) or all is done (True).",
         imports=[f"from labkit.memory.mempool import {alloc}, {free}",
                  "from labkit.memory.ring import " + ", ".join(RING_FUNCS),
-                 "from labkit.nic.memory import nic_rx_dma, nic_tx_collect, SENT, DUT_CYC, NIC_CYC, STOPPED"],
-        compiled=(alloc, free, *RING_FUNCS, "nic_rx_dma", "nic_tx_collect"),
+                 "from labkit.nic.memory import nic_rx_dma, nic_rx_missed, nic_tx_collect, SENT, DUT_CYC, "
+                 "NIC_CYC, STOPPED"],
+        compiled=(alloc, free, *RING_FUNCS, "nic_rx_dma", "nic_rx_missed", "nic_tx_collect"),
         setup=["ring_size = rx_desc.size"],
         reclaim=[
             "k = nic_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len, "
-            "nst, counters)",
+            "nst, counters, hist)",
             "t1 = rdtsc()",
             "nic = t1 - t0",
             "if k > 0:",
@@ -169,15 +171,22 @@ def memory_port(g, knobs):
             "if nst[STOPPED] == 0 and (nst[SENT] >= budget or t0 >= stop_tsc):",
             "    nst[STOPPED] = 1",
             "if nst[STOPPED] == 0:",
-            "    want = min(ring_size - ring_count(rx_cur), budget - nst[SENT], tmp_h.size)",
+            "    due = budget - nst[SENT]",
+            "    room = ring_size - ring_count(rx_cur)",
+            "    if cyc_per_pkt > 0:        # open loop: the frames the clock says have arrived by now",
+            "        due = min(due, np.int64((t0 - t_start) / cyc_per_pkt) + 1 - nst[SENT])",
+            "    want = min(room, due, tmp_h.size)",
             "    if want > 0:",
             f"        got = {alloc}(pa, pb, tmp_h, want)",
             "        t2 = rdtsc()",
             "        used = nic_rx_dma(arena, tmp_h, got, want, frames, flens, seq, max_frame, rx_desc, rx_cur, "
-            "tmp_l, tmp_hash, nst, counters)",
+            "tmp_l, tmp_hash, nst, counters,",
+            "                          stamp_at, hist, t_start, cyc_per_pkt)",
             "        nic += rdtsc() - t2",
             "        if used < got:",
             f"            {free}(pa, pb, tmp_h[used:], got - used)",
+            "    if cyc_per_pkt > 0 and due > room:     # the rest found the RX ring full: dropped",
+            "        nic_rx_missed(nst, seq.size, due - room)",
             "nst[NIC_CYC] += nic",
         ],
         rx=[f"n = {_dequeue(knobs)}"],
@@ -207,7 +216,7 @@ def _refill_from_device(alloc, free):
         "        t2 = rdtsc()",
         "        used = mq_rx_dma(arena, tmp_h, got, want, frames, flens, seq, plist, q, ws, budget,",
         "                         claim_max, max_frame, rx_desc, rx_cur, tmp_l, tmp_hash, bases,",
-        "                         rss_tables, reta, nst, counters, qfull, up)",
+        "                         rss_tables, reta, nst, counters, qfull, up, stamp_at, hist)",
         "        nic += rdtsc() - t2",
         "        if used < got:",
         f"            {free}(pa, pb, tmp_h[used:], got - used)",
@@ -257,7 +266,7 @@ def multiqueue_port(g, knobs, mode):
               "              cap_data, cap_len, cap_wire, nst, stop_tsc, slice_end_tsc, batch,\n"
               "              frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, "
               "bases,\n"
-              "              counters, qfull, stats, wc, wo, wstep, yield_each"),
+              "              counters, qfull, stats, wc, wo, wstep, yield_each, stamp_at, hist"),
         doc=("One worker, until the slice ends (False) or its queue is drained for good (True).\n"
              "    slice_end_tsc 0: one burst (or one empty poll), a lightweight thread's turn."),
         imports=[f"from labkit.memory.mempool import {alloc}, {free}",
@@ -273,7 +282,7 @@ def multiqueue_port(g, knobs, mode):
                "c_rx, c_rxb, c_tx, c_txb = wo, wo + wstep, wo + 2 * wstep, wo + 3 * wstep",
                "up = False"],
         reclaim=["k = mq_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len,",
-                 "                  cap_wire, nst, counters)",
+                 "                  cap_wire, nst, counters, hist)",
                  "t1 = rdtsc()",
                  "nic = t1 - t0",
                  "if k > 0:",
@@ -307,7 +316,7 @@ def multiqueue_port(g, knobs, mode):
 NET_IDLE = [
     "if nst[N_STOP] != 0 and pending == 0:",
     "    return True",
-    "if poll_ms > 0:                      # wait for the kernel (an interrupt-style wake-up)",
+    "if poll_ms > 0 and rdtsc() - nst[N_LAST_BUSY] >= spin_cyc:   # wait for the kernel (an interrupt-style wake-up)",
     "    sys_poll(pfd, 1, poll_ms)",
     "    nst[N_POLLS] += 1",
     "if rdtsc() >= slice_end_tsc:",
@@ -411,7 +420,7 @@ def ring_port(g, knobs, fanout=False, capture=False):
     queue read back from its metadata."""
     if capture and not fanout:
         raise ValueError("the DUT captures as a fanout worker only (otherwise the generator captures)")
-    args = ("arena, rx32, rx_cur, rx_max, tx8, tx32, tx_cur, tx_fd, tx_max, kick_buf, pfd, poll_ms, "
+    args = ("arena, rx32, rx_cur, rx_max, tx8, tx32, tx_cur, tx_fd, tx_max, kick_buf, pfd, poll_ms, spin_cyc, "
             "nst, slice_end_tsc, batch, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, "
             "tmp_h, tmp_l, tmp_hash, too_long, counters, stats")
     imports = ["from labkit.memory.layouts import META_HASH_OFF, META_RXQ_OFF",
@@ -494,7 +503,7 @@ def syscall_port(g, knobs, kind):
     ]
     return Port(
         kind=kind,
-        args=("arena, pa, pb, rx_fd, tx_fd, max_frame, pfd, poll_ms, nst, slice_end_tsc, batch, "
+        args=("arena, pa, pb, rx_fd, tx_fd, max_frame, pfd, poll_ms, spin_cyc, nst, slice_end_tsc, batch, "
               "frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, counters, stats"),
         doc=NET_DOC,
         imports=[f"from labkit.memory.mempool import {alloc}, {free}",

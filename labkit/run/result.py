@@ -42,6 +42,7 @@ class Result:
     steal_percent: float = 0.0        # CPU the hypervisor gave other guests meanwhile, % of one CPU
     cores_needed: int = 1             # threads the run kept busy, and the CPUs this process may use:
     cpus: Optional[int] = None        # more threads than CPUs is time-sharing (noise.oversubscribed_note)
+    latency: Optional[dict] = None    # per-packet latency in ns (labkit.nic.latency.summarize), when measured
 
     @property
     def batch(self):
@@ -80,6 +81,7 @@ class Result:
             "cpu_percent": self.cpu_percent,
             "other_cpu_percent": self.other_cpu_percent, "busiest": list(self.busiest),
             "steal_percent": self.steal_percent, "cores_needed": self.cores_needed, "cpus": self.cpus,
+            **({"latency_ns": dict(self.latency)} if self.latency is not None else {}),
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 

@@ -23,6 +23,7 @@ import numpy as np
 from . import interrupts
 from ..graph.compile import make_frames
 from ..memory.ring import Ring
+from ..nic import latency as lat
 from ..nic import memory as nicmem
 from ..nic.pcap import write_packed
 from ..settings import SLICE_S
@@ -37,8 +38,10 @@ class SingleLoop(Engine):
     kind = "single"
 
     def __init__(self, graph, knobs, pool, tables, traffic, ring_size, capture_path=None, capture_max=0,
-                 notes=()):
+                 notes=(), rate=None, latency=False):
         self.g, self.knobs, self.pool, self.traffic = graph, knobs, pool, traffic
+        self.rate, self.latency = rate, latency
+        self.stamp_at = lat.stamp_offsets(traffic.frames, traffic.lengths)
         self.pools, self.max_frame, self.notes = [pool], pool.max_frame, list(notes)
         self.tables = [tables[name] for name in graph.tables]
         self.capture_path = capture_path
@@ -53,15 +56,17 @@ class SingleLoop(Engine):
         self.tmp_l = np.zeros(ring_size, np.uint32)
         self.tmp_hash = np.zeros(ring_size, np.uint32)
 
-    def _slicer(self, counters, stats, nst, cap_data, cap_len):
-        """slice_(budget, stop_tsc, slice_end_tsc) -> done: one call of the compiled loop."""
+    def _slicer(self, counters, stats, nst, cap_data, cap_len, hist):
+        """slice_(budget, stop_tsc, slice_end_tsc, t_start) -> done: one call of the compiled loop."""
         p, t, k = self.pool, self.traffic, self.knobs
         fh, fl, fx, counts = self.frames
+        cpp = tsc_hz() / self.rate if self.rate else 0.0
 
-        def slice_(budget, stop, slice_end):
+        def slice_(budget, stop, slice_end, t_start=0):
             return self.mod.run_slice(p.arena, p.a, p.b, self.rx.desc, self.rx.cur, self.tx.desc, self.tx.cur,
                                       t.frames, t.lengths, t.seq, p.max_frame, cap_data, cap_len, nst, budget,
-                                      stop, slice_end, k.batch, fh, fl, fx, counts, self.tx_h, self.tx_l,
+                                      stop, slice_end, k.batch, t_start, cpp, self.stamp_at, hist,
+                                      fh, fl, fx, counts, self.tx_h, self.tx_l,
                                       self.free_h, self.tmp_h, self.tmp_l, self.tmp_hash, counters, stats,
                                       *self.tables)
         return slice_
@@ -76,17 +81,19 @@ class SingleLoop(Engine):
         cap_data = np.zeros(cap_n * min(self.traffic.stride, self.pool.max_frame) if cap_n else 0, np.uint8)
         cap_len = np.zeros(cap_n, np.uint32)
         budget = packets if packets is not None else np.iinfo(np.int64).max
-        slice_ = self._slicer(counters, stats, nst, cap_data, cap_len)
+        hist = lat.new_hist() if self.latency else lat.no_hist()
+        slice_ = self._slicer(counters, stats, nst, cap_data, cap_len, hist)
         # The first call compiles (or loads numba's cache): do it with nothing
         # to send, before the clock starts.
         slice_(0, 0, 0)
         nst[nicmem.STOPPED] = 0
+        hist[:] = 0
         start = now_tsc()
         stop = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
         done = False
         try:
             while not done:
-                done = slice_(budget, stop, now_tsc() + int(SLICE_S * hz))
+                done = slice_(budget, stop, now_tsc() + int(SLICE_S * hz), start)
                 tell_progress(progress, packets, nst[nicmem.SENT], start, stop)
                 interrupts.check()                  # a Ctrl-C lost in a finalizer, raised again
         except KeyboardInterrupt:
@@ -94,7 +101,7 @@ class SingleLoop(Engine):
             # Stop offering, let the data plane drain what is in flight, so
             # every buffer goes back to the pool; then let the interrupt go on.
             nst[nicmem.STOPPED] = 1
-            while not slice_(budget, stop, now_tsc() + int(SLICE_S * hz)):
+            while not slice_(budget, stop, now_tsc() + int(SLICE_S * hz), start):
                 pass
             raise
         wall = (now_tsc() - start) / hz
@@ -104,10 +111,15 @@ class SingleLoop(Engine):
         if nst[nicmem.CAP_LOST]:
             notes.append(f"capture: {nst[nicmem.CAP_LOST]} forwarded frames not written "
                          f"(the capture holds at most {self.capture_max})")
+        dropped = by_reason(g.reasons, counters)
+        if nst[nicmem.MISSED]:
+            dropped["rx_queue_full"] = int(nst[nicmem.MISSED])
         return make_result("memory", g, self.knobs, stats=stats, sent=int(nst[nicmem.SENT]),
-                           forwarded=int(nst[nicmem.FWD]), dropped=by_reason(g.reasons, counters), seconds=wall,
+                           forwarded=int(nst[nicmem.FWD]), dropped=dropped, seconds=wall,
                            tsc_hz=hz, dut_cycles=int(nst[nicmem.DUT_CYC]), nic_cycles=int(nst[nicmem.NIC_CYC]),
-                           notes=notes, pool_ok=self.pool.n_free == self.pool.capacity)
+                           notes=notes, pool_ok=self.pool.n_free == self.pool.capacity,
+                           latency=lat.summarize(hist, hz, self.rate) if self.latency else None,
+                           extra={"rate": self.rate} if self.rate else {})
 
     def close(self):
         self.rx = self.tx = None

@@ -88,8 +88,10 @@ from ..memory.layouts import (CACHE_LINE, DATA_OFF, LINE_SHIFT, MEMPOOL_EMPTY, M
                               RX_FRAME_TOO_LONG, own_lines, rehome)
 from ..memory.mempool import make_pool
 from ..memory.ring import Ring, ring_count, ring_dequeue, ring_enqueue
+from ..nic import latency as lat
 from ..nic import multiqueue as mq
 from ..nic.memory import CAP_LOST, CAP_N, DUT_CYC, FWD, NIC_CYC, SENT
+from ..nic.latency import write_stamp
 from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lock, spin_unlock
 from ..nic.pcap import PcapWriter
 from ..nic.rss import hash_ipv4_frames
@@ -186,11 +188,13 @@ def _off_the_wire(seq, flens, stride, pos, nb, b_t, b_base, b_len):
 
 @njit(nogil=True, cache=True, inline="always")
 def _stage(arenas, frames, flens, reta, fill_descs, fill_curs, stash, n_stash, wire, nb, max_frame, qsent,
-           counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h):
+           counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h, stamp_at):
     """"DMA" each frame into a buffer of its worker's (from the worker's fill ring), write
-    its wire position, hash and queue into the metadata, and stage it for that worker;
-    count what has no room (rx_queue_full), no buffer (mempool_empty) or is too long."""
+    its wire position, hash and queue into the metadata (and its latency stamp, when
+    `stamp_at` is not empty), and stage it for that worker; count what has no room
+    (rx_queue_full), no buffer (mempool_empty) or is too long."""
     stride, mask = frames.shape[1], reta.size - 1
+    now = rdtsc() if stamp_at.size > 0 else 0
     for k in range(nb):
         h = b_h[k]
         q = reta[h & mask]
@@ -220,6 +224,8 @@ def _stage(arenas, frames, flens, reta, fill_descs, fill_curs, stash, n_stash, w
         wr32le(arena, base + META_HASH_OFF, h)
         arena[base + META_RXQ_OFF] = q & 0xFF
         arena[base + META_RXQ_OFF + 1] = (q >> 8) & 0xFF
+        if stamp_at.size > 0 and stamp_at[t] >= 0:
+            write_stamp(arena, base + DATA_OFF + stamp_at[t], now, p)
         m = n_stage[q]
         stage_h[q, m] = hd
         stage_l[q, m] = length
@@ -245,7 +251,7 @@ def _hand_over(rx_descs, rx_curs, locks, locked, stage_h, stage_l, stage_hash, n
 def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, rx_curs, fill_descs, fill_curs,
                      stash, n_stash, locks, locked, ws, budget, stop_tsc, slice_end_tsc, batch, max_frame,
                      dnst, qsent, counters, qfull, b_t, b_base, b_len, b_h, room, stage_h, stage_l, stage_hash,
-                     n_stage, scratch_l, scratch_h, yield_each):
+                     n_stage, scratch_l, scratch_h, yield_each, stamp_at):
     """Take up to `batch` frames off the wire, hash them in software, and hand
     each to its worker's RX ring (under the ring's lock when `locked`), in a
     buffer the worker posted on its fill ring. Runs until the slice ends
@@ -272,7 +278,8 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
         hash_ipv4_frames(tables, tflat, b_base, b_len, nb, b_h)
         t1 = rdtsc()
         _stage(arenas, frames, flens, reta, fill_descs, fill_curs, stash, n_stash, wire, nb, max_frame, qsent,
-               counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h)
+               counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h,
+               stamp_at)
         t2 = rdtsc()
         _hand_over(rx_descs, rx_curs, locks, locked, stage_h, stage_l, stage_hash, n_stage)
         dnst[D_WIRE] = wire + nb
@@ -302,9 +309,10 @@ class _Worker:
         self.cap_wire = own_lines((capture_max,), np.int64)
         self.cap_data = own_lines((capture_max * min(stride, max_frame),), np.uint8)
         self.fill = Ring(ring_size)        # dispatcher mode: empty buffers for the dispatcher
+        self.hist = lat.no_hist()          # its latency histogram, when measured
 
     def reset(self):
-        for a in (self.nst, self.counters, self.stats):
+        for a in (self.nst, self.counters, self.stats, self.hist):
             a[...] = 0
         self.frames[3][...] = 0
 
@@ -315,7 +323,8 @@ class Workers(Engine):
     kind = "workers"
 
     def __init__(self, graph, knobs, tables, traffic, n, pool_size, ring_size, capture_max=0,
-                 rss_key="default", reta=None, dispatcher=None, pin=False, notes=(), capture_path=None):
+                 rss_key="default", reta=None, dispatcher=None, pin=False, notes=(), capture_path=None,
+                 latency=False):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_WORKERS:
             raise ValueError(f"workers={n!r}: use 1..{MAX_WORKERS} workers")
         self.g, self.knobs, self.n = graph, knobs, int(n)
@@ -344,6 +353,10 @@ class Workers(Engine):
         self.mod = load_module(graph, knobs, port_for(graph, knobs, mode))
         self.w = [_Worker(q, graph, knobs, self.pools[q], ring_size, len(self.reasons), self.capture_max,
                           self.max_frame, traffic.stride) for q in range(self.n)]
+        self.latency = latency
+        self.stamp_at = lat.stamp_offsets(traffic.frames, traffic.lengths) if latency else np.zeros(0, np.int32)
+        for w in self.w:
+            w.hist = own_lines((lat.HIST_SIZE,), np.int64) if latency else lat.no_hist()
         self.wc, self.wo, self.wstep = hot_counters(self.n, knobs.counters == "packed")
         self.locks = own_lines((self.n * LOCK_STRIDE,), np.int64)
         self.claim_max = 4 * ring_size * self.n
@@ -384,7 +397,7 @@ class Workers(Engine):
                     w.cap_data, w.cap_len, w.cap_wire, w.nst, stop_tsc)
             tail = (k.batch, fh, fl, fx, counts, w.tx_h, w.tx_l, w.free_h, w.tmp_h, w.tmp_l, w.tmp_hash, w.bases,
                     w.counters, self.qfull, w.stats, self.wc.reshape(-1), self.wo[q], self.wstep, yield_each,
-                    *self.tables)
+                    self.stamp_at, w.hist, *self.tables)
             out.append((f"worker {q}", m.run_slice, head, tail))
         if self.dispatcher:
             fn = dispatcher_slice if k.jit else dispatcher_slice.py_func
@@ -393,7 +406,7 @@ class Workers(Engine):
                     tuple(w.fill.desc for w in self.w), tuple(w.fill.cur for w in self.w),
                     self.d_stash, self.d_n_stash, self.locks, self.locked, nic.ws, budget, stop_tsc)
             tail = (k.batch, self.max_frame, self.dnst, self.d_qsent, self.d_counters, self.qfull, *self.d_b,
-                    self.d_room, *self.d_stage, self.d_n_stage, *self.d_scratch, yield_each)
+                    self.d_room, *self.d_stage, self.d_n_stage, *self.d_scratch, yield_each, self.stamp_at)
             out.append(("dispatcher", fn, head, tail))
         return out
 
@@ -675,7 +688,9 @@ class Workers(Engine):
         return make_result("memory", g, self.knobs, stats=stats, sent=sent_wire, forwarded=fwd,
                            dropped=by_reason(reasons, total), seconds=wall, tsc_hz=tsc_hz(), dut_cycles=dut,
                            nic_cycles=nic_c, notes=notes, pool_ok=all(p.n_free == p.capacity for p in self.pools),
-                           extra=extra)
+                           extra=extra,
+                           latency=lat.summarize(lat.merge([w.hist for w in self.w]), tsc_hz()) if self.latency
+                           else None)
 
     def _worker_row(self, w, wall):
         """Worker w's share of the run (a row of extra["workers"])."""

@@ -340,7 +340,7 @@ def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_c
               frames, flens, seq, plist, q, n_queues, ws, budget, claim_max, max_frame, rss_tables, reta,
               cap_data, cap_len, cap_wire, nst, stop_tsc, slice_end_tsc, batch,
               frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, bases,
-              counters, qfull, stats, wc, wo, wstep, yield_each, acl_rules, fib_tbl24, fib_tbl8, fib_adj_valid, adj_mac):
+              counters, qfull, stats, wc, wo, wstep, yield_each, stamp_at, hist, acl_rules, fib_tbl24, fib_tbl8, fib_adj_valid, adj_mac):
     """One worker, until the slice ends (False) or its queue is drained for good (True).
     slice_end_tsc 0: one burst (or one empty poll), a lightweight thread's turn."""
     ring_size = rx_desc.size
@@ -350,7 +350,7 @@ def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_c
     while True:
         t0 = rdtsc()
         k = mq_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len,
-                          cap_wire, nst, counters)
+                          cap_wire, nst, counters, hist)
         t1 = rdtsc()
         nic = t1 - t0
         if k > 0:
@@ -366,7 +366,7 @@ def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_c
                 t2 = rdtsc()
                 used = mq_rx_dma(arena, tmp_h, got, want, frames, flens, seq, plist, q, ws, budget,
                                  claim_max, max_frame, rx_desc, rx_cur, tmp_l, tmp_hash, bases,
-                                 rss_tables, reta, nst, counters, qfull, up)
+                                 rss_tables, reta, nst, counters, qfull, up, stamp_at, hist)
                 nic += rdtsc() - t2
                 if used < got:
                     stack_free(pa, pb, tmp_h[used:], got - used)

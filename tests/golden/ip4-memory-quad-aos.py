@@ -295,18 +295,19 @@ def dispatch(arena, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, co
 
 from labkit.memory.mempool import stack_alloc, stack_free
 from labkit.memory.ring import ring_enqueue, ring_dequeue, ring_dequeue_aos, ring_count
-from labkit.nic.memory import nic_rx_dma, nic_tx_collect, SENT, DUT_CYC, NIC_CYC, STOPPED
+from labkit.nic.memory import nic_rx_dma, nic_rx_missed, nic_tx_collect, SENT, DUT_CYC, NIC_CYC, STOPPED
 
 
 @JIT
 def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, frames, flens, seq, max_frame,
               cap_data, cap_len, nst, budget, stop_tsc, slice_end_tsc, batch,
+              t_start, cyc_per_pkt, stamp_at, hist,
               frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, counters, stats, fib_tbl24, fib_tbl8, fib_adj_valid, adj_mac):
     """Run until the slice ends (returns False) or all is done (True)."""
     ring_size = rx_desc.size
     while True:
         t0 = rdtsc()
-        k = nic_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len, nst, counters)
+        k = nic_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len, nst, counters, hist)
         t1 = rdtsc()
         nic = t1 - t0
         if k > 0:
@@ -314,14 +315,21 @@ def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, frames, flens, se
         if nst[STOPPED] == 0 and (nst[SENT] >= budget or t0 >= stop_tsc):
             nst[STOPPED] = 1
         if nst[STOPPED] == 0:
-            want = min(ring_size - ring_count(rx_cur), budget - nst[SENT], tmp_h.size)
+            due = budget - nst[SENT]
+            room = ring_size - ring_count(rx_cur)
+            if cyc_per_pkt > 0:        # open loop: the frames the clock says have arrived by now
+                due = min(due, np.int64((t0 - t_start) / cyc_per_pkt) + 1 - nst[SENT])
+            want = min(room, due, tmp_h.size)
             if want > 0:
                 got = stack_alloc(pa, pb, tmp_h, want)
                 t2 = rdtsc()
-                used = nic_rx_dma(arena, tmp_h, got, want, frames, flens, seq, max_frame, rx_desc, rx_cur, tmp_l, tmp_hash, nst, counters)
+                used = nic_rx_dma(arena, tmp_h, got, want, frames, flens, seq, max_frame, rx_desc, rx_cur, tmp_l, tmp_hash, nst, counters,
+                                  stamp_at, hist, t_start, cyc_per_pkt)
                 nic += rdtsc() - t2
                 if used < got:
                     stack_free(pa, pb, tmp_h[used:], got - used)
+            if cyc_per_pkt > 0 and due > room:     # the rest found the RX ring full: dropped
+                nic_rx_missed(nst, seq.size, due - room)
         nst[NIC_CYC] += nic
         n = ring_dequeue_aos(rx_desc, rx_cur, frames_x[0], batch)
         if n == 0:

@@ -307,7 +307,7 @@ from labkit.run.ports import N_RX, N_TX, N_DUT_CYC, N_NIC_CYC, N_STOP, N_ERR, N_
 
 
 @JIT
-def run_slice(arena, pa, pb, rx_fd, tx_fd, max_frame, pfd, poll_ms, nst, slice_end_tsc, batch, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, counters, stats, fib_tbl24, fib_tbl8, fib_adj_valid, adj_mac):
+def run_slice(arena, pa, pb, rx_fd, tx_fd, max_frame, pfd, poll_ms, spin_cyc, nst, slice_end_tsc, batch, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, counters, stats, fib_tbl24, fib_tbl8, fib_adj_valid, adj_mac):
     """Run until the slice ends (returns False) or a stop is asked and
     nothing is left in flight (True)."""
     while True:
@@ -336,7 +336,7 @@ def run_slice(arena, pa, pb, rx_fd, tx_fd, max_frame, pfd, poll_ms, nst, slice_e
         if n == 0:
             if nst[N_STOP] != 0 and pending == 0:
                 return True
-            if poll_ms > 0:                      # wait for the kernel (an interrupt-style wake-up)
+            if poll_ms > 0 and rdtsc() - nst[N_LAST_BUSY] >= spin_cyc:   # wait for the kernel (an interrupt-style wake-up)
                 sys_poll(pfd, 1, poll_ms)
                 nst[N_POLLS] += 1
             if rdtsc() >= slice_end_tsc:

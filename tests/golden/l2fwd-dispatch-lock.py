@@ -107,7 +107,7 @@ def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_c
               frames, flens, seq, plist, q, n_queues, ws, budget, claim_max, max_frame, rss_tables, reta,
               cap_data, cap_len, cap_wire, nst, stop_tsc, slice_end_tsc, batch,
               frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, bases,
-              counters, qfull, stats, wc, wo, wstep, yield_each):
+              counters, qfull, stats, wc, wo, wstep, yield_each, stamp_at, hist):
     """One worker, until the slice ends (False) or its queue is drained for good (True).
     slice_end_tsc 0: one burst (or one empty poll), a lightweight thread's turn."""
     ring_size = rx_desc.size
@@ -117,7 +117,7 @@ def run_slice(arena, pa, pb, rx_desc, rx_cur, tx_desc, tx_cur, fill_desc, fill_c
     while True:
         t0 = rdtsc()
         k = mq_tx_collect(arena, tx_desc, tx_cur, tmp_h, tmp_l, tmp_hash, max_frame, cap_data, cap_len,
-                          cap_wire, nst, counters)
+                          cap_wire, nst, counters, hist)
         t1 = rdtsc()
         nic = t1 - t0
         if k > 0:

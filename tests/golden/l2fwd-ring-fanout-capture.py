@@ -102,7 +102,7 @@ from labkit.memory.bytes import rd32le, wr32le
 
 
 @JIT
-def run_slice(arena, rx32, rx_cur, rx_max, tx8, tx32, tx_cur, tx_fd, tx_max, kick_buf, pfd, poll_ms, nst, slice_end_tsc, batch, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, too_long, counters, stats, rxq, cap_data, cap_len, cap_meta):
+def run_slice(arena, rx32, rx_cur, rx_max, tx8, tx32, tx_cur, tx_fd, tx_max, kick_buf, pfd, poll_ms, spin_cyc, nst, slice_end_tsc, batch, frames_h, frames_l, frames_x, counts, tx_h, tx_l, free_h, tmp_h, tmp_l, tmp_hash, too_long, counters, stats, rxq, cap_data, cap_len, cap_meta):
     """Run until the slice ends (returns False) or a stop is asked and
     nothing is left in flight (True)."""
     while True:
@@ -118,7 +118,7 @@ def run_slice(arena, rx32, rx_cur, rx_max, tx8, tx32, tx_cur, tx_fd, tx_max, kic
         if n == 0:
             if nst[N_STOP] != 0 and pending == 0:
                 return True
-            if poll_ms > 0:                      # wait for the kernel (an interrupt-style wake-up)
+            if poll_ms > 0 and rdtsc() - nst[N_LAST_BUSY] >= spin_cyc:   # wait for the kernel (an interrupt-style wake-up)
                 sys_poll(pfd, 1, poll_ms)
                 nst[N_POLLS] += 1
             if rdtsc() >= slice_end_tsc:
