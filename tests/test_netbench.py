@@ -16,6 +16,7 @@ from contextlib import redirect_stdout
 import pytest
 from pyroute2 import netns
 
+from labkit.bench import latency as lb
 from labkit.bench import net as nb
 from labkit.nic import labnet
 
@@ -237,9 +238,13 @@ def _fanout_section(res):
     assert fo["hash"]["software_toeplitz_cycles_per_frame"] > 0 and "tp_rxhash" in fo["hash"]["kernel"]
 
 
+# every section but latency (its own test below): one quick run of all of them would take minutes
+ALL_BUT_LATENCY = ("--only", ",".join(x for x in nb.SECTIONS if x != "latency"))
+
+
 @pytest.mark.skipif(not HAVE_TRAFGEN, reason=f"trafgen and netsniff-ng not installed ({nb.INSTALL})")
 def test_quick_run_measures_every_section(monkeypatch):
-    res = _quick(monkeypatch)
+    res = _quick(monkeypatch, args=ALL_BUT_LATENCY)
     assert set(res) >= {"meta", "rx", "tx", "forwarding", "polling", "copy", "targets"}
     rx = _runs(res["rx"]["labkit"], res["rx"]["netsniff-ng"])
     assert all(r["sent"] > 0 and r["arrived"] >= r["received"] >= 0 for r in rx)   # trafgen sent
@@ -249,7 +254,7 @@ def test_quick_run_measures_every_section(monkeypatch):
 
 
 def test_quick_run_without_the_c_tools(monkeypatch):
-    res = _quick(monkeypatch, missing_tools=True)
+    res = _quick(monkeypatch, missing_tools=True, args=ALL_BUT_LATENCY)
     assert "not_measured" in res["rx"]["netsniff-ng"] and "not_measured" in res["tx"]["trafgen"]
     assert res["rx"]["ratio"] is None and res["tx"]["ratio"] is None
     _labkit_sections(res)
@@ -267,11 +272,27 @@ def test_only_runs_the_sections_asked_for(monkeypatch):
     assert "6. Fanout" in out.getvalue() and "1. RX" not in out.getvalue()
 
 
+def test_latency_section(monkeypatch):
+    res = _quick(monkeypatch, args=("--only", "latency"))
+    lt = res["latency"]
+    assert set(lt["configurations"]) == {f"{p} {g} {lb.load_name(r)}" for p in lb.POLLS for g in lb.RINGS
+                                         for r in lb.QUICK_LOADS}
+    for d in lt["configurations"].values():
+        r = d["runs"][0]
+        assert r["conserved"] and (r["samples"] == 0 or r["p50_ns"] <= r["p99_ns"] <= r["max_ns"])
+    assert all(lt["stamping"][x]["runs"][0]["conserved"] for x in ("off", "on"))
+    assert [t["target"].split(":")[0] for t in res["targets"]] == ["latency"] * 4
+    assert res["targets"][1]["limit"] == "<= 30%"
+    out = io.StringIO()
+    nb._print(res, out)
+    assert "7. latency" in out.getvalue() and "8. targets" in out.getvalue()
+
+
 def test_only_with_an_unknown_section_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         nb.main(["--only", "fanout,bogus"])
     assert e.value.code == 2
-    assert "use some of rx,tx,forwarding,polling,copy,fanout" in capsys.readouterr().err
+    assert "use some of rx,tx,forwarding,polling,copy,fanout,latency" in capsys.readouterr().err
 
 
 def test_the_neighbours_are_measured():

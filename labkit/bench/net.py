@@ -40,7 +40,10 @@ made it), against the C tools and the kernel doing the same job:
    veth does the receiver's kernel work on the *sender's* core, so with a
    generator and two workers on a 2-CPU machine, fanout may buy nothing:
    the cores it would spread over are already busy.
-7. targets: met or not met, with the ratios.
+7. Latency (``labkit.bench.latency``): p50 and p99 latency and the DUT's
+   CPU share for busy, waiting and adaptive polling on block and per-frame
+   RX rings, at 10 kpps, 100 kpps and saturation; and what stamping costs.
+8. targets: met or not met, with the ratios.
 
 Frames in sections 1-4 are 60 bytes (a 64-byte Ethernet frame less its FCS,
 which veth never carries): Ethernet 02:00:00:00:00:02 -> 02:00:00:00:00:01,
@@ -85,6 +88,7 @@ from ..run.measure import now_tsc, tsc_hz
 from ..run.noise import BUSY_PERCENT, others_cpu_percent, wait_quiet
 from ..run.noise import proc_times as _proc_times
 from ..settings import SLICE_S
+from . import latency as lat_bench
 from .cores import measure_toeplitz
 from .report import Progress, emit, print_table
 
@@ -98,7 +102,7 @@ COPY_SIZES = (64, 256, 512, 1024, 1500)
 QUICK_COPY_SIZES = (64, 1500)
 FIXED_RATE = 100_000              # pps, the polling section's fixed rate
 FANOUT_WORKERS = (1, 2)           # DUT sockets in the fanout section
-SECTIONS = ("rx", "tx", "forwarding", "polling", "copy", "fanout")
+SECTIONS = ("rx", "tx", "forwarding", "polling", "copy", "fanout", "latency")
 SECONDS, QUICK_SECONDS = 1.0, 0.3
 RX_RING = (1 << 16, 32)           # block size, block count: labkit.nic.afpacket.RxRing's default
 TARGETS = {
@@ -353,7 +357,8 @@ class _Gen:
         return self.gen.gen_slice(tx.u8, tx.u32, tx.cur, tx.fileno(), tx.kick_buf, self.frames, t.stride,
                                   t.lengths, t.seq, tx.max_frame, rx.u8, rx.u32, rx.cur, self.gh, self.gl,
                                   self.ghash, rx.max_frame, self.too_long, self.cap_data, self.cap_len,
-                                  self.gst, budget, t_start, stop_tsc, rate_cpp, self.batch, slice_end)
+                                  self.gst, budget, t_start, stop_tsc, rate_cpp, self.batch, slice_end,
+                                  *self.gen.NO_STAMPS)
 
     def run(self, seconds, cpu=None, wait_rx=False):
         """Send as fast as the kernel takes it for ``seconds``; if ``wait_rx``,
@@ -652,6 +657,7 @@ def configurations(quick, have_trafgen, have_netsniff):
     for n in FANOUT_WORKERS:
         out.append(("fanout", _fanout_name(n), lambda c, n=n: m_fanout(c, n)))
     out.append(("fanout", "software Toeplitz", m_toeplitz))
+    out += lat_bench.configurations(quick)
     return out
 
 
@@ -707,6 +713,8 @@ def summarize(raw, quick, have, sections=SECTIONS):
         res["copy"] = cp
     if "fanout" in sections:
         res["fanout"] = _fanout_summary(s)
+    if "latency" in sections:
+        res["latency"] = lat_bench.summarize(s, quick, _ratio)
     res["targets"] = _targets(res)
     return res
 
@@ -736,9 +744,11 @@ def _fanout_summary(s):
 def _targets(res):
     rows = []
 
-    def row(name, value, limit, note=None):
-        r = {"target": name, "value": value, "limit": f">= {limit:g}x", "unit": "x",
-             "met": None if value is None else bool(value >= limit)}
+    def row(name, value, limit, note=None, kind="at least"):
+        unit = "%" if "%" in name else "x"
+        r = {"target": name, "value": value, "limit": f"{'>=' if kind == 'at least' else '<='} {limit:g}{unit}",
+             "unit": unit,
+             "met": None if value is None else bool(value >= limit if kind == "at least" else value <= limit)}
         if value is None and note:
             r["note"] = note
         rows.append(r)
@@ -753,6 +763,8 @@ def _targets(res):
             tx["trafgen"].get("not_measured"))
     if "forwarding" in res:
         row("forwarding: labkit l2fwd / Linux bridge", res["forwarding"]["ratio"], TARGETS["fwd_vs_bridge"])
+    if "latency" in res:
+        lat_bench.target_rows(res["latency"], lambda name, v, limit, kind: row(name, v, limit, kind=kind))
     return rows
 
 
@@ -958,9 +970,13 @@ def _print_fanout(o, res, m):
             f"{FANOUT_WORKERS[-1]} workers share {len(m['cpus'])} CPU(s)")
 
 
+def _print_latency(o, res, m):
+    lat_bench.print_section(o, res, _f)
+
+
 def _print_targets(o, res, m):
-    o.table("7. targets", ["target", "measured", "target", "status"],
-            [[t["target"], o.ratio(t["value"]), t["limit"],
+    o.table("8. targets", ["target", "measured", "target", "status"],
+            [[t["target"], o.ratio(t["value"]) if t["unit"] == "x" else _f(t["value"], ".0f") + "%", t["limit"],
               "not measured" if t["met"] is None else ("met" if t["met"] else "not met")]
              for t in res["targets"]])
 
@@ -969,7 +985,8 @@ def _print(res, out=sys.stdout):
     o, m = _Out(out), res["meta"]
     _print_meta(o, m)
     for name, section in (("rx", _print_rx), ("tx", _print_tx), ("forwarding", _print_forwarding),
-                          ("polling", _print_polling), ("copy", _print_copy), ("fanout", _print_fanout)):
+                          ("polling", _print_polling), ("copy", _print_copy), ("fanout", _print_fanout),
+                          ("latency", _print_latency)):
         if name in res:
             section(o, res, m)
     if res["targets"]:

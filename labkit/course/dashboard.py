@@ -96,7 +96,10 @@ METRICS = {
     "nic_cycles": "NIC TSC cycles/packet",
     "queue_share": "busiest queue's share of packets %",
     "disp_cycles": "dispatcher TSC cycles/frame",
+    "p50_us": "latency p50 µs",
+    "p99_us": "latency p99 µs",
 }
+LATENCY_PANELS = ("p50_us", "p99_us")     # a dashboard with one of these measures latency (Lab(latency=True))
 # "vector" is how many packets the first node got per dispatch: the batch knob is
 # a maximum, a vector is what the ring held. "batch_us" is vector x cycles/packet:
 # the time one vector takes, which a packet may wait behind the others (latency-ish).
@@ -108,7 +111,8 @@ METRICS = {
 # takes off the wire (software hash, hand-over, locks), its idle polls left out.
 _ROW_KEY = {"mpps": "mpps", "cycles": "cycles_per_packet", "cpu": "cpu_percent", "gen_mpps": "gen_mpps",
             "nic_cycles": "nic_cycles_per_packet", "vector": "vector", "queue_share": "queue_share",
-            "disp_cycles": "dispatcher_cycles_per_packet"}
+            "disp_cycles": "dispatcher_cycles_per_packet", "p50_us": "latency_p50_us",
+            "p99_us": "latency_p99_us"}
 
 # What a value means, said in the plot (a knob's own name is the fallback).
 LABELS = {
@@ -118,7 +122,8 @@ LABELS = {
     "hugepages": {False: "4 KiB pages", True: "huge pages"},
     "prefetch": {False: "no prefetch", True: "prefetch"},
     "qdisc_bypass": {False: "via qdisc", True: "qdisc bypass"},
-    "poll": {"wait": "wait in poll()", "busy": "busy-poll"},
+    "poll": {"wait": "wait in poll()", "busy": "busy-poll", "adaptive": "adaptive"},
+    "rx_ring": {"block": "block ring (V3)", "frame": "per-frame ring (V2)"},
     "backend": {"memory": "in-memory NIC", "veth": "veth", "tap": "TAP"},
     "model": {"rtc": "run to completion", "pipeline": "pipeline", "lthreads": "lightweight threads",
               "threads": "OS threads"},
@@ -134,7 +139,8 @@ LABELS = {
 }
 TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator frames per TX kick",
           "jit": "kernels: interpreted or JIT-compiled",
-          "rate": "offered load (pps)", "size": "frame size (bytes)", "poll": "polling",
+          "rate": "offered load (pps)", "size": "frame size (bytes)", "poll": "polling", "rx_ring": "RX ring",
+          "coalesce_ms": "block timeout (ms)", "block_kb": "block size (KiB)",
           "copy": "copy or zero-copy", "backend": "NIC", "graph": "graph", "flows": "flows",
           "workers": "workers (a core and a queue pair each)", "sync": "hand-over between cores",
           "counters": "per-worker counters", "dispatcher": "who hashes the frames", "rss_key": "RSS key",
@@ -307,7 +313,7 @@ def _fmt(metric, v):
         return f"{v:.0f}"
     if metric == "queue_share":
         return f"{v:.1f}"
-    if metric in ("batch_us", "vector"):
+    if metric in ("batch_us", "vector", "p50_us", "p99_us"):
         return f"{v:.2f}" if v < 100 else f"{v:.0f}"
     return f"{v:.1f}" if v < 1000 else f"{v:.0f}"
 
@@ -665,6 +671,8 @@ class Dashboard:
                 for v in vs:
                     self.base_knobs.with_(**{name: v})
         self.lab_kw = dict(lab or {})
+        if any(p in LATENCY_PANELS for p in panels):
+            self.lab_kw.setdefault("latency", True)
         for name, vs in ((knob, values), (over_name, over_values)):
             _check_lab_values(name, vs)
         involved = [p for p in MULTICORE_PARAMS if p in (knob, over_name) or p in self.lab_kw]
@@ -966,6 +974,10 @@ class Dashboard:
             "busiest": [[b["name"], b["cpu_percent"]] for b in getattr(res, "busiest", None) or []],
             "cores_needed": getattr(res, "cores_needed", 1), "cpus": getattr(res, "cpus", None),
         }
+        lt = getattr(res, "latency", None)
+        if lt:
+            row["latency_p50_us"] = _r(lt["p50"] / 1e3) if lt["p50"] is not None else None
+            row["latency_p99_us"] = _r(lt["p99"] / 1e3) if lt["p99"] is not None else None
         if per:
             row["worker_mpps"] = [_r(w["mpps"]) for w in per]
             row["queue_share"] = _r(100.0 * max(handled) / sum(handled)) if sum(handled) else None
