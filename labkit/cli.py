@@ -154,6 +154,17 @@ def _size(text):
     return value
 
 
+def _every(text):
+    """--latency N: one frame in N stamped, N a power of two up to 1024."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1024 or n & (n - 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: stamp one frame in N, N a power of two from 1 to 1024")
+    return n
+
+
 def _pcap_in(path):
     if not os.path.isfile(path):
         raise argparse.ArgumentTypeError(f"{path}: no such file; give a pcap capture to replay")
@@ -211,9 +222,9 @@ def _lab_options(p):
     w.add_argument("--rss-key", dest="rss_key", choices=("default", "symmetric"),
                    help="Toeplitz key: the RSS specification's, or symmetric (both directions, one queue)")
     m = p.add_argument_group("measure")
-    m.add_argument("--latency", action="store_true",
-                   help="stamp each frame as it leaves and report its latency when it comes back "
-                        "(percentiles in ns; with --rate: at that offered load, else at saturation)")
+    m.add_argument("--latency", nargs="?", const=1, default=None, type=_every, metavar="N",
+                   help="stamp each frame (or one in N, N a power of two) as it leaves and report its latency "
+                        "when it comes back (percentiles; with --rate: at that offered load, else at saturation)")
     n = p.add_argument_group("real NIC (veth, tap)")
     n.add_argument("--poll", choices=POLLS,
                    help="busy-poll the RX ring, sleep in poll() until frames come, or adaptive: busy for "
@@ -397,7 +408,7 @@ def _make_lab(args):
                        order=args.order, pcap_in=args.pcap, pcap_out=args.out, seed=args.seed,
                        rate=getattr(args, "rate", None), gen_batch=getattr(args, "gen_batch", None),
                        workers=getattr(args, "workers", None) or 1, rss_key=getattr(args, "rss_key", None) or "default",
-                       latency=bool(getattr(args, "latency", False)))
+                       latency=getattr(args, "latency", None) or False)
 
 
 # -- output helpers -------------------------------------------------------------
@@ -603,13 +614,13 @@ def cmd_run(args):
 
 def _latency_rows(t, lat):
     """The latency rows of `labkit run`: percentiles in µs, and what load they were measured under."""
-    t.add_row("latency", lat["load"])
+    t.add_row("latency", lat["load"] + (f", one frame in {lat['every']} stamped" if lat["every"] > 1 else ""))
     if not lat["samples"]:
         t.add_row("latency samples", f"none ({lat['unstamped']:,} frames came back without a stamp)")
         return
     for key in ("p50", "p90", "p99", "p999", "max"):
         t.add_row(f"latency {key}", f"{lat[key] / 1000:,.1f} µs")
-    t.add_row("latency samples", f"{lat['samples']:,}" + (f" ({lat['unstamped']:,} frames too short for a stamp)"
+    t.add_row("latency samples", f"{lat['samples']:,}" + (f" ({lat['unstamped']:,} frames came back without a stamp)"
                                                          if lat["unstamped"] else ""))
 
 

@@ -38,7 +38,7 @@ def _env():
 # ---- the notebooks as files ------------------------------------------------------
 
 def test_each_exercise_has_its_solution_with_the_same_checks():
-    assert NAMES[:len(FIRST)] == FIRST
+    assert set(FIRST) <= set(NAMES)
     assert sorted(p.stem for p in (ROOT / "exercises").glob("*.ipynb")) == NAMES
     for name in NAMES:
         exe, sol = _nb(ROOT / "exercises" / f"{name}.ipynb"), _nb(ROOT / "solutions" / f"{name}.ipynb")

@@ -48,7 +48,7 @@ def test_percentiles_agree_with_numpy(seed):
     rng = np.random.default_rng(seed)
     values = np.concatenate([rng.lognormal(8, 1.5, 5000), rng.integers(0, 40, 300)]).astype(np.int64)
     h = _hist_of(values)
-    assert h[lat.H_SAMPLES] == values.size and h[lat.H_MAX] == values.max() and h[lat.H_SUM] == values.sum()
+    assert lat.samples(h) == values.size and h[lat.H_MAX] == values.max()
     for p in (0.1, 50, 90, 99, 99.9, 100):
         exact = np.percentile(values, p, method="inverted_cdf")
         assert abs(lat.percentile(h, p) - exact) <= exact / lat.SUB / 2 + 0.5, p
@@ -129,7 +129,7 @@ def test_a_stamp_read_back_gives_the_delay_injected():
     k = nicmem.nic_tx_collect(pool.arena, tx.desc, tx.cur, out, tmp_l, tmp_hash, pool.max_frame, *no_cap, nst,
                               counters, hist)
     pool.free(pool.a, pool.b, out, k)
-    assert k == 64 and hist[lat.H_SAMPLES] == 64 and hist[lat.H_UNSTAMPED] == 0
+    assert k == 64 and lat.samples(hist) == 64 and hist[lat.H_UNSTAMPED] == 0
     assert delay - 64 <= lat.percentile(hist, 0.1) and lat.percentile(hist, 100) < 2 * delay
     assert pool.n_free == pool.capacity
 
@@ -141,7 +141,7 @@ def test_a_frame_without_a_stamp_is_counted_unstamped():
     lat.take_stamp(buf, 0, 10, 1000, hist)                 # too short to hold one
     lat.write_stamp(buf, 100 - 16, 400, 9)
     lat.take_stamp(buf, 0, 100, 1000, hist)
-    assert hist[lat.H_UNSTAMPED] == 2 and hist[lat.H_SAMPLES] == 1 and hist[lat.H_MAX] == 600
+    assert hist[lat.H_UNSTAMPED] == 2 and lat.samples(hist) == 1 and hist[lat.H_MAX] == 600
 
 
 # -- on the in-memory NICs --------------------------------------------------------------------
@@ -205,9 +205,25 @@ def test_latency_with_workers(model):
     assert r.latency["samples"] == r.forwarded and r.latency["p50"] <= r.latency["max"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_frame_in_n_is_stamped(workers):
+    with Lab(latency=16, size=128, workers=workers) as lab:     # 128 bytes: every frame has room for a stamp
+        r = lab.run(packets=16_000)
+    assert r.conserved and r.pool_ok
+    lt = r.latency
+    assert lt["every"] == 16 and lt["samples"] + lt["unstamped"] == r.forwarded
+    if workers == 1:             # frames 0, 16, 32...: exactly one in 16 of what was sent
+        assert lt["samples"] == 1000
+    else:                        # wire positions 0, 16, 32...; a full queue drops some of them
+        assert 0 < lt["samples"] <= 1000
+
+
 def test_bad_latency_and_knob_values_say_what_to_use():
-    with pytest.raises(LabError, match="latency"):
-        Lab(latency="yes")
+    for bad in ("yes", 3, 0.5, 2048, -1):
+        with pytest.raises(LabError, match="latency"):
+            Lab(latency=bad)
+    with pytest.raises(ValueError, match="power of two"):
+        lat.new_hist(6)
     for bad in (dict(poll="sometimes"), dict(rx_ring="v2"), dict(coalesce_ms=0), dict(coalesce_ms=1.5),
                 dict(block_kb=48), dict(block_kb=True)):
         with pytest.raises(KnobError, match=next(iter(bad))):
@@ -246,6 +262,14 @@ def test_every_poll_mode_and_ring_conserves_100k_on_veth(lab_net, poll, rx_ring)
     lt = r.latency
     assert lt["samples"] + lt["unstamped"] == r.forwarded and lt["samples"] > 0
     assert lt["p50"] <= lt["p99"] <= lt["max"]
+
+
+@needs_net
+def test_the_generator_stamps_one_frame_in_n(lab_net):
+    with Lab(backend="veth", graph="l2fwd", latency=8, size=128, rate=100_000) as lab:
+        r = lab.run(packets=8000)
+    assert r.conserved and r.forwarded == 8000
+    assert r.latency["samples"] == 1000 and r.latency["unstamped"] == 7000 and r.latency["every"] == 8
 
 
 @needs_net

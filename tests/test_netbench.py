@@ -280,8 +280,8 @@ def test_latency_section(monkeypatch):
     for d in lt["configurations"].values():
         r = d["runs"][0]
         assert r["conserved"] and (r["samples"] == 0 or r["p50_ns"] <= r["p99_ns"] <= r["max_ns"])
-    assert all(lt["stamping"][x]["runs"][0]["conserved"] for x in ("off", "on"))
-    assert [t["target"].split(":")[0] for t in res["targets"]] == ["latency"] * 4
+    assert all(lt["stamping"][x]["runs"][0]["conserved"] for x in ("off", "every", "sampled"))
+    assert [t["target"].split(":")[0] for t in res["targets"]] == ["latency"] * 5
     assert res["targets"][1]["limit"] == "<= 30%"
     out = io.StringIO()
     nb._print(res, out)

@@ -1015,3 +1015,60 @@ def spsc_one_thread(enqueue, dequeue=spsc_dequeue, n=None, size=1024, burst=32):
     ring = make_spsc(size)
     cycles = _one_thread(enqueue, dequeue, ring.slots, ring.cur, items, out, n, burst)
     return float(n / (cycles / tsc_hz()) / 1e6)
+
+
+# --- exercise 02b: a latency histogram ----------------------------------------------------------
+
+def latency_samples(rng, n):
+    """n latencies in TSC cycles: a body around 2,000 (lognormal) and, for 1% of them, a long tail
+    (Pareto) up to millions: what a data plane with an occasional stall gives."""
+    body = rng.lognormal(np.log(2000), 0.5, n)
+    tail = rng.pareto(1.2, n) * 20_000
+    return np.where(rng.random(n) < 0.01, body + tail, body).astype(np.int64)
+
+
+def latency_probe_values(max_bits=42):
+    """Sorted values from 0 to 2**max_bits - 1: every value below 300, each power of two with its
+    neighbours, and random ones in between."""
+    vs = set(range(300))
+    for k in range(5, max_bits + 1):
+        vs.update(x for x in (2**k - 1, 2**k, 2**k + 1) if x < 2**max_bits)
+    rng = np.random.default_rng(3)
+    vs.update(int(x) for x in np.exp(rng.uniform(0, max_bits * np.log(2), 3000)) if x < 2**max_bits)
+    return np.array(sorted(vs), np.int64)
+
+
+def latency_distributions(rng):
+    """(name, TSC-cycle samples) for the percentile check: small integers, a long tail, and values
+    spread over nine orders of magnitude."""
+    return [("small integers", rng.integers(0, 40, 5000).astype(np.int64)),
+            ("long-tailed", latency_samples(rng, 20_000)),
+            ("wide", np.exp(rng.uniform(0, 28, 20_000)).astype(np.int64))]
+
+
+@njit(nogil=True, cache=True)
+def _keep(samples, out):
+    for i in range(samples.size):
+        out[i] = samples[i]
+
+
+def time_record(record, bucket, n_buckets, n=None):
+    """TSC cycles per sample, medians of 5: `record(hist, samples, bucket)` into a histogram,
+    against keeping every sample in an array and asking np.percentile for four percentiles."""
+    n = n or (200_000 if quick() else 2_000_000)
+    samples = latency_samples(np.random.default_rng(5), n)
+    hist, kept = np.zeros(n_buckets, np.int64), np.zeros(n, np.int64)
+    record(hist, samples[:10], bucket)
+    _keep(samples[:10], kept)
+    h, k = [], []
+    for _ in range(5):
+        hist[:] = 0
+        t0 = now_tsc()
+        record(hist, samples, bucket)
+        t1 = now_tsc()
+        _keep(samples, kept)
+        np.percentile(kept, [50, 90, 99, 99.9])
+        t2 = now_tsc()
+        h.append((t1 - t0) / n)
+        k.append((t2 - t1) / n)
+    return {"histogram": float(np.median(h)), "keep_and_sort": float(np.median(k))}

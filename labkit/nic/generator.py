@@ -25,7 +25,7 @@ from numba import njit
 from ..memory.intrinsics import rdtsc
 from ..memory.layouts import DATA_OFF
 from .afpacket import ETH_HLEN, P2_DATA, T_FSIZE, T_HEAD, rx_burst, rx_release, tx_kick, tx_put, tx_reap
-from .latency import take_stamp, write_stamp
+from .latency import H_MASK, stamps_this, take_stamp, write_stamp
 
 (G_POS, G_SENT, G_UNSENDABLE, G_RX, G_RX_BYTES, G_TOO_LONG, G_CAP_N, G_CAP_BYTES,
  G_CAP_LOST, G_STOP, G_ERR, G_TX_DONE_TSC, G_LAST_RX_TSC, G_PENDING) = range(14)
@@ -46,6 +46,7 @@ def gen_slice(tx8, tx32, tcur, tx_fd, kick_buf, frames, stride, flens, seq, max_
     kick's stamps go and their sequence numbers."""
     nseq = seq.size
     measure = hist.size > 0
+    mask = hist[H_MASK] if measure else 0
     while True:
         now = np.int64(rdtsc())
         # -- receive: count what the device under test sent back --------------
@@ -90,7 +91,7 @@ def gen_slice(tx8, tx32, tcur, tx_fd, kick_buf, frames, stride, flens, seq, max_
                     gst[G_UNSENDABLE] += 1
                 elif not tx_put(tx8, tx32, tcur, frames, np.int64(t) * stride, length):
                     break                   # the ring is full: kick, come back
-                elif measure and stamp_at[t] >= 0:
+                elif measure and stamp_at[t] >= 0 and stamps_this(mask, gst[G_SENT]):
                     stamps[n_st, 0] = slot + stamp_at[t]
                     stamps[n_st, 1] = gst[G_SENT]
                     n_st += 1

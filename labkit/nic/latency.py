@@ -33,9 +33,21 @@ TSC cycles get a bucket each; above, every power of two ``[2^k, 2^(k+1))`` is
 split into 32 buckets of equal width. A value is then known to within 1/32 of
 itself (3%), at any scale, in a fixed array of ``HIST_SIZE`` int64 counters:
 no allocation, no per-packet Python, and merging two histograms is adding
-them. The last slots hold the sample count, the exact maximum, the sum (for
-the mean) and the unstamped frames. Values are TSC cycles; ``summarize``
-turns them into nanoseconds.
+them. Two more slots hold the exact maximum and the frames that came back
+without a stamp; the sample count is the buckets' sum, computed when asked
+(a counter bumped per sample would be one more chain of dependent stores, as
+the bucket's own increment is: each waits for the one before, measured at
+several TSC cycles per packet). Values are TSC cycles; ``summarize`` turns
+them into nanoseconds.
+
+Sampling
+--------
+Stamping costs a few TSC cycles per frame on each side (measured on the
+in-memory NIC, where the NIC's "hardware" is the CPU too: ``labkit bench veth
+--only latency`` prints it). ``every=N`` (a power of two) stamps one frame in
+N, by sequence number, as MoonGen timestamps only some packets; the others
+come back unstamped and are counted so. The histogram carries N - 1 in its
+``H_MASK`` slot, so every loop that stamps reads it from there.
 """
 import numpy as np
 from numba import njit
@@ -52,8 +64,9 @@ SUB_BITS = 5
 SUB = 1 << SUB_BITS                  # buckets per power of two
 MAX_BITS = 42                        # values up to 2^42 TSC cycles (over 20 minutes at 3.7 GHz)
 N_BUCKETS = SUB * (MAX_BITS - SUB_BITS + 1)
-H_SAMPLES, H_MAX, H_SUM, H_UNSTAMPED = range(N_BUCKETS, N_BUCKETS + 4)
-HIST_SIZE = N_BUCKETS + 4
+H_MAX, H_UNSTAMPED, H_MASK = N_BUCKETS, N_BUCKETS + 1, N_BUCKETS + 2
+HIST_SIZE = N_BUCKETS + 3
+MAX_EVERY = 1024
 PERCENTILES = (50, 90, 99, 99.9)
 
 
@@ -115,14 +128,29 @@ def hist_add(hist, v):
     beyond the range: the last bucket, and the exact maximum still kept)."""
     v = max(np.int64(v), 0)
     hist[bucket_of(min(v, (np.int64(1) << MAX_BITS) - 1))] += 1
-    hist[H_SAMPLES] += 1
-    hist[H_SUM] += v
     if v > hist[H_MAX]:
         hist[H_MAX] = v
 
 
-def new_hist():
-    return np.zeros(HIST_SIZE, np.int64)
+def new_hist(every=1):
+    """An empty histogram whose owner stamps one frame in `every` (a power of two)."""
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or not 1 <= every <= MAX_EVERY \
+            or every & (every - 1):
+        raise ValueError(f"latency sampling every={every!r}: use a power of two from 1 to {MAX_EVERY}")
+    h = np.zeros(HIST_SIZE, np.int64)
+    h[H_MASK] = every - 1
+    return h
+
+
+@njit(nogil=True, cache=True, inline="always")
+def stamps_this(mask, i):
+    """Whether frame number i gets a stamp (mask: every - 1, from the histogram's H_MASK)."""
+    return (i & mask) == 0
+
+
+def clear(hist):
+    """Forget every sample; keep the sampling (H_MASK)."""
+    hist[:H_MASK] = 0
 
 
 def no_hist():
@@ -140,19 +168,24 @@ def bucket_range(b):
 
 def merge(hists):
     """One histogram of several (each worker's, each run's)."""
-    out = new_hist()
+    hists = list(hists)
+    out = new_hist(int(hists[0][H_MASK]) + 1 if hists else 1)
     for h in hists:
-        out[:H_MAX] += h[:H_MAX]
-        out[H_SUM] += h[H_SUM]
+        out[:N_BUCKETS] += h[:N_BUCKETS]
         out[H_UNSTAMPED] += h[H_UNSTAMPED]
         out[H_MAX] = max(out[H_MAX], h[H_MAX])
     return out
 
 
+def samples(hist):
+    """How many latencies the histogram holds."""
+    return int(hist[:N_BUCKETS].sum())
+
+
 def percentile(hist, p):
     """The p-th percentile in TSC cycles (nearest rank, as numpy's method="inverted_cdf"):
     the middle of the bucket that holds it, never above the maximum; None without samples."""
-    n = int(hist[H_SAMPLES])
+    n = samples(hist)
     if n == 0:
         return None
     rank = max(1, int(np.ceil(p / 100.0 * n - 1e-9)))
@@ -162,12 +195,12 @@ def percentile(hist, p):
 
 
 def summarize(hist, tsc_hz, offered=None):
-    """The latency of a run in nanoseconds: percentiles, max, mean, samples, unstamped frames,
+    """The latency of a run in nanoseconds: percentiles, max, samples, unstamped frames,
     and what load it was measured under (`offered`: a rate in pps, or None for saturation)."""
-    n = int(hist[H_SAMPLES])
+    n = samples(hist)
     ns = (lambda cycles: None if cycles is None else cycles * 1e9 / tsc_hz)
     out = {f"p{str(p).replace('.', '')}": ns(percentile(hist, p)) for p in PERCENTILES}
-    out.update(max=ns(float(hist[H_MAX])) if n else None, mean=ns(hist[H_SUM] / n) if n else None,
-               samples=n, unstamped=int(hist[H_UNSTAMPED]),
+    out.update(max=ns(float(hist[H_MAX])) if n else None, samples=n, unstamped=int(hist[H_UNSTAMPED]),
+               every=int(hist[H_MASK]) + 1,
                load=f"open loop, {offered:g} pps offered" if offered else "closed loop: saturation")
     return out

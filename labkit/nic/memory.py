@@ -32,7 +32,7 @@ from ..memory.layouts import DATA_OFF, LINE_SHIFT, META_HASH_OFF
 from ..memory.layouts import MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, TX_BAD_DESCRIPTOR
 from ..memory.bytes import wr32le
 from ..memory.ring import ring_enqueue, ring_dequeue
-from .latency import take_stamp, write_stamp
+from .latency import H_MASK, stamps_this, take_stamp, write_stamp
 
 # nst: the port's counters and cursors
 POS, SENT, FWD, FWD_BYTES, CAP_N, CAP_BYTES, NIC_CYC, DUT_CYC, STOPPED, CAP_LOST, MISSED = range(11)
@@ -48,6 +48,8 @@ def nic_rx_dma(arena, handles, got, want, frames, flens, seq, max_frame,
     Returns how many of the buffers were used (the caller frees the rest).
     """
     now = np.int64(rdtsc()) if hist.size > 0 else np.int64(0)
+    mask = hist[H_MASK] if hist.size > 0 else 0
+    sent = nst[SENT]
     used = 0
     pos = nst[POS]                     # the next place in seq, always 0..nseq-1
     nseq = seq.size
@@ -68,8 +70,8 @@ def nic_rx_dma(arena, handles, got, want, frames, flens, seq, max_frame,
         for j in range(length):        # a loop, not slice assignment: this runs
             arena[base + DATA_OFF + j] = frames[t, j]   # in loops compiled without NRT
         wr32le(arena, base + META_HASH_OFF, t)       # the "NIC-computed" flow id
-        if hist.size > 0 and stamp_at[t] >= 0:
-            i = nst[SENT] + w
+        if hist.size > 0 and stamp_at[t] >= 0 and stamps_this(mask, sent + w):
+            i = sent + w
             arrived = np.int64(t_start) + np.int64(i * cyc_per_pkt) if cyc_per_pkt > 0 else now
             write_stamp(arena, base + DATA_OFF + stamp_at[t], arrived, i)
         tmp_l[used] = length

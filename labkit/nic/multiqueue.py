@@ -56,7 +56,7 @@ from ..memory.intrinsics import cas, load_acquire, rdtsc, store_release
 from ..memory.layouts import (CACHE_LINE, DATA_OFF, LINE_SHIFT, META_HASH_OFF, META_RXQ_OFF, META_WIRE_OFF,
                               aligned_zeros)
 from ..memory.ring import Ring, ring_enqueue, ring_dequeue
-from .latency import take_stamp, write_stamp
+from .latency import H_MASK, stamps_this, take_stamp, write_stamp
 from .rss import DEFAULT_KEY, SYMMETRIC_KEY, Reta, hash_ipv4_frames, make_tables
 from ..memory.layouts import MEMPOOL_EMPTY, RX_FRAME_TOO_LONG, TX_BAD_DESCRIPTOR
 from .memory import capture, FWD, FWD_BYTES, SENT
@@ -205,6 +205,7 @@ def mq_rx_dma(arena, handles, got, room, frames, flens, seq, plist, q, ws, budge
     histogram each frame gets its latency stamp (``labkit.nic.latency``).
     """
     now = rdtsc() if hist.size > 0 else 0
+    mask = hist[H_MASK] if hist.size > 0 else 0
     L = plist.size
     if L == 0:
         return 0
@@ -242,7 +243,7 @@ def mq_rx_dma(arena, handles, got, room, frames, flens, seq, plist, q, ws, budge
                 continue
             base = np.int64(handles[used]) << LINE_SHIFT
             _write_frame(arena, base, frames, t, length, p, q)
-            if hist.size > 0 and stamp_at[t] >= 0:
+            if hist.size > 0 and stamp_at[t] >= 0 and stamps_this(mask, p):
                 write_stamp(arena, base + DATA_OFF + stamp_at[t], now, p)
             bases[used] = base
             tmp_l[used] = length

@@ -24,6 +24,7 @@ from ..graph.nodes import GRAPHS
 from ..memory.layouts import MAX_FRAME_DEFAULT
 from ..memory.mempool import make_pool
 from ..memory.region import alloc_region
+from ..nic.latency import MAX_EVERY
 from ..nic.pcap import load_traffic
 from ..nic.traffic import make_traffic
 from . import noise
@@ -77,6 +78,7 @@ class Lab:
                  dispatcher=None, order="spread", latency=False):
         knobs = knobs if knobs is not None else Knobs()
         _check_lab(backend, graph, knobs, rate, gen_batch, latency)
+        latency = int(latency)          # 0: not measured; N: one frame in N stamped (True: every frame)
         if pcap_in is not None and order != "spread":
             raise LabError(f"order={order!r} arranges generated traffic; a capture (pcap_in) is replayed in its "
                            "own order: leave order unset")
@@ -220,8 +222,10 @@ def _check_lab(backend, graph, knobs, rate, gen_batch, latency):
     if gen_batch is not None and (isinstance(gen_batch, bool) or not isinstance(gen_batch, int)
                                   or not 1 <= gen_batch <= 256):
         raise LabError(f"gen_batch={gen_batch!r}: use frames per TX kick from 1 to 256")
-    if not isinstance(latency, bool):
-        raise LabError(f"latency={latency!r}: use True (stamp every frame and report its latency) or False")
+    if not (isinstance(latency, bool) or isinstance(latency, (int, np.integer)) and 1 <= latency <= MAX_EVERY
+            and not latency & (latency - 1)):
+        raise LabError(f"latency={latency!r}: use True (stamp every frame and report the latencies), a power of "
+                       f"two N up to {MAX_EVERY} (stamp one frame in N), or False")
     if graph not in GRAPHS:
         raise LabError(f"unknown graph {graph!r}; graphs are: {', '.join(GRAPHS)}")
     if not isinstance(knobs, Knobs):

@@ -353,7 +353,8 @@ class _Run:
         self.gh, self.gl, self.ghash = (np.zeros(256, np.uint32) for _ in range(3))
         self.g_too_long = np.zeros(1, np.int64)
         if eng.latency:
-            self.stamps = (lat.stamp_offsets(t.frames, t.lengths), lat.new_hist(), np.zeros((256, 2), np.int64))
+            self.stamps = (lat.stamp_offsets(t.frames, t.lengths), lat.new_hist(eng.latency),
+                           np.zeros((256, 2), np.int64))
         else:
             self.stamps = gen.NO_STAMPS
         self.rate_cpp = self.hz / eng.rate if eng.rate else 0.0
@@ -390,7 +391,7 @@ class _Run:
             dut_slice(0)
             d.nst[:] = 0
         self.gst[:] = 0
-        self.stamps[1][:] = 0
+        lat.clear(self.stamps[1])
         for s, _ in self.eng.kernel_socks:
             af.read_stats(s)
         self.wire0 = {name: labnet.link_stats(ns, ifn)["tx_dropped"] for ns, ifn, name, _ in self.eng.wires}

@@ -81,13 +81,13 @@ class SingleLoop(Engine):
         cap_data = np.zeros(cap_n * min(self.traffic.stride, self.pool.max_frame) if cap_n else 0, np.uint8)
         cap_len = np.zeros(cap_n, np.uint32)
         budget = packets if packets is not None else np.iinfo(np.int64).max
-        hist = lat.new_hist() if self.latency else lat.no_hist()
+        hist = lat.new_hist(self.latency) if self.latency else lat.no_hist()
         slice_ = self._slicer(counters, stats, nst, cap_data, cap_len, hist)
         # The first call compiles (or loads numba's cache): do it with nothing
         # to send, before the clock starts.
         slice_(0, 0, 0)
         nst[nicmem.STOPPED] = 0
-        hist[:] = 0
+        lat.clear(hist)
         start = now_tsc()
         stop = start + int(seconds * hz) if seconds is not None else np.iinfo(np.int64).max
         done = False

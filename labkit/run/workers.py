@@ -91,7 +91,7 @@ from ..memory.ring import Ring, ring_count, ring_dequeue, ring_enqueue
 from ..nic import latency as lat
 from ..nic import multiqueue as mq
 from ..nic.memory import CAP_LOST, CAP_N, DUT_CYC, FWD, NIC_CYC, SENT
-from ..nic.latency import write_stamp
+from ..nic.latency import stamps_this, write_stamp
 from ..nic.multiqueue import DONE, META_WIRE_OFF, READY, STOP_BIT, WIRE, spin_lock, spin_unlock
 from ..nic.pcap import PcapWriter
 from ..nic.rss import hash_ipv4_frames
@@ -188,7 +188,8 @@ def _off_the_wire(seq, flens, stride, pos, nb, b_t, b_base, b_len):
 
 @njit(nogil=True, cache=True, inline="always")
 def _stage(arenas, frames, flens, reta, fill_descs, fill_curs, stash, n_stash, wire, nb, max_frame, qsent,
-           counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h, stamp_at):
+           counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h, stamp_at,
+           stamp_mask):
     """"DMA" each frame into a buffer of its worker's (from the worker's fill ring), write
     its wire position, hash and queue into the metadata (and its latency stamp, when
     `stamp_at` is not empty), and stage it for that worker; count what has no room
@@ -224,7 +225,7 @@ def _stage(arenas, frames, flens, reta, fill_descs, fill_curs, stash, n_stash, w
         wr32le(arena, base + META_HASH_OFF, h)
         arena[base + META_RXQ_OFF] = q & 0xFF
         arena[base + META_RXQ_OFF + 1] = (q >> 8) & 0xFF
-        if stamp_at.size > 0 and stamp_at[t] >= 0:
+        if stamp_at.size > 0 and stamp_at[t] >= 0 and stamps_this(stamp_mask, p):
             write_stamp(arena, base + DATA_OFF + stamp_at[t], now, p)
         m = n_stage[q]
         stage_h[q, m] = hd
@@ -251,7 +252,7 @@ def _hand_over(rx_descs, rx_curs, locks, locked, stage_h, stage_l, stage_hash, n
 def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, rx_curs, fill_descs, fill_curs,
                      stash, n_stash, locks, locked, ws, budget, stop_tsc, slice_end_tsc, batch, max_frame,
                      dnst, qsent, counters, qfull, b_t, b_base, b_len, b_h, room, stage_h, stage_l, stage_hash,
-                     n_stage, scratch_l, scratch_h, yield_each, stamp_at):
+                     n_stage, scratch_l, scratch_h, yield_each, stamp_at, stamp_mask):
     """Take up to `batch` frames off the wire, hash them in software, and hand
     each to its worker's RX ring (under the ring's lock when `locked`), in a
     buffer the worker posted on its fill ring. Runs until the slice ends
@@ -279,7 +280,7 @@ def dispatcher_slice(arenas, frames, flens, seq, tflat, tables, reta, rx_descs, 
         t1 = rdtsc()
         _stage(arenas, frames, flens, reta, fill_descs, fill_curs, stash, n_stash, wire, nb, max_frame, qsent,
                counters, qfull, b_t, b_h, room, stage_h, stage_l, stage_hash, n_stage, scratch_l, scratch_h,
-               stamp_at)
+               stamp_at, stamp_mask)
         t2 = rdtsc()
         _hand_over(rx_descs, rx_curs, locks, locked, stage_h, stage_l, stage_hash, n_stage)
         dnst[D_WIRE] = wire + nb
@@ -312,8 +313,9 @@ class _Worker:
         self.hist = lat.no_hist()          # its latency histogram, when measured
 
     def reset(self):
-        for a in (self.nst, self.counters, self.stats, self.hist):
+        for a in (self.nst, self.counters, self.stats):
             a[...] = 0
+        lat.clear(self.hist)
         self.frames[3][...] = 0
 
 
@@ -353,10 +355,10 @@ class Workers(Engine):
         self.mod = load_module(graph, knobs, port_for(graph, knobs, mode))
         self.w = [_Worker(q, graph, knobs, self.pools[q], ring_size, len(self.reasons), self.capture_max,
                           self.max_frame, traffic.stride) for q in range(self.n)]
-        self.latency = latency
+        self.latency = latency          # False, or stamp one frame in this many
         self.stamp_at = lat.stamp_offsets(traffic.frames, traffic.lengths) if latency else np.zeros(0, np.int32)
         for w in self.w:
-            w.hist = own_lines((lat.HIST_SIZE,), np.int64) if latency else lat.no_hist()
+            w.hist = rehome(lat.new_hist(latency)) if latency else lat.no_hist()
         self.wc, self.wo, self.wstep = hot_counters(self.n, knobs.counters == "packed")
         self.locks = own_lines((self.n * LOCK_STRIDE,), np.int64)
         self.claim_max = 4 * ring_size * self.n
@@ -406,7 +408,8 @@ class Workers(Engine):
                     tuple(w.fill.desc for w in self.w), tuple(w.fill.cur for w in self.w),
                     self.d_stash, self.d_n_stash, self.locks, self.locked, nic.ws, budget, stop_tsc)
             tail = (k.batch, self.max_frame, self.dnst, self.d_qsent, self.d_counters, self.qfull, *self.d_b,
-                    self.d_room, *self.d_stage, self.d_n_stage, *self.d_scratch, yield_each, self.stamp_at)
+                    self.d_room, *self.d_stage, self.d_n_stage, *self.d_scratch, yield_each, self.stamp_at,
+                    max(int(self.latency) - 1, 0))
             out.append(("dispatcher", fn, head, tail))
         return out
 
