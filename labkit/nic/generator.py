@@ -33,6 +33,30 @@ GST_SIZE = 16
 NO_STAMPS = (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros((0, 2), np.int64))   # latency not measured
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _came_back(rx8, hs, ls, n, gst, cap_data, cap_len, hist):
+    """Count the n frames that came back; read their stamps, capture them, when asked."""
+    if hist.size > 0:
+        back = np.int64(rdtsc())
+        for i in range(n):
+            take_stamp(rx8, np.int64(hs[i]) + DATA_OFF, np.int64(ls[i]), back, hist)
+    for i in range(n):
+        length = np.int64(ls[i])
+        gst[G_RX] += 1
+        gst[G_RX_BYTES] += length
+        if cap_len.size > 0:
+            c, off = gst[G_CAP_N], gst[G_CAP_BYTES]
+            if c < cap_len.size and off + length <= cap_data.size:
+                src = np.int64(hs[i]) + DATA_OFF
+                for j in range(length):
+                    cap_data[off + j] = rx8[src + j]
+                cap_len[c] = length
+                gst[G_CAP_N] = c + 1
+                gst[G_CAP_BYTES] = off + length
+            else:
+                gst[G_CAP_LOST] += 1
+
+
 @njit(nogil=True, cache=True)
 def gen_slice(tx8, tx32, tcur, tx_fd, kick_buf, frames, stride, flens, seq, max_len,
               rx8, rx32, rcur, hs, ls, hashes, rx_max, too_long,
@@ -53,25 +77,7 @@ def gen_slice(tx8, tx32, tcur, tx_fd, kick_buf, frames, stride, flens, seq, max_
         n = rx_burst(rx8, rx32, rcur, hs, ls, hashes, hs.size, rx_max, too_long)
         if n > 0:
             gst[G_LAST_RX_TSC] = now
-            if measure:
-                back = np.int64(rdtsc())
-                for i in range(n):
-                    take_stamp(rx8, np.int64(hs[i]) + DATA_OFF, np.int64(ls[i]), back, hist)
-        for i in range(n):
-            length = np.int64(ls[i])
-            gst[G_RX] += 1
-            gst[G_RX_BYTES] += length
-            if cap_len.size > 0:
-                c, off = gst[G_CAP_N], gst[G_CAP_BYTES]
-                if c < cap_len.size and off + length <= cap_data.size:
-                    src = np.int64(hs[i]) + DATA_OFF
-                    for j in range(length):
-                        cap_data[off + j] = rx8[src + j]
-                    cap_len[c] = length
-                    gst[G_CAP_N] = c + 1
-                    gst[G_CAP_BYTES] = off + length
-                else:
-                    gst[G_CAP_LOST] += 1
+            _came_back(rx8, hs, ls, n, gst, cap_data, cap_len, hist)
         rx_release(rx32, rcur)
         # -- send ---------------------------------------------------------------
         if gst[G_STOP] == 0 and (gst[G_SENT] >= budget or now >= stop_tsc):

@@ -204,8 +204,7 @@ def mq_rx_dma(arena, handles, got, room, frames, flens, seq, plist, q, ws, budge
     longer than a buffer ``rx_frame_too_long``. Returns the buffers used. With a
     histogram each frame gets its latency stamp (``labkit.nic.latency``).
     """
-    now = rdtsc() if hist.size > 0 else 0
-    mask = hist[H_MASK] if hist.size > 0 else 0
+    now, mask = (np.int64(rdtsc()), hist[H_MASK]) if hist.size > 0 else (np.int64(0), np.int64(0))
     L = plist.size
     if L == 0:
         return 0
