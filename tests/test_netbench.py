@@ -283,6 +283,7 @@ def test_latency_section(monkeypatch):
     assert all(lt["stamping"][x]["runs"][0]["conserved"] for x in ("off", "every", "sampled"))
     assert [t["target"].split(":")[0] for t in res["targets"]] == ["latency"] * 5
     assert res["targets"][1]["limit"] == "<= 30%"
+    assert res["targets"][3]["limit"] == "<= 5%" and res["targets"][0]["limit"] == ">= 5x"
     out = io.StringIO()
     nb._print(res, out)
     assert "7. latency" in out.getvalue() and "8. targets" in out.getvalue()
