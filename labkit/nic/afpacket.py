@@ -24,10 +24,11 @@ The same ``rx_burst``/``rx_release`` walk both kinds (the cursor says which).
 
 Geometry of a block ring, chosen for latency as well as rate: a block closes
 when full or after ``timeout_ms``: together they are the ring's interrupt
-coalescing (a NIC's ``rx-frames`` and ``rx-usecs``: ``ethtool -C``). 64 KiB holds ~250 minimum-size frames, so at the
-~0.5 Mpps a veth pair carries per core it fills in about half a millisecond;
-at low rates the 1 ms timeout (the smallest the kernel takes) bounds the
-wait. 32 blocks (2 MiB) absorb ~16 ms of traffic while the poller is busy
+coalescing (a NIC's ``rx-frames`` and ``rx-usecs``: ``ethtool -C``; knobs
+``block_kb`` and ``coalesce_ms``). 64 KiB holds ~250 minimum-size frames, so
+at the ~0.5 Mpps a veth pair carries per core it fills in about half a
+millisecond; at low rates the 1 ms timeout (the smallest the kernel takes)
+bounds the wait. 32 blocks (2 MiB) absorb ~16 ms of traffic while the poller is busy
 elsewhere. Larger blocks would only add latency at low rates.
 
 TX: a TPACKET_V2 ring of fixed 2 KiB frames. The driver copies each frame in,

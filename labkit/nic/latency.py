@@ -35,16 +35,14 @@ itself (3%), at any scale, in a fixed array of ``HIST_SIZE`` int64 counters:
 no allocation, no per-packet Python, and merging two histograms is adding
 them. Two more slots hold the exact maximum and the frames that came back
 without a stamp; the sample count is the buckets' sum, computed when asked
-(a counter bumped per sample would be one more chain of dependent stores, as
-the bucket's own increment is: each waits for the one before, measured at
-several TSC cycles per packet). Values are TSC cycles; ``summarize`` turns
+(no counter to bump per sample). Values are TSC cycles; ``summarize`` turns
 them into nanoseconds.
 
 Sampling
 --------
-Stamping costs a few TSC cycles per frame on each side (measured on the
-in-memory NIC, where the NIC's "hardware" is the CPU too: ``labkit bench veth
---only latency`` prints it). ``every=N`` (a power of two) stamps one frame in
+Stamping and reading a stamp cost about a dozen TSC cycles per frame in all
+(measured on the in-memory NIC, where the NIC's "hardware" is the CPU too, as
+NIC cycles; ``labkit bench veth --only latency`` prints what it costs in Mpps). ``every=N`` (a power of two) stamps one frame in
 N, by sequence number, as MoonGen timestamps only some packets; the others
 come back unstamped and are counted so. The histogram carries N - 1 in its
 ``H_MASK`` slot, so every loop that stamps reads it from there.
