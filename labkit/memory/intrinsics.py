@@ -32,9 +32,6 @@
 - ``bit_length(v)``: how many bits a non-negative int64 needs (Python's
   ``int.bit_length``): 64 minus its leading zeros (``llvm.ctlz``, one
   ``lzcnt``). The latency histogram's bucket index is built on it.
-- ``bit_length(v)``: how many bits a non-negative int64 needs (Python's
-  ``int.bit_length``): 64 minus its leading zeros (``llvm.ctlz``, one
-  ``lzcnt``). The latency histogram's bucket index is built on it.
 - ``prefetch(a, i)``: a software prefetch of the cache line holding ``a[i]``
   (``llvm.prefetch``: read, high locality). It is a hint: no fault, no effect
   on results.
@@ -135,15 +132,6 @@ def _prefetch(typingctx, arr, idx):
                           ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         return context.get_dummy_value()
     return types.void(arr, idx), codegen
-
-
-@intrinsic
-def _bit_length(typingctx, v):
-    def codegen(context, builder, signature, args):
-        x = context.cast(builder, args[0], signature.args[0], types.int64)
-        lz = builder.ctlz(x, ir.Constant(ir.IntType(1), 0))
-        return builder.sub(ir.Constant(ir.IntType(64), 64), lz)
-    return types.int64(v), codegen
 
 
 @intrinsic
@@ -331,15 +319,6 @@ def _ov_store_be(a, i, v, width):
 @overload(load_be, inline="always")
 def _ov_load_be(a, i, width):
     return lambda a, i, width: _load_be(a, i, width)
-
-
-def bit_length(v):
-    return int(v).bit_length()
-
-
-@overload(bit_length, inline="always")
-def _ov_bit_length(v):
-    return lambda v: _bit_length(v)
 
 
 def bit_length(v):
