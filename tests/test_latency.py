@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import lab_network
 
 from labkit import Knobs
 from labkit.memory.layouts import DATA_OFF, LINE_SHIFT
@@ -239,17 +240,7 @@ needs_net = pytest.mark.skipif(WHY is not None, reason=f"needs the lab network: 
 
 @pytest.fixture(scope="module")
 def lab_net():
-    old = os.environ.get("LABKIT_NET_PREFIX")
-    os.environ["LABKIT_NET_PREFIX"] = f"labkit-l{os.getpid()}"
-    try:
-        labnet.up(tap=True)
-        yield
-    finally:
-        labnet.down()
-        if old is None:
-            os.environ.pop("LABKIT_NET_PREFIX", None)
-        else:
-            os.environ["LABKIT_NET_PREFIX"] = old
+    yield from lab_network(f"labkit-l{os.getpid()}")
 
 
 @needs_net

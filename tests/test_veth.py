@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import lab_network
 
 from labkit import Knobs
 from labkit.nic import labnet
@@ -27,17 +28,7 @@ PREFIX = f"labkit-t{os.getpid()}"
 
 @pytest.fixture(scope="module", autouse=True)
 def lab_net():
-    old = os.environ.get("LABKIT_NET_PREFIX")
-    os.environ["LABKIT_NET_PREFIX"] = PREFIX
-    try:
-        labnet.up(tap=True)
-        yield
-    finally:
-        labnet.down()
-        if old is None:
-            os.environ.pop("LABKIT_NET_PREFIX", None)
-        else:
-            os.environ["LABKIT_NET_PREFIX"] = old
+    yield from lab_network(PREFIX)
 
 
 def _run(backend="veth", graph="l2fwd", packets=100_000, **kw):
