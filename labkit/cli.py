@@ -25,8 +25,8 @@ from labkit import __version__
 from labkit.graph.node import VARIANTS
 from labkit.run import interrupts
 from labkit.run.interrupts import Terminated
-from labkit.run.knobs import (ADAPTIVE_SPIN_US, MAX_COALESCE_MS, MODELS, POLLS, RX_RINGS, Knobs, KnobError, TECHNIQUES,
-                              WORKER_TECHNIQUES)
+from labkit.run.knobs import (ADAPTIVE_SPIN_US, MAX_BUSY_POLL_US, MAX_COALESCE_MS, MODELS, NAPIS, POLLS, RX_RINGS,
+                              Knobs, KnobError, TECHNIQUES, WORKER_TECHNIQUES)
 from labkit.run.ports import KINDS as PORTS     # light: dataclasses only
 from labkit.settings import quick
 
@@ -237,6 +237,13 @@ def _lab_options(p):
                         "default: 1)")
     n.add_argument("--block-kb", dest="block_kb", type=int, metavar="KIB",
                    help="block ring: a block's size, 4..1024 KiB, a power of two (default: 64)")
+    n.add_argument("--napi", choices=NAPIS,
+                   help="veth: the kernel receives for the DUT through its backlog queue (off), NAPI polls (gro: "
+                        "GRO on at the DUT's end) or NAPI in a kernel thread of its own (threaded) (default: off)")
+    n.add_argument("--busy-poll-us", dest="busy_poll_us", type=int, metavar="US",
+                   help=f"SO_BUSY_POLL on the DUT's RX socket, and net.core.busy_poll raised to match for the run: "
+                        f"the kernel spins in poll() so many µs before it sleeps (0..{MAX_BUSY_POLL_US}) "
+                        "(default: 0, off)")
     n.add_argument("--qdisc-bypass", dest="qdisc_bypass", action=argparse.BooleanOptionalAction, default=None,
                    help="send straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer")
     n.add_argument("--rate", type=_int_at_least(1, "packets per second, 1 or more"), metavar="PPS",
@@ -274,7 +281,7 @@ def _gen_parser(sub):
     _knob_options(p)
     p.add_argument("--sync", choices=("spsc", "lock"), help="dispatch: lock-free rings, or spinlocked queues")
     p.set_defaults(poll=None, qdisc_bypass=None, counters=None, model=None, rx_ring=None, coalesce_ms=None,
-                   block_kb=None)
+                   block_kb=None, napi=None, busy_poll_us=None)
     return p
 
 
@@ -361,7 +368,7 @@ def build_parser():
 def _knobs(args):
     changes = {name: getattr(args, name) for name in ("batch", *KNOB_FLAGS, "prefetch_distance", "unroll", "layout",
                                                       "variant", "poll", "qdisc_bypass", "rx_ring", "coalesce_ms",
-                                                      "block_kb", "sync", "counters", "model")
+                                                      "block_kb", "napi", "busy_poll_us", "sync", "counters", "model")
                if getattr(args, name) is not None}
     return Knobs().with_(**changes)          # KnobError says which knob and what to use
 
@@ -595,6 +602,10 @@ def cmd_run(args):
         several = len(res.extra.get("workers", [])) > 1
         t.add_row("DUT threads CPU (sum)" if several else "DUT thread CPU", f"{res.cpu_percent:.0f}%")
         t.add_row("generator Mpps", f"{res.extra['gen_tx_pps'] / 1e6:.3f}")
+        if "softirq_cpu_percent" in res.extra:   # veth, tap: what the kernel spent receiving meanwhile
+            thread = res.extra["napi_thread_cpu_percent"]
+            t.add_row("kernel receive CPU", f"softirq {res.extra['softirq_cpu_percent']:.0f}% (all CPUs)"
+                      + (f", NAPI thread {thread:.0f}%" if res.extra["napi"] == "threaded" else ""))
         for link, n in sorted(res.extra.get("kernel_tx_retries", {}).items()):
             if n:
                 t.add_row(f"kernel TX retries: {link}", f"{n:,}")

@@ -98,6 +98,7 @@ METRICS = {
     "disp_cycles": "dispatcher TSC cycles/frame",
     "p50_us": "latency p50 µs",
     "p99_us": "latency p99 µs",
+    "kernel_cpu": "kernel receive CPU %",
 }
 LATENCY_PANELS = ("p50_us", "p99_us")     # a dashboard with one of these measures latency (Lab(latency=True))
 # "vector" is how many packets the first node got per dispatch: the batch knob is
@@ -105,6 +106,8 @@ LATENCY_PANELS = ("p50_us", "p99_us")     # a dashboard with one of these measur
 # the time one vector takes, which a packet may wait behind the others (latency-ish).
 # "nic_cycles" is the in-memory NIC's own work per frame ("DMA" and TX collection),
 # which real hardware does without the CPU: 0 on a real NIC.
+# "kernel_cpu" (veth) is what the kernel spent receiving, in % of one CPU: softirq time on all CPUs
+# (the machine's other softirqs, timers included, are in it too) plus the DUT veth's NAPI thread.
 # With several workers: "cpu" is the sum over the threads (workers and dispatcher), so two busy
 # cores show 200%; "queue_share" is 100/N when RSS spreads the packets evenly over N queues, 100
 # when one queue gets them all; "disp_cycles" is what the dispatcher thread spends per frame it
@@ -112,7 +115,7 @@ LATENCY_PANELS = ("p50_us", "p99_us")     # a dashboard with one of these measur
 _ROW_KEY = {"mpps": "mpps", "cycles": "cycles_per_packet", "cpu": "cpu_percent", "gen_mpps": "gen_mpps",
             "nic_cycles": "nic_cycles_per_packet", "vector": "vector", "queue_share": "queue_share",
             "disp_cycles": "dispatcher_cycles_per_packet", "p50_us": "latency_p50_us",
-            "p99_us": "latency_p99_us"}
+            "p99_us": "latency_p99_us", "kernel_cpu": "kernel_cpu_percent"}
 
 # What a value means, said in the plot (a knob's own name is the fallback).
 LABELS = {
@@ -123,6 +126,7 @@ LABELS = {
     "prefetch": {False: "no prefetch", True: "prefetch"},
     "qdisc_bypass": {False: "via qdisc", True: "qdisc bypass"},
     "poll": {"wait": "wait in poll()", "busy": "busy-poll", "adaptive": "adaptive"},
+    "napi": {"off": "backlog (no NAPI)", "gro": "NAPI (GRO on)", "threaded": "threaded NAPI"},
     "rx_ring": {"block": "block ring (V3)", "frame": "per-frame ring (V2)"},
     "backend": {"memory": "in-memory NIC", "veth": "veth", "tap": "TAP"},
     "model": {"rtc": "run to completion", "pipeline": "pipeline", "lthreads": "lightweight threads",
@@ -141,6 +145,7 @@ TITLES = {"batch": "batch size (packets per burst)", "gen_batch": "generator fra
           "jit": "kernels: interpreted or JIT-compiled",
           "rate": "offered load (pps)", "size": "frame size (bytes)", "poll": "polling", "rx_ring": "RX ring",
           "coalesce_ms": "block timeout (ms)", "block_kb": "block size (KiB)",
+          "napi": "the kernel's receive path", "busy_poll_us": "socket busy polling (µs)",
           "copy": "copy or zero-copy", "backend": "NIC", "graph": "graph", "flows": "flows",
           "workers": "workers (a core and a queue pair each)", "sync": "hand-over between cores",
           "counters": "per-worker counters", "dispatcher": "who hashes the frames", "rss_key": "RSS key",
@@ -309,7 +314,7 @@ def _fmt(metric, v):
         return "-"
     if metric in ("mpps", "gen_mpps"):
         return f"{v:.3f}" if v < 100 else f"{v:.1f}"
-    if metric == "cpu":
+    if metric in ("cpu", "kernel_cpu"):
         return f"{v:.0f}"
     if metric == "queue_share":
         return f"{v:.1f}"
@@ -960,6 +965,8 @@ class Dashboard:
             "backend": res.backend, "graph": res.graph, "seconds": _r(res.seconds),
             "mpps": _r(res.pps / 1e6), "cycles_per_packet": _r(res.cycles_per_packet),
             "cpu_percent": _r(cpu) if cpu is not None else None,
+            "kernel_cpu_percent": (_r(extra["softirq_cpu_percent"] + extra["napi_thread_cpu_percent"])
+                                   if "softirq_cpu_percent" in extra else None),
             "gen_mpps": _r(gen / 1e6) if gen is not None else None,
             "nic_cycles_per_packet": _r(res.nic_cycles / res.sent) if res.sent and res.backend == "memory" else None,
             "batch": res.batch, "tsc_hz": _r(res.tsc_hz),

@@ -41,6 +41,11 @@ ADAPTIVE_SPIN_US = 20
 RX_RINGS = ("block", "frame")
 MAX_COALESCE_MS = 1000
 BLOCK_KBS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# The kernel's receive path on the DUT's veth (labkit.nic.napi): the backlog queue, drained in the
+# sender's softirq ("off", the veth's default), NAPI polls of up to 64 frames ("gro": GRO on at the
+# receiver), or NAPI in a kernel thread of its own ("threaded").
+NAPIS = ("off", "gro", "threaded")
+MAX_BUSY_POLL_US = 1000
 
 
 class KnobError(ValueError):
@@ -63,6 +68,8 @@ class Knobs:
     rx_ring: str = "block"    # veth/tap: the DUT's RX ring hands over blocks of frames ("block", TPACKET_V3) or each frame ("frame", TPACKET_V2)
     coalesce_ms: int = 1      # rx_ring="block": a block is handed over this long after its first frame, if not full before (the kernel's unit is 1 ms)
     block_kb: int = 64        # rx_ring="block": a block's size in KiB (64 KiB: ~250 frames of 60 bytes)
+    napi: str = "off"         # veth: the kernel receives for the DUT through the backlog ("off"), NAPI ("gro") or NAPI in a kernel thread ("threaded")
+    busy_poll_us: int = 0     # veth: SO_BUSY_POLL on the DUT's RX socket (and net.core.busy_poll for the run): the kernel spins this long in poll() before sleeping (0: off)
     qdisc_bypass: bool = True  # veth/tap: TX straight to the driver (PACKET_QDISC_BYPASS), or through the qdisc layer
     sync: str = "spsc"        # workers > 1: RSS in the NIC onto lock-free rings ("spsc"), or a dispatcher thread and locked queues ("lock")
     counters: str = "padded"  # workers > 1: each worker's per-packet counters on its own cache line ("padded"), or all on one ("packed")
@@ -96,6 +103,11 @@ class Knobs:
                 "block timeout has no finer unit; rx_ring='frame' has no timeout at all)")
         if self.block_kb not in BLOCK_KBS or isinstance(self.block_kb, bool):
             bad("block_kb", self.block_kb, "use one of " + ", ".join(map(str, BLOCK_KBS)) + " (KiB, whole pages)")
+        if self.napi not in NAPIS:
+            bad("napi", self.napi, 'use "off" (the backlog queue), "gro" (NAPI) or "threaded" (NAPI in a kernel thread)')
+        if (isinstance(self.busy_poll_us, bool) or not isinstance(self.busy_poll_us, int)
+                or not 0 <= self.busy_poll_us <= MAX_BUSY_POLL_US):
+            bad("busy_poll_us", self.busy_poll_us, f"use whole µs from 0 (off) to {MAX_BUSY_POLL_US}")
         if self.sync not in ("spsc", "lock"):
             bad("sync", self.sync, 'use "spsc" (RSS in the NIC, lock-free rings) or "lock" (dispatcher thread, spinlocked queues)')
         if self.counters not in ("padded", "packed"):
@@ -134,7 +146,7 @@ TECHNIQUES = {
     "qdisc bypass": ("qdisc_bypass", False, "veth"),
 }
 # Knobs that only a real NIC (veth, tap) has.
-NET_KNOBS = ("poll", "qdisc_bypass", "rx_ring", "coalesce_ms", "block_kb")
+NET_KNOBS = ("poll", "qdisc_bypass", "rx_ring", "coalesce_ms", "block_kb", "napi", "busy_poll_us")
 # Multi-core techniques: they show only with several workers (Lab(workers=N), N > 1),
 # so they are not in TECHNIQUES (whose rows run on one worker).
 WORKER_TECHNIQUES = {

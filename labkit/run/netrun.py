@@ -57,6 +57,7 @@ from ..nic import afpacket as af
 from ..nic import generator as gen
 from ..nic import latency as lat
 from ..nic import labnet
+from ..nic import napi
 from ..nic.pcap import write_packed
 from ..nic.syscalls import strerror
 from ..settings import SLICE_S
@@ -124,6 +125,10 @@ class NetEngine(Engine):
         self._stack.enter_context(labnet.session(tap=(b == "tap")))
         gns, dns = labnet.gen_ns(), labnet.dut_ns()
         gen_tx_if, gen_rx_if = (labnet.TAP, labnet.TAP) if b == "tap" else (labnet.GEN_TX, labnet.GEN_RX)
+        if b == "veth":         # the kernel's receive path into the DUT (labkit.nic.napi), put back on close
+            self._stack.enter_context(napi.receive_path(k.napi, (gns, gen_tx_if), (dns, labnet.DUT_RX)))
+        elif k.napi != "off":
+            self.notes.append(f"knob napi={k.napi} shapes a veth's receive path; the TAP's is the tun driver's")
         self.gen_tx = self._own(af.TxRing(gns, gen_tx_if, qdisc_bypass=k.qdisc_bypass))
         # the generator measures latency on a per-frame ring: it sees each frame as it lands
         self.gen_rx = self._own(af.RxRing(gns, gen_rx_if, mode="frame" if self.latency else "block"))
@@ -171,6 +176,13 @@ class NetEngine(Engine):
             self.wires.append((dns, labnet.DUT_TX, "link_dut_to_gen", False))
             max_link = min(self.gen_tx.max_frame, self.duts[0].tx.max_frame)
         self.max_link = max_link
+        self.rx_socks = [s for s, name in self.kernel_socks if name == "dut_rx_ring_full"]
+        for s in self.rx_socks if k.busy_poll_us else ():
+            napi.busy_poll(s, k.busy_poll_us)
+        if k.busy_poll_us and self.rx_socks:
+            self._stack.enter_context(napi.poll_spins(k.busy_poll_us))
+        if k.busy_poll_us and not self.rx_socks:
+            self.notes.append("knob busy_poll_us sets SO_BUSY_POLL on the DUT's RX socket; the tap port has none")
         if self.port != "ring":
             self.notes += [f"knob {name} shapes the DUT's AF_PACKET RX ring (veth, zero-copy); the {self.port} "
                            "port has none" for name in ("rx_ring", "coalesce_ms", "block_kb")
@@ -241,6 +253,7 @@ class NetEngine(Engine):
         r.compile()
         r.start = now_tsc()
         r.stop_tsc = r.start + int(seconds * r.hz) if seconds is not None else np.iinfo(np.int64).max
+        kernel0 = (*napi.kernel_cpu(labnet.DUT_RX), time.perf_counter())
         threads = r.start_threads()
         try:
             interrupted, stalled = r.watch(progress)
@@ -250,6 +263,7 @@ class NetEngine(Engine):
             r.gen_final.set()
             for th in threads:
                 th.join()
+        r.kernel_cpu = [b - a for a, b in zip(kernel0, (*napi.kernel_cpu(labnet.DUT_RX), time.perf_counter()))]
         dropped = r.drops(links=True)
         if r.errors:
             raise r.errors[0]
@@ -285,7 +299,7 @@ class NetEngine(Engine):
                  "dut_busy_iterations": r.dut_sum(N_BUSY_ITER),
                  "kernel_tx_retries": {k: int(v) for k, v in r.retried.items()},
                  "kernel_ring_freezes": {k.replace("_full", ""): int(v) for k, v in r.freezes.items()},
-                 "gen_cpu_percent": 100.0 * gen_cpu[0] / max(gen_cpu[1], 1e-9)}
+                 "gen_cpu_percent": 100.0 * gen_cpu[0] / max(gen_cpu[1], 1e-9), **self._kernel_side(r, notes)}
         pool_ok = self.pool is None or self.pool.n_free == self.pool.capacity
         if self.fanout:
             rows = [self._worker_row(w, wall, hz, pool_ok) for w in duts]
@@ -300,6 +314,22 @@ class NetEngine(Engine):
                            dut_cycles=r.dut_sum(N_DUT_CYC), nic_cycles=r.dut_sum(N_NIC_CYC), notes=notes,
                            pool_ok=pool_ok, cpu_percent=100.0 * dut_cpu / max(dut_wall, 1e-9), extra=extra,
                            latency=lat.summarize(r.stamps[1], hz, self.rate) if self.latency else None)
+
+    def _kernel_side(self, r, notes):
+        """What the kernel spent receiving (softirq on all CPUs, the NAPI threads of the
+        DUT's veth), in % of one CPU over the run, and whether it could busy-poll."""
+        softirq, threads, wall = r.kernel_cpu
+        ids = [napi.napi_id(s) for s in self.rx_socks]
+        us = self.knobs.busy_poll_us
+        if us and ids and not any(ids):
+            notes.append(f"busy_poll_us={us}: poll() spun in the kernel up to {us} µs before sleeping "
+                         f"(net.core.busy_poll at least {us} for the run), re-checking the ring only: the socket "
+                         "has no NAPI ID (SO_INCOMING_NAPI_ID reads 0), so the kernel could not poll the veth's "
+                         "NAPI from there")
+        return {"napi": self.knobs.napi, "busy_poll_us": self.knobs.busy_poll_us,
+                "dut_napi_id": ids[0] if ids else None,
+                "softirq_cpu_percent": 100.0 * softirq / max(wall, 1e-9),
+                "napi_thread_cpu_percent": 100.0 * threads / max(wall, 1e-9)}
 
     def _worker_row(self, w, wall, hz, pool_ok):
         """Worker w's share of the run, in the shape of labkit.run.workers' rows.
