@@ -17,6 +17,7 @@ import pytest
 from pyroute2 import netns
 
 from labkit.bench import latency as lb
+from labkit.bench import napi as napi_bench
 from labkit.bench import net as nb
 from labkit.nic import labnet
 
@@ -238,8 +239,8 @@ def _fanout_section(res):
     assert fo["hash"]["software_toeplitz_cycles_per_frame"] > 0 and "tp_rxhash" in fo["hash"]["kernel"]
 
 
-# every section but latency (its own test below): one quick run of all of them would take minutes
-ALL_BUT_LATENCY = ("--only", ",".join(x for x in nb.SECTIONS if x != "latency"))
+# every section but latency and napi (their own tests below): one quick run of all would take minutes
+ALL_BUT_LATENCY = ("--only", ",".join(x for x in nb.SECTIONS if x not in ("latency", "napi")))
 
 
 @pytest.mark.skipif(not HAVE_TRAFGEN, reason=f"trafgen and netsniff-ng not installed ({nb.INSTALL})")
@@ -286,14 +287,31 @@ def test_latency_section(monkeypatch):
     assert res["targets"][3]["limit"] == "<= 5%" and res["targets"][0]["limit"] == ">= 5x"
     out = io.StringIO()
     nb._print(res, out)
-    assert "7. latency" in out.getvalue() and "8. targets" in out.getvalue()
+    assert "7. latency" in out.getvalue() and "9. targets" in out.getvalue()
+
+
+def test_napi_section(monkeypatch):
+    res = _quick(monkeypatch, args=("--only", "napi"))
+    nq = res["napi"]
+    assert set(nq["paths"]) == {f"{n} wait 10k" for n in napi_bench.NAPIS}
+    assert set(nq["livelock"]) == {f"livelock {n} saturation" for n in napi_bench.LIVELOCK_NAPIS}
+    runs = [r for d in (*nq["paths"].values(), *nq["livelock"].values(), *nq["busy_poll"]["with"].values())
+            for r in d["runs"]]
+    assert all(r["conserved"] and r["sent"] == r["forwarded"] + sum(r["dropped"].values()) for r in runs)
+    assert all(r["p50_ns"] <= r["p99_ns"] for d in nq["paths"].values() for r in d["runs"])
+    assert all(r["p50_ns"] is None for d in nq["livelock"].values() for r in d["runs"])   # ip4: not stamped
+    assert set(nq["busy_poll"]["with"]) == {str(us) for us in napi_bench.QUICK_BUSY_POLL_USS} and nq["busy_poll"]["napi_id"] == 0
+    assert res["targets"] == []
+    out = io.StringIO()
+    nb._print(res, out)
+    assert "8. the kernel's receive path" in out.getvalue() and "livelock" in out.getvalue()
 
 
 def test_only_with_an_unknown_section_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         nb.main(["--only", "fanout,bogus"])
     assert e.value.code == 2
-    assert "use some of rx,tx,forwarding,polling,copy,fanout,latency" in capsys.readouterr().err
+    assert "use some of rx,tx,forwarding,polling,copy,fanout,latency,napi" in capsys.readouterr().err
 
 
 def test_the_neighbours_are_measured():

@@ -43,7 +43,12 @@ made it), against the C tools and the kernel doing the same job:
 7. Latency (``labkit.bench.latency``): p50 and p99 latency and the DUT's
    CPU share for busy, waiting and adaptive polling on block and per-frame
    RX rings, at 10 kpps, 100 kpps and saturation; and what stamping costs.
-8. targets: met or not met, with the ratios.
+8. NAPI (``labkit.bench.napi``): the kernel's receive path into the DUT's
+   veth (backlog, NAPI, threaded NAPI): latency, and CPU in the DUT, in
+   softirqs and in the NAPI thread; whether SO_BUSY_POLL can act on an
+   AF_PACKET socket; and whether a DUT offered more than it can take falls
+   into receive livelock.
+9. targets: met or not met, with the ratios.
 
 Frames in sections 1-4 are 60 bytes (a 64-byte Ethernet frame less its FCS,
 which veth never carries): Ethernet 02:00:00:00:00:02 -> 02:00:00:00:00:01,
@@ -89,6 +94,7 @@ from ..run.noise import BUSY_PERCENT, others_cpu_percent, wait_quiet
 from ..run.noise import proc_times as _proc_times
 from ..settings import SLICE_S
 from . import latency as lat_bench
+from . import napi as napi_bench
 from .cores import measure_toeplitz
 from .report import Progress, emit, print_table
 
@@ -102,7 +108,7 @@ COPY_SIZES = (64, 256, 512, 1024, 1500)
 QUICK_COPY_SIZES = (64, 1500)
 FIXED_RATE = 100_000              # pps, the polling section's fixed rate
 FANOUT_WORKERS = (1, 2)           # DUT sockets in the fanout section
-SECTIONS = ("rx", "tx", "forwarding", "polling", "copy", "fanout", "latency")
+SECTIONS = ("rx", "tx", "forwarding", "polling", "copy", "fanout", "latency", "napi")
 SECONDS, QUICK_SECONDS = 1.0, 0.3
 RX_RING = (1 << 16, 32)           # block size, block count: labkit.nic.afpacket.RxRing's default
 TARGETS = {
@@ -658,6 +664,7 @@ def configurations(quick, have_trafgen, have_netsniff):
         out.append(("fanout", _fanout_name(n), lambda c, n=n: m_fanout(c, n)))
     out.append(("fanout", "software Toeplitz", m_toeplitz))
     out += lat_bench.configurations(quick)
+    out += napi_bench.configurations(quick)
     return out
 
 
@@ -715,6 +722,8 @@ def summarize(raw, quick, have, sections=SECTIONS):
         res["fanout"] = _fanout_summary(s)
     if "latency" in sections:
         res["latency"] = lat_bench.summarize(s, quick, _ratio)
+    if "napi" in sections:
+        res["napi"] = napi_bench.summarize(s, quick, _ratio)
     res["targets"] = _targets(res)
     return res
 
@@ -974,8 +983,12 @@ def _print_latency(o, res, m):
     lat_bench.print_section(o, res, _f)
 
 
+def _print_napi(o, res, m):
+    napi_bench.print_section(o, res, _f)
+
+
 def _print_targets(o, res, m):
-    o.table("8. targets", ["target", "measured", "target", "status"],
+    o.table("9. targets", ["target", "measured", "target", "status"],
             [[t["target"], o.ratio(t["value"]) if t["unit"] == "x" else _f(t["value"], ".0f") + "%", t["limit"],
               "not measured" if t["met"] is None else ("met" if t["met"] else "not met")]
              for t in res["targets"]])
@@ -986,7 +999,7 @@ def _print(res, out=sys.stdout):
     _print_meta(o, m)
     for name, section in (("rx", _print_rx), ("tx", _print_tx), ("forwarding", _print_forwarding),
                           ("polling", _print_polling), ("copy", _print_copy), ("fanout", _print_fanout),
-                          ("latency", _print_latency)):
+                          ("latency", _print_latency), ("napi", _print_napi)):
         if name in res:
             section(o, res, m)
     if res["targets"]:
