@@ -178,14 +178,16 @@ def test_run_knob_flags_reach_the_lab():
     r = run_json("run", "--packets", "3000", "--batch", "32", "--no-prefetch", "--prefetch-distance", "9",
                  "--unroll", "2", "--interleave", "--layout", "aos", "--copy", "--no-mempool", "--no-hugepages", "--variant", "branchless",
                  "--order", "shuffled", "--malformed", "0.3", "--poll", "adaptive", "--rx-ring", "frame",
-                 "--coalesce-ms", "3", "--block-kb", "16")
+                 "--coalesce-ms", "3", "--block-kb", "16", "--napi", "threaded", "--busy-poll-us", "40")
     assert r["batch"] == 32
     assert r["knobs"] == {"batch": 32, "jit": True, "copy": True, "mempool": False, "hugepages": False,
                           "prefetch": False, "prefetch_distance": 9, "unroll": 2, "interleave": True, "layout": "aos",
-                          "poll": "adaptive", "rx_ring": "frame", "coalesce_ms": 3, "block_kb": 16, "qdisc_bypass": True,
+                          "poll": "adaptive", "rx_ring": "frame", "coalesce_ms": 3, "block_kb": 16, "napi": "threaded",
+                          "busy_poll_us": 40, "qdisc_bypass": True,
                           "sync": "spsc", "counters": "padded", "variant": "branchless", "model": "rtc"}
     assert r["conserved"] and r["pool_ok"] and sum(r["dropped"].values()) > 0
     assert any("knob rx_ring applies to a real NIC" in n for n in r["notes"])
+    assert any("knob napi applies to a real NIC" in n for n in r["notes"])
 
 
 @pytest.mark.parametrize("model", ["pipeline", "lthreads", "threads"])

@@ -109,3 +109,14 @@ def test_bad_requests_say_what_is_wrong(lab_net):
     with pytest.raises(labnet.NetError, match="NAPI mode"):
         with napi.receive_path("sometimes", d, d):
             pass
+
+
+@needs_net
+def test_the_command_shows_the_kernels_share(lab_net):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "labkit", "run", "--backend", "veth", "--graph", "l2fwd", "--napi",
+                        "threaded", "--poll", "wait", "--packets", "5000"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "kernel receive CPU" in p.stdout and "NAPI thread" in p.stdout and "softirq" in p.stdout
+    assert _state() == (1, 0, "0", 0)
