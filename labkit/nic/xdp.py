@@ -1,0 +1,209 @@
+"""XDP programs on the lab network: written in C, compiled with clang, loaded with libbpf.
+
+An XDP program runs in the driver, on each frame, before the kernel builds an
+``sk_buff`` for it, and returns a verdict: drop, pass, send back out (TX), or
+redirect. It is the in-kernel fast path the chapter sets beside kernel
+bypass. This module is the machinery the XDP lessons share:
+
+- ``build(source)``: ``clang -O2 -g -target bpf``, once per source text
+  (the object is cached under ``labkit.settings.cache_root()/xdp``);
+- ``Program(source, name)``: the object loaded into the kernel through
+  libbpf (``libbpf.so.1``, through ctypes: no tool that downloads
+  anything). The kernel's verifier checks the program first; when it
+  refuses, ``XdpError`` carries the verifier's own log;
+- ``Program.attach(ns, ifname)``: on an interface of a lab namespace, in
+  native (driver) mode, which veth has; ``close()`` detaches it and frees
+  the maps, whatever ends the ``with`` body;
+- ``Program.counters(map)``: a per-CPU array map, summed over the CPUs.
+
+The C sources labkit ships are in ``labkit/nic/xdp/``. ``why_not()`` says in
+one line what is missing (clang, libbpf's headers or library, root).
+"""
+import ctypes
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+from ..settings import cache_root
+from .labnet import NetError, in_netns
+
+SOURCES = Path(__file__).with_name("xdp")
+XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1 << 1, 1 << 2
+LOG_SIZE = 1 << 20
+INSTALL = "apt-get install clang libbpf-dev"
+
+
+class XdpError(RuntimeError):
+    """An XDP program that cannot be built, loaded or attached; the message says why."""
+
+
+def _multiarch():
+    return sysconfig.get_config_var("MULTIARCH") or ""
+
+
+def why_not_build():
+    """None when XDP programs can be built here (clang, libbpf's headers); else why not."""
+    if shutil.which("clang") is None:
+        return f"clang is not installed ({INSTALL})"
+    if not Path("/usr/include/bpf/bpf_helpers.h").exists():
+        return f"libbpf's headers are not installed ({INSTALL})"
+    return None
+
+
+def why_not():
+    """None when XDP programs can be built, loaded and attached here; else why not, in one line."""
+    if why_not_build():
+        return why_not_build()
+    try:
+        _libbpf()
+    except OSError:
+        return f"libbpf.so.1 is not installed ({INSTALL})"
+    if os.geteuid() != 0:
+        return "loading an XDP program needs root (CAP_BPF and CAP_NET_ADMIN)"
+    return None
+
+
+def build(source):
+    """The BPF object file of C source ``source`` (a path, or a name in labkit/nic/xdp/),
+    compiled once per source text; XdpError with clang's message when it fails."""
+    path = Path(source) if Path(source).suffix == ".c" else SOURCES / f"{source}.c"
+    text = path.read_text()
+    clang = shutil.which("clang")
+    if clang is None:
+        raise XdpError(f"clang is not installed ({INSTALL})")
+    flags = ["-O2", "-g", "-target", "bpf", "-Wall"]
+    if _multiarch():
+        flags.append(f"-I/usr/include/{_multiarch()}")      # asm/types.h
+    key = hashlib.sha1("\n".join([text, " ".join(flags)]).encode()).hexdigest()[:16]
+    d = cache_root() / "xdp"
+    d.mkdir(parents=True, exist_ok=True)
+    obj = d / f"{path.stem}-{key}.o"
+    if not obj.exists():
+        tmp = obj.with_suffix(f".tmp{os.getpid()}.o")
+        p = subprocess.run([clang, *flags, "-c", str(path), "-o", str(tmp)], capture_output=True, text=True)
+        if p.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise XdpError(f"clang could not compile {path.name}:\n{p.stderr.strip()[-2000:]}")
+        os.replace(tmp, obj)
+    return obj
+
+
+_lib = []
+
+
+def _libbpf():
+    """libbpf through ctypes, its functions typed (once)."""
+    if _lib:
+        return _lib[0]
+    lb = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    P, I, U32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32
+    for name, res, args in (
+            ("bpf_object__open_file", P, [ctypes.c_char_p, P]), ("bpf_object__load", I, [P]),
+            ("bpf_object__close", None, [P]), ("bpf_object__next_program", P, [P, P]),
+            ("bpf_object__find_program_by_name", P, [P, ctypes.c_char_p]), ("bpf_program__fd", I, [P]),
+            ("bpf_program__set_log_buf", I, [P, ctypes.c_char_p, ctypes.c_size_t]),
+            ("bpf_program__set_log_level", I, [P, U32]),
+            ("bpf_object__find_map_fd_by_name", I, [P, ctypes.c_char_p]),
+            ("bpf_map_lookup_elem", I, [I, P, P]), ("bpf_xdp_attach", I, [I, I, U32, P]),
+            ("bpf_xdp_detach", I, [I, U32, P]), ("bpf_xdp_query_id", I, [I, I, ctypes.POINTER(U32)]),
+            ("libbpf_set_print", P, [P]), ("libbpf_num_possible_cpus", I, [])):
+        fn = getattr(lb, name)
+        fn.restype, fn.argtypes = res, args
+    lb.libbpf_set_print(None)      # no libbpf chatter on stderr: errors come back as XdpError
+    _lib.append(lb)
+    return lb
+
+
+def _ifindex(ns, ifname):
+    with in_netns(ns):
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            raise XdpError(f"no interface {ifname} in {ns}") from None
+
+
+def attached_id(ns, ifname):
+    """The id of the XDP program on ``ifname`` in namespace ``ns`` (0: none)."""
+    lb, prog_id = _libbpf(), ctypes.c_uint32(0)
+    with in_netns(ns):
+        if lb.bpf_xdp_query_id(_ifindex(ns, ifname), 0, ctypes.byref(prog_id)) < 0:
+            raise XdpError(f"cannot query XDP on {ifname} in {ns}: {os.strerror(ctypes.get_errno())}")
+    return prog_id.value
+
+
+class Program:
+    """A BPF object loaded into the kernel (``name``: its XDP program); a context manager."""
+
+    def __init__(self, source, name):
+        self.lb, self.name, self.obj, self.attached = _libbpf(), name, None, []
+        path = build(source)
+        self.obj = self.lb.bpf_object__open_file(str(path).encode(), None)
+        if not self.obj:
+            raise XdpError(f"libbpf cannot open {path.name}: {os.strerror(ctypes.get_errno())}")
+        self._log = ctypes.create_string_buffer(LOG_SIZE)
+        prog = self.lb.bpf_object__find_program_by_name(self.obj, name.encode())
+        if not prog:
+            self.close()
+            raise XdpError(f"{path.name} has no program named {name}")
+        self.lb.bpf_program__set_log_buf(prog, self._log, LOG_SIZE)
+        self.lb.bpf_program__set_log_level(prog, 1)
+        err = self.lb.bpf_object__load(self.obj)
+        if err:
+            log = self.verifier_log
+            self.close()
+            raise XdpError(f"the kernel refused {name} ({os.strerror(-err)}); the verifier said:\n{log}")
+        self.fd = self.lb.bpf_program__fd(prog)
+
+    @property
+    def verifier_log(self):
+        """What the verifier said about the program (its last lines hold the verdict)."""
+        return self._log.value.decode(errors="replace").strip()
+
+    def attach(self, ns, ifname, mode="native"):
+        """Run the program on every frame ``ifname`` (in namespace ``ns``) receives, until close()."""
+        flags = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}.get(mode)
+        if flags is None:
+            raise XdpError(f"XDP mode {mode!r}: use 'native' (in the driver) or 'generic' (after the sk_buff)")
+        index = _ifindex(ns, ifname)
+        with in_netns(ns):
+            err = self.lb.bpf_xdp_attach(index, self.fd, flags, None)
+        if err:
+            raise XdpError(f"cannot attach {self.name} to {ifname} in {ns} ({mode}): {os.strerror(-err)}")
+        self.attached.append((ns, ifname, index, flags))
+
+    def counters(self, map_name):
+        """A per-CPU array map's values, each summed over the CPUs (numpy uint64)."""
+        fd = self.lb.bpf_object__find_map_fd_by_name(self.obj, map_name.encode())
+        if fd < 0:
+            raise XdpError(f"the object of {self.name} has no map named {map_name}")
+        cpus = self.lb.libbpf_num_possible_cpus()       # a per-CPU value has a slot for every possible CPU
+        out, key, values = [], ctypes.c_uint32(0), np.zeros(cpus, np.uint64)
+        while self.lb.bpf_map_lookup_elem(fd, ctypes.byref(key), values.ctypes.data) == 0:
+            out.append(int(values.sum()))
+            key.value += 1
+        return np.array(out, np.uint64)
+
+    def close(self):
+        """Detach from every interface it is on, then free the program and its maps."""
+        while self.attached:
+            ns, ifname, index, flags = self.attached.pop()
+            try:
+                with in_netns(ns):
+                    self.lb.bpf_xdp_detach(index, flags, None)
+            except (OSError, NetError):
+                pass                  # (the namespace is gone, and the interface with it)
+        if self.obj:
+            self.lb.bpf_object__close(self.obj)
+            self.obj = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
