@@ -18,8 +18,9 @@ frames they receive) the device's NAPI is polled from there as well.
 ``napi_id`` reads the ID back, so that a run can say which of the two the
 kernel could do. Measured on this kernel (6.18, veth, NAPI on): the DUT's
 AF_PACKET socket reads 0, so the spin re-checks the ring and nothing more;
-at 10 kpps 200 µs of it brought the DUT's median latency from 38 to 9 µs
-for 90% of a CPU instead of 17%: kernel-side adaptive polling.
+at 10 kpps 200 µs of it brought the DUT's median latency from 39.8 to 7.2 µs
+for 94% of a CPU instead of 17% (``labkit bench veth --only napi``, medians
+of 5, 2026-12-07): kernel-side adaptive polling.
 
 Everything is set with the same calls ``ethtool -K`` and ``echo >
 /sys/class/net/...`` make, inside the lab's namespaces, and put back as it
@@ -161,14 +162,15 @@ def poll_spins(usec):
 
 
 def busy_poll(sock, usec):
-    """Ask the kernel to busy-poll ``sock``'s NAPI instance for ``usec`` µs in
-    poll() and recv() before sleeping (SO_BUSY_POLL, and SO_PREFER_BUSY_POLL)."""
+    """Ask the kernel to spin on ``sock`` for ``usec`` µs in recv() and poll() before
+    sleeping, polling its NAPI instance too if it knows one (SO_BUSY_POLL, and
+    SO_PREFER_BUSY_POLL); poll() spins only under ``poll_spins``."""
     sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, usec)
     sock.setsockopt(socket.SOL_SOCKET, SO_PREFER_BUSY_POLL, 1)
 
 
 def napi_id(sock):
-    """The NAPI instance the kernel recorded for ``sock`` (0: none; then it cannot busy-poll it)."""
+    """The NAPI instance the kernel recorded for ``sock`` (0: none, so a spin cannot poll the device's NAPI)."""
     return sock.getsockopt(socket.SOL_SOCKET, SO_INCOMING_NAPI_ID)
 
 
