@@ -22,6 +22,7 @@ one line what is missing (clang, libbpf's headers or library, root).
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -44,7 +45,11 @@ class XdpError(RuntimeError):
 
 
 def _multiarch():
-    return sysconfig.get_config_var("MULTIARCH") or ""
+    """Debian's folder of architecture headers (asm/types.h), which clang -target bpf does not search."""
+    for name in (sysconfig.get_config_var("MULTIARCH"), f"{platform.machine()}-linux-gnu"):
+        if name and Path("/usr/include", name).is_dir():
+            return name
+    return ""
 
 
 def why_not_build():
