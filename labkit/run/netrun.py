@@ -177,11 +177,11 @@ class NetEngine(Engine):
             max_link = min(self.gen_tx.max_frame, self.duts[0].tx.max_frame)
         self.max_link = max_link
         self.rx_socks = [s for s, name in self.kernel_socks if name == "dut_rx_ring_full"]
-        for s in self.rx_socks if k.busy_poll_us else ():
-            napi.busy_poll(s, k.busy_poll_us)
         if k.busy_poll_us and self.rx_socks:
+            for s in self.rx_socks:
+                napi.busy_poll(s, k.busy_poll_us)
             self._stack.enter_context(napi.poll_spins(k.busy_poll_us))
-        if k.busy_poll_us and not self.rx_socks:
+        elif k.busy_poll_us:
             self.notes.append("knob busy_poll_us sets SO_BUSY_POLL on the DUT's RX socket; the tap port has none")
         if self.port != "ring":
             self.notes += [f"knob {name} shapes the DUT's AF_PACKET RX ring (veth, zero-copy); the {self.port} "
@@ -251,9 +251,9 @@ class NetEngine(Engine):
     def run(self, seconds=None, packets=None, progress=None):
         r = _Run(self, packets)
         r.compile()
+        kernel0 = (*napi.kernel_cpu(labnet.DUT_RX), time.perf_counter())    # (reads /proc: before the clock starts)
         r.start = now_tsc()
         r.stop_tsc = r.start + int(seconds * r.hz) if seconds is not None else np.iinfo(np.int64).max
-        kernel0 = (*napi.kernel_cpu(labnet.DUT_RX), time.perf_counter())
         threads = r.start_threads()
         try:
             interrupted, stalled = r.watch(progress)
@@ -326,7 +326,7 @@ class NetEngine(Engine):
                          f"(net.core.busy_poll at least {us} for the run), re-checking the ring only: the socket "
                          "has no NAPI ID (SO_INCOMING_NAPI_ID reads 0), so the kernel could not poll the veth's "
                          "NAPI from there")
-        return {"napi": self.knobs.napi, "busy_poll_us": self.knobs.busy_poll_us,
+        return {"napi": self.knobs.napi, "busy_poll_us": us,
                 "dut_napi_id": ids[0] if ids else None,
                 "softirq_cpu_percent": 100.0 * softirq / max(wall, 1e-9),
                 "napi_thread_cpu_percent": 100.0 * threads / max(wall, 1e-9)}
