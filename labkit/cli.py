@@ -185,9 +185,10 @@ def _pcap_out(path):
 def _lab_options(p):
     """Where the packets come from and what processes them (run, runtime, trace)."""
     g = p.add_argument_group("lab")
-    g.add_argument("--backend", default="memory", choices=BACKENDS,
+    g.add_argument("--backend", default="memory", choices=(*BACKENDS, "xdp"),
                    help="NIC: memory (in-memory, no root), veth or tap (a real NIC in network namespaces, "
-                        "needs root), auto (veth when possible) (default: memory)")
+                        "needs root), xdp (veth, the graph as an XDP program in the kernel; l2fwd and ip4; "
+                        "needs root and clang), auto (veth when possible) (default: memory)")
     g.add_argument("--graph", default="ip4", help="graph of nodes: l2fwd, ip4 or acl (default: ip4)")
     t = p.add_argument_group("traffic")
     t.add_argument("--size", type=_size, default=64, metavar="N|imix",
@@ -394,6 +395,9 @@ def _real_nic(backend):
         return "memory", None
     from labkit.nic import labnet
     why = labnet.why_not(tap=(backend == "tap"))
+    if why is None and backend == "xdp":
+        from labkit.nic import xdp
+        why = xdp.why_not()
     if why is None:
         return ("veth" if backend == "auto" else backend), None
     if backend == "auto":
@@ -586,7 +590,9 @@ def cmd_run(args):
     if args.json:
         return _finish(res)
     console = _console()
-    console.print(f"{res.graph} on {res.backend}, batch {res.batch}, {res.seconds:.2f} s")
+    xdp = res.extra.get("port") == "xdp"           # the DUT is an XDP program: no loop, no batch, no thread
+    how = f"XDP program {res.extra['program']} in lk-d0's driver" if xdp else f"batch {res.batch}"
+    console.print(f"{res.graph} on {res.backend}, {how}, {res.seconds:.2f} s")
     t = _table("", "")
     t.show_header = False
     t.add_row("sent", f"{res.sent:,}")
@@ -594,13 +600,14 @@ def cmd_run(args):
     for reason, count in sorted(res.dropped.items()):
         t.add_row(f"drop: {reason}", f"{count:,}")
     t.add_row("Mpps", f"{res.pps / 1e6:.3f}")
-    t.add_row("TSC cycles/packet", f"{res.cycles_per_packet:.1f}")
+    t.add_row("TSC cycles/packet" + (" (in the program)" if xdp else ""), f"{res.cycles_per_packet:.1f}")
     if res.extra.get("model", "rtc") != "rtc":   # stages: how often one gave way to another
         t.add_row("model", res.extra["model"])
         t.add_row("switches/packet", f"{res.extra['switches_per_packet']:.4f}")
     if res.cpu_percent is not None:              # a real NIC: the polling thread's cost, the generator
         several = len(res.extra.get("workers", [])) > 1
-        t.add_row("DUT threads CPU (sum)" if several else "DUT thread CPU", f"{res.cpu_percent:.0f}%")
+        t.add_row("DUT CPU (kernel)" if xdp else "DUT threads CPU (sum)" if several else "DUT thread CPU",
+                  f"{res.cpu_percent:.0f}%")
         t.add_row("generator Mpps", f"{res.extra['gen_tx_pps'] / 1e6:.3f}")
         if "softirq_cpu_percent" in res.extra:   # veth, tap: what the kernel spent receiving meanwhile
             thread = res.extra["napi_thread_cpu_percent"]

@@ -52,6 +52,8 @@ BAD = [
     ["run", "--coalesce-ms", "2000"],
     ["run", "--block-kb", "48"],
     ["run", "--napi", "sometimes"],
+    ["run", "--backend", "xdp", "--graph", "acl"],      # (root and clang: the graph; else: what is missing)
+    ["run", "--backend", "xdp", "--workers", "2"],
     ["run", "--busy-poll-us", "-1"],
     ["run", "--busy-poll-us", "5000"],
     ["run", "--latency", "yes"],
@@ -108,12 +110,22 @@ def _without_net_admin(*args, **kw):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **kw)
 
 
-@pytest.mark.parametrize("backend", ["veth", "tap"])
+@pytest.mark.parametrize("backend", ["veth", "tap", "xdp"])
 def test_real_nic_without_the_right_says_why_in_one_line(backend):
     p = _without_net_admin("run", "--backend", backend)
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip() == (f"labkit: error: backend {backend} is not available here: not root and no "
                                 f"CAP_NET_ADMIN (run with sudo, or use --backend memory)")
+
+
+def test_xdp_without_clang_says_what_to_install():
+    p = labkit("run", "--backend", "xdp", extra_env={"PATH": "/nonexistent"})
+    assert p.returncode == 2, p.stderr
+    if os.geteuid() == 0:
+        assert p.stderr.strip() == ("labkit: error: backend xdp is not available here: clang is not installed "
+                                    "(apt-get install clang libbpf-dev)")
+    else:
+        assert p.stderr.startswith("labkit: error: backend xdp is not available here: ")
 
 
 def test_net_up_without_the_right_says_why():

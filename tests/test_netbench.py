@@ -18,6 +18,7 @@ from pyroute2 import netns
 
 from labkit.bench import latency as lb
 from labkit.bench import napi as napi_bench
+from labkit.bench import paths as paths_bench
 from labkit.bench import net as nb
 from labkit.nic import labnet
 
@@ -159,6 +160,27 @@ def test_bridge_forwards_and_leaves_the_network_as_it_was(net):
     assert labnet.is_up(P)
 
 
+def test_the_router_forwards_and_leaves_the_network_as_it_was(net):
+    before = _state()
+    dns = labnet.dut_ns(P)
+    gen = nb._Gen(P, nb.traffic(), batch=16)
+    try:
+        with paths_bench.kernel_router(P):
+            assert not labnet.is_up(P)                        # the drops are off for the run
+            assert paths_bench._sysctls(dns)["ipv4/ip_forward"] == 1
+            r = gen.run(0.1, wait_rx=True)
+        with pytest.raises(RuntimeError, match="boom"):
+            with paths_bench.kernel_router(P):
+                raise RuntimeError("boom")
+    finally:
+        gen.close()
+    assert r["sent"] > 0 and r["sent"] >= r["received"] > 0   # the kernel routed them back
+    assert _state() == before
+    assert paths_bench._sysctls(dns)["ipv4/ip_forward"] == 0
+    addrs = subprocess.run(["ip", "-n", dns, "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    assert "10.255." not in addrs
+
+
 def test_bridge_is_removed_when_the_run_fails(net):
     before = _state()
     with pytest.raises(RuntimeError, match="boom"):
@@ -239,8 +261,8 @@ def _fanout_section(res):
     assert fo["hash"]["software_toeplitz_cycles_per_frame"] > 0 and "tp_rxhash" in fo["hash"]["kernel"]
 
 
-# every section but latency and napi (their own tests below): one quick run of all would take minutes
-ALL_BUT_LATENCY = ("--only", ",".join(x for x in nb.SECTIONS if x not in ("latency", "napi")))
+# every section but latency, napi and paths (their own tests below): one quick run of all would take minutes
+ALL_BUT_LATENCY = ("--only", ",".join(x for x in nb.SECTIONS if x not in ("latency", "napi", "paths")))
 
 
 @pytest.mark.skipif(not HAVE_TRAFGEN, reason=f"trafgen and netsniff-ng not installed ({nb.INSTALL})")
@@ -287,7 +309,7 @@ def test_latency_section(monkeypatch):
     assert res["targets"][3]["limit"] == "<= 5%" and res["targets"][0]["limit"] == ">= 5x"
     out = io.StringIO()
     nb._print(res, out)
-    assert "7. latency" in out.getvalue() and "9. targets" in out.getvalue()
+    assert "7. latency" in out.getvalue() and "10. targets" in out.getvalue()
 
 
 def test_napi_section(monkeypatch):
@@ -307,11 +329,31 @@ def test_napi_section(monkeypatch):
     assert "8. the kernel's receive path" in out.getvalue() and "livelock" in out.getvalue()
 
 
+def test_paths_section(monkeypatch):
+    res = _quick(monkeypatch, args=("--only", "paths"))
+    pa = res["paths"]
+    quick = [name for name, _, kw in paths_bench.PATHS if kw.get("napi") != "threaded"]
+    assert list(pa["paths"]) == quick + list(paths_bench.NOT_BUILT)
+    assert pa["paths"]["labkit AF_XDP"] == {"not_measured": paths_bench.NOT_BUILT["labkit AF_XDP"]}
+    for name in quick:
+        r = pa["paths"][name]["runs"][0]
+        if "conserved" in r:                                  # a Lab: the books balance
+            assert r["conserved"] and r["sent"] == r["forwarded"] + sum(r["dropped"].values()), name
+            assert (r["program_cycles_per_packet"] is None) == ("XDP" not in name)
+        else:                                                 # the kernel's router or bridge
+            assert r["sent"] >= r["forwarded"] and r["dut_cpu_percent"] == 0, name
+    assert sum(pa["paths"][name]["runs"][0]["forwarded"] for name in quick) > 0
+    assert [t["target"] for t in res["targets"]] == ["paths: XDP l2fwd / labkit l2fwd on AF_PACKET rings"]
+    out = io.StringIO()
+    nb._print(res, out)
+    assert "9. paths" in out.getvalue() and "not measured" in out.getvalue()
+
+
 def test_only_with_an_unknown_section_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         nb.main(["--only", "fanout,bogus"])
     assert e.value.code == 2
-    assert "use some of rx,tx,forwarding,polling,copy,fanout,latency,napi" in capsys.readouterr().err
+    assert "use some of rx,tx,forwarding,polling,copy,fanout,latency,napi,paths" in capsys.readouterr().err
 
 
 def test_the_neighbours_are_measured():

@@ -48,7 +48,11 @@ made it), against the C tools and the kernel doing the same job:
    softirqs and in the NAPI thread; whether SO_BUSY_POLL can act on an
    AF_PACKET socket; and whether a DUT offered more than it can take falls
    into receive livelock.
-9. targets: met or not met, with the ratios.
+9. Paths (``labkit.bench.paths``): the same frames through the kernel's IP
+   forwarding, a Linux bridge, labkit with recv()/send(), labkit on its
+   AF_PACKET rings and labkit's graphs as XDP programs in the kernel
+   (AF_XDP: not built yet): Mpps, CPU share, CPU cycles per frame.
+10. targets: met or not met, with the ratios.
 
 Frames in sections 1-4 are 60 bytes (a 64-byte Ethernet frame less its FCS,
 which veth never carries): Ethernet 02:00:00:00:00:02 -> 02:00:00:00:00:01,
@@ -95,6 +99,7 @@ from ..run.noise import proc_times as _proc_times
 from ..settings import SLICE_S
 from . import latency as lat_bench
 from . import napi as napi_bench
+from . import paths as paths_bench
 from .cores import measure_toeplitz
 from .report import Progress, emit, print_table
 
@@ -108,13 +113,14 @@ COPY_SIZES = (64, 256, 512, 1024, 1500)
 QUICK_COPY_SIZES = (64, 1500)
 FIXED_RATE = 100_000              # pps, the polling section's fixed rate
 FANOUT_WORKERS = (1, 2)           # DUT sockets in the fanout section
-SECTIONS = ("rx", "tx", "forwarding", "polling", "copy", "fanout", "latency", "napi")
+SECTIONS = ("rx", "tx", "forwarding", "polling", "copy", "fanout", "latency", "napi", "paths")
 SECONDS, QUICK_SECONDS = 1.0, 0.3
 RX_RING = (1 << 16, 32)           # block size, block count: labkit.nic.afpacket.RxRing's default
 TARGETS = {
     "rx_vs_netsniff": 0.95,       # labkit RX / netsniff-ng, at least
     "tx_vs_trafgen": 0.95,        # labkit TX (gen_batch 64) / trafgen, at least
     "fwd_vs_bridge": 1.0,         # labkit l2fwd / Linux bridge, at least
+    "xdp_vs_rings": 2.0,          # XDP l2fwd / labkit l2fwd on AF_PACKET rings, at least (issue 13)
 }
 INSTALL = "apt-get install netsniff-ng"
 QUIET_S = 0.1                     # a receiver is drained when nothing came for this long
@@ -627,6 +633,21 @@ def m_fwd_bridge(c):
             "lost": r["sent"] - r["received"], "seconds": r["seconds"], "gen_cpu_percent": r["cpu_percent"]}
 
 
+def m_fwd_kernel(c, setup):
+    """The generator alone through the kernel's router or bridge (the paths section):
+    rate, and the kernel's CPU meanwhile."""
+    gen = _Gen(c.p, c.t, batch=GEN_BATCH)
+    try:
+        with (paths_bench.kernel_router(c.p) if setup == "router" else kernel_bridge(c.p)):
+            k0, w0 = paths_bench.kernel_cpu(), time.perf_counter()
+            r = gen.run(c.seconds, wait_rx=True)
+            k1, w1 = paths_bench.kernel_cpu(), time.perf_counter()
+    finally:
+        gen.close()
+    return paths_bench.row(r["received"] / r["seconds"], r["received"], r["seconds"], 0.0, k1 - k0, w1 - w0,
+                           sent=r["sent"], lost=r["sent"] - r["received"], gen_cpu_percent=r["cpu_percent"])
+
+
 # ---- the neighbours ------------------------------------------------------------------------
 #
 # The machine may be shared: another process busy on a CPU takes it from the
@@ -665,6 +686,7 @@ def configurations(quick, have_trafgen, have_netsniff):
     out.append(("fanout", "software Toeplitz", m_toeplitz))
     out += lat_bench.configurations(quick)
     out += napi_bench.configurations(quick)
+    out += paths_bench.configurations(quick, m_fwd_kernel)
     return out
 
 
@@ -724,6 +746,8 @@ def summarize(raw, quick, have, sections=SECTIONS):
         res["latency"] = lat_bench.summarize(s, quick, _ratio)
     if "napi" in sections:
         res["napi"] = napi_bench.summarize(s, quick, _ratio)
+    if "paths" in sections:
+        res["paths"] = paths_bench.summarize(s, quick, _ratio)
     res["targets"] = _targets(res)
     return res
 
@@ -774,6 +798,10 @@ def _targets(res):
         row("forwarding: labkit l2fwd / Linux bridge", res["forwarding"]["ratio"], TARGETS["fwd_vs_bridge"])
     if "latency" in res:
         lat_bench.target_rows(res["latency"], lambda name, v, limit, kind: row(name, v, limit, kind=kind))
+    if "paths" in res:
+        xdp_rows = res["paths"]["paths"]
+        row("paths: XDP l2fwd / labkit l2fwd on AF_PACKET rings", res["paths"]["xdp_vs_rings_l2fwd"],
+            TARGETS["xdp_vs_rings"], xdp_rows.get("XDP l2fwd", {}).get("not_measured"))
     return rows
 
 
@@ -987,8 +1015,12 @@ def _print_napi(o, res, m):
     napi_bench.print_section(o, res, _f)
 
 
+def _print_paths(o, res, m):
+    paths_bench.print_section(o, res, _f)
+
+
 def _print_targets(o, res, m):
-    o.table("9. targets", ["target", "measured", "target", "status"],
+    o.table("10. targets", ["target", "measured", "target", "status"],
             [[t["target"], o.ratio(t["value"]) if t["unit"] == "x" else _f(t["value"], ".0f") + "%", t["limit"],
               "not measured" if t["met"] is None else ("met" if t["met"] else "not met")]
              for t in res["targets"]])
@@ -999,7 +1031,7 @@ def _print(res, out=sys.stdout):
     _print_meta(o, m)
     for name, section in (("rx", _print_rx), ("tx", _print_tx), ("forwarding", _print_forwarding),
                           ("polling", _print_polling), ("copy", _print_copy), ("fanout", _print_fanout),
-                          ("latency", _print_latency), ("napi", _print_napi)):
+                          ("latency", _print_latency), ("napi", _print_napi), ("paths", _print_paths)):
         if name in res:
             section(o, res, m)
     if res["targets"]:

@@ -12,8 +12,11 @@ bypass. This module is the machinery the XDP lessons share:
   anything). The kernel's verifier checks the program first; when it
   refuses, ``XdpError`` carries the verifier's own log;
 - ``Program.attach(ns, ifname)``: on an interface of a lab namespace, in
-  native (driver) mode, which veth has; ``close()`` detaches it and frees
-  the maps, whatever ends the ``with`` body;
+  native (driver) mode, which veth has, through a BPF link: ``close()``
+  detaches it and frees the maps, whatever ends the ``with`` body, and the
+  kernel does the same when the process dies, even by SIGKILL;
+- ``Program.test_run(frame)``: the program run once on a frame of one's own
+  (BPF_PROG_TEST_RUN), attached to nothing: its verdict and the bytes after;
 - ``Program.counters(map)``: a per-CPU array map, summed over the CPUs.
 
 The C sources labkit ships are in ``labkit/nic/xdp/``. ``why_not()`` says in
@@ -27,15 +30,17 @@ import shutil
 import socket
 import subprocess
 import sysconfig
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..settings import cache_root
-from .labnet import NetError, in_netns
+from .labnet import in_netns
 
 SOURCES = Path(__file__).with_name("xdp")
 XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1 << 1, 1 << 2
+BPF_XDP = 37                      # enum bpf_attach_type
 LOG_SIZE = 1 << 20
 INSTALL = "apt-get install clang libbpf-dev"
 
@@ -74,18 +79,24 @@ def why_not():
     return None
 
 
-def build(source):
+def build(source, reasons=()):
     """The BPF object file of C source ``source`` (a path, or a name in labkit/nic/xdp/),
-    compiled once per source text; XdpError with clang's message when it fails."""
+    compiled once per source text and ``reasons``; XdpError with clang's message when it fails.
+
+    ``reasons``: a graph's drop reasons; each becomes ``-DR_<reason>=<k>`` (its index) and
+    ``-DN_REASONS``, so that the program's counters are numbered as the graph's (labkit_xdp.h)."""
     path = Path(source) if Path(source).suffix == ".c" else SOURCES / f"{source}.c"
     text = path.read_text()
     clang = shutil.which("clang")
     if clang is None:
         raise XdpError(f"clang is not installed ({INSTALL})")
-    flags = ["-O2", "-g", "-target", "bpf", "-Wall"]
+    flags = ["-O2", "-g", "-target", "bpf", "-Wall", f"-I{SOURCES}"]
     if _multiarch():
         flags.append(f"-I/usr/include/{_multiarch()}")      # asm/types.h
-    key = hashlib.sha1("\n".join([text, " ".join(flags)]).encode()).hexdigest()[:16]
+    if reasons:
+        flags += [f"-DR_{r}={k}" for k, r in enumerate(reasons)] + [f"-DN_REASONS={len(reasons)}"]
+    header = (SOURCES / "labkit_xdp.h").read_text()
+    key = hashlib.sha1("\n".join([text, header, " ".join(flags)]).encode()).hexdigest()[:16]
     d = cache_root() / "xdp"
     d.mkdir(parents=True, exist_ok=True)
     obj = d / f"{path.stem}-{key}.o"
@@ -115,9 +126,11 @@ def _libbpf():
             ("bpf_program__set_log_buf", I, [P, ctypes.c_char_p, ctypes.c_size_t]),
             ("bpf_program__set_log_level", I, [P, U32]),
             ("bpf_object__find_map_fd_by_name", I, [P, ctypes.c_char_p]),
-            ("bpf_map_lookup_elem", I, [I, P, P]), ("bpf_xdp_attach", I, [I, I, U32, P]),
-            ("bpf_xdp_detach", I, [I, U32, P]), ("bpf_xdp_query_id", I, [I, I, ctypes.POINTER(U32)]),
-            ("libbpf_set_print", P, [P]), ("libbpf_num_possible_cpus", I, [])):
+            ("bpf_map_lookup_elem", I, [I, P, P]), ("bpf_xdp_query_id", I, [I, I, ctypes.POINTER(U32)]),
+            ("bpf_object__find_map_by_name", P, [P, ctypes.c_char_p]), ("bpf_map__set_max_entries", I, [P, U32]),
+            ("bpf_map_update_elem", I, [I, P, P, ctypes.c_uint64]), ("bpf_prog_test_run_opts", I, [I, P]),
+            ("bpf_enable_stats", I, [I]), ("bpf_link_create", I, [I, I, I, P]), ("libbpf_set_print", P, [P]),
+            ("libbpf_num_possible_cpus", I, [])):
         fn = getattr(lb, name)
         fn.restype, fn.argtypes = res, args
     lb.libbpf_set_print(None)      # no libbpf chatter on stderr: errors come back as XdpError
@@ -142,15 +155,51 @@ def attached_id(ns, ifname):
     return prog_id.value
 
 
-class Program:
-    """A BPF object loaded into the kernel (``name``: its XDP program); a context manager."""
+class _LinkOpts(ctypes.Structure):
+    """struct bpf_link_create_opts, as far as an XDP link needs it (libbpf zero-fills the rest)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32)]
 
-    def __init__(self, source, name):
+
+class _TestRun(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf's bpf.h): one BPF_PROG_TEST_RUN."""
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
+
+
+@contextmanager
+def run_time_stats():
+    """While open, the kernel times every BPF program run (BPF_ENABLE_STATS: two clock
+    reads per run); ``Program.run_stats()`` reads the totals. Off again on exit."""
+    fd = _libbpf().bpf_enable_stats(0)                  # BPF_STATS_RUN_TIME
+    if fd < 0:
+        raise XdpError(f"cannot turn on BPF run-time statistics: {os.strerror(-fd)}")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+class Program:
+    """A BPF object loaded into the kernel (``name``: its XDP program); a context manager.
+
+    ``reasons`` numbers its counters (``build``); ``sizes`` ({map: entries}) sizes maps
+    before the object is loaded (a FIB's routes, its adjacencies)."""
+
+    def __init__(self, source, name, reasons=(), sizes=None):
         self.lb, self.name, self.obj, self.attached = _libbpf(), name, None, []
-        path = build(source)
+        path = build(source, reasons)
         self.obj = self.lb.bpf_object__open_file(str(path).encode(), None)
         if not self.obj:
             raise XdpError(f"libbpf cannot open {path.name}: {os.strerror(ctypes.get_errno())}")
+        for map_name, entries in (sizes or {}).items():
+            m = self.lb.bpf_object__find_map_by_name(self.obj, map_name.encode())
+            if not m or self.lb.bpf_map__set_max_entries(m, max(1, int(entries))):
+                self.close()
+                raise XdpError(f"{path.name} has no map named {map_name} to size")
         self._log = ctypes.create_string_buffer(LOG_SIZE)
         prog = self.lb.bpf_object__find_program_by_name(self.obj, name.encode())
         if not prog:
@@ -171,22 +220,59 @@ class Program:
         return self._log.value.decode(errors="replace").strip()
 
     def attach(self, ns, ifname, mode="native"):
-        """Run the program on every frame ``ifname`` (in namespace ``ns``) receives, until close()."""
+        """Run the program on every frame ``ifname`` (in namespace ``ns``) receives, until close().
+
+        Attached through a BPF link (BPF_LINK_CREATE), which lives as long as its file
+        descriptor: when this process ends, however it ends (SIGKILL included), the kernel
+        closes the descriptor and detaches the program. (Attached the older way, through
+        netlink, a program stays on the interface until someone removes it.)"""
         flags = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}.get(mode)
         if flags is None:
             raise XdpError(f"XDP mode {mode!r}: use 'native' (in the driver) or 'generic' (after the sk_buff)")
         index = _ifindex(ns, ifname)
+        opts = _LinkOpts(sz=ctypes.sizeof(_LinkOpts), flags=flags)
         with in_netns(ns):
-            err = self.lb.bpf_xdp_attach(index, self.fd, flags, None)
-        if err:
-            raise XdpError(f"cannot attach {self.name} to {ifname} in {ns} ({mode}): {os.strerror(-err)}")
-        self.attached.append((ns, ifname, index, flags))
+            fd = self.lb.bpf_link_create(self.fd, index, BPF_XDP, ctypes.byref(opts))
+        if fd < 0:
+            raise XdpError(f"cannot attach {self.name} to {ifname} in {ns} ({mode}): {os.strerror(-fd)}")
+        self.attached.append(fd)
 
-    def counters(self, map_name):
-        """A per-CPU array map's values, each summed over the CPUs (numpy uint64)."""
+    def map_fd(self, map_name):
         fd = self.lb.bpf_object__find_map_fd_by_name(self.obj, map_name.encode())
         if fd < 0:
             raise XdpError(f"the object of {self.name} has no map named {map_name}")
+        return fd
+
+    def update(self, map_name, key, value):
+        """Set ``key`` (bytes) to ``value`` (bytes) in map ``map_name``."""
+        k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+        err = self.lb.bpf_map_update_elem(self.map_fd(map_name), k, v, 0)
+        if err:
+            raise XdpError(f"cannot update map {map_name} of {self.name}: {os.strerror(-err)}")
+
+    def test_run(self, frame, max_out=4096):
+        """Run the program once on ``frame`` (bytes, at least 14) in the kernel, attached to
+        nothing (BPF_PROG_TEST_RUN: its maps are updated, a redirect is only a verdict):
+        (verdict, the frame's bytes after it)."""
+        data = ctypes.create_string_buffer(bytes(frame), len(frame))
+        out = ctypes.create_string_buffer(max_out)
+        opts = _TestRun(sz=ctypes.sizeof(_TestRun), data_in=ctypes.addressof(data), data_out=ctypes.addressof(out),
+                        data_size_in=len(frame), data_size_out=max_out, repeat=1)
+        err = self.lb.bpf_prog_test_run_opts(self.fd, ctypes.byref(opts))
+        if err:
+            raise XdpError(f"BPF_PROG_TEST_RUN of {self.name} on {len(frame)} bytes: {os.strerror(-err)}")
+        return opts.retval, out.raw[:opts.data_size_out]
+
+    def run_stats(self):
+        """(runs, nanoseconds in the program) since it was loaded, counted while
+        ``run_time_stats()`` is open (the kernel's fdinfo of the program)."""
+        with open(f"/proc/self/fdinfo/{self.fd}") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
+
+    def counters(self, map_name):
+        """A per-CPU array map's values, each summed over the CPUs (numpy uint64)."""
+        fd = self.map_fd(map_name)
         cpus = self.lb.libbpf_num_possible_cpus()       # a per-CPU value has a slot for every possible CPU
         out, key, values = [], ctypes.c_uint32(0), np.zeros(cpus, np.uint64)
         while self.lb.bpf_map_lookup_elem(fd, ctypes.byref(key), values.ctypes.data) == 0:
@@ -197,12 +283,7 @@ class Program:
     def close(self):
         """Detach from every interface it is on, then free the program and its maps."""
         while self.attached:
-            ns, ifname, index, flags = self.attached.pop()
-            try:
-                with in_netns(ns):
-                    self.lb.bpf_xdp_detach(index, flags, None)
-            except (OSError, NetError):
-                pass                  # (the namespace is gone, and the interface with it)
+            os.close(self.attached.pop())          # the link's last reference: detached
         if self.obj:
             self.lb.bpf_object__close(self.obj)
             self.obj = None

@@ -4,13 +4,15 @@ An engine owns a run's machinery: pools, rings or sockets, the compiled loop
 (``labkit.run.loopgen``) and the threads that call it. ``Lab`` checks its
 arguments, picks one, and hands it every ``run``:
 
-=================  ===================================  ========================
-engine             where                                ports (labkit.run.ports)
-=================  ===================================  ========================
+=================  ====================================  ========================
+engine             where                                 ports (labkit.run.ports)
+=================  ====================================  ========================
 ``SingleLoop``     one loop on the in-memory NIC         memory
 ``Workers``        N workers on the multi-queue NIC      device, dispatch
 ``NetEngine``      generator and DUT on veth or TAP      ring, socket, tap
-=================  ===================================  ========================
+``XdpEngine``      generator on veth, the DUT an XDP     none: the graph runs in
+                   program in lk-d0's driver             the kernel (xdprun)
+=================  ====================================  ========================
 
 Each has ``notes`` (what a reader should know about its numbers), ``pools``
 (every pool it owns), ``traffic`` (the frames it offers) and ``max_frame``,

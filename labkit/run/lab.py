@@ -33,7 +33,8 @@ from .single import SingleLoop
 from .trace import trace as _trace
 from .workers import Workers
 
-BACKENDS = ("memory", "veth", "tap")
+BACKENDS = ("memory", "veth", "tap", "xdp")
+XDP_GRAPHS = ("l2fwd", "ip4")          # the graphs labkit/nic/xdp/ has a program for
 POOL_SIZE = 8192          # buffers: rx ring + tx ring + vector + copies, with room to spare
 RING_SIZE = 1024
 
@@ -112,10 +113,14 @@ class Lab:
         if kind == "net":
             # A real NIC (imported only then: pyroute2 and AF_PACKET are Linux's)
             from .netrun import GEN_BATCH, NetEngine
-            self.engine = NetEngine(backend, self.graph, knobs, pool, self.tables, traffic_for,
-                                    gen_batch=gen_batch or GEN_BATCH, rate=rate,
-                                    capture_path=pcap_out, capture_max=capture_max, workers=n_workers,
-                                    latency=latency)
+            net = dict(gen_batch=gen_batch or GEN_BATCH, rate=rate, capture_path=pcap_out, capture_max=capture_max,
+                       latency=latency)
+            if backend == "xdp":
+                from .xdprun import XdpEngine
+                self.engine = XdpEngine(self.graph, knobs, pool, self.tables, self.fib, traffic_for, **net)
+            else:
+                self.engine = NetEngine(backend, self.graph, knobs, pool, self.tables, traffic_for,
+                                        workers=n_workers, **net)
             self.notes = notes + self.engine.notes
             self.pools, self.max_frame, self.traffic = [pool], pool.max_frame, self.engine.traffic
             return
@@ -228,6 +233,9 @@ def _check_lab(backend, graph, knobs, rate, gen_batch, latency):
                        f"two N up to {MAX_EVERY} (stamp one frame in N), or False")
     if graph not in GRAPHS:
         raise LabError(f"unknown graph {graph!r}; graphs are: {', '.join(GRAPHS)}")
+    if backend == "xdp" and graph not in XDP_GRAPHS:
+        raise LabError(f"backend xdp runs the graphs {' and '.join(XDP_GRAPHS)} as XDP programs; {graph} has none "
+                       "yet: use one of them, or another backend")
     if not isinstance(knobs, Knobs):
         raise KnobError("knobs must be a labkit.Knobs")
 
@@ -250,6 +258,9 @@ def _engine_kind(backend, knobs, n_workers, multiqueue, dispatcher):
         raise LabError("workers > 1 and dispatcher=True need the multi-queue NIC: leave multiqueue unset")
     if not multiqueue and knobs.model != "rtc":
         raise LabError(f"model={knobs.model!r} runs on the multi-queue NIC: leave multiqueue unset")
+    if n_workers > 1 and backend == "xdp":
+        raise LabError(f"workers={n_workers} with backend xdp: the XDP program runs wherever the kernel polls "
+                       "lk-d0, there are no workers to give it; use workers=1")
     if n_workers > 1 and backend == "tap":
         raise LabError(f"workers={n_workers} on a TAP device: it has one file descriptor, one queue; "
                        "use backend='veth' (N sockets in a PACKET_FANOUT group) or workers=1")

@@ -120,27 +120,37 @@ class NetEngine(Engine):
         return self.n_workers + 1
 
     # -- set-up --------------------------------------------------------------------
-    def _open(self, traffic_for):
+    def _open_generator(self):
+        """The lab network, and the generator's rings on it; (gen namespace, DUT namespace)."""
         b, k = self.backend, self.knobs
         self._stack.enter_context(labnet.session(tap=(b == "tap")))
         gns, dns = labnet.gen_ns(), labnet.dut_ns()
         gen_tx_if, gen_rx_if = (labnet.TAP, labnet.TAP) if b == "tap" else (labnet.GEN_TX, labnet.GEN_RX)
-        if b == "veth":         # the kernel's receive path into the DUT (labkit.nic.napi), put back on close
+        if b != "tap":          # the kernel's receive path into the DUT (labkit.nic.napi), put back on close
             self._stack.enter_context(napi.receive_path(k.napi, (gns, gen_tx_if), (dns, labnet.DUT_RX)))
         elif k.napi != "off":
             self.notes.append(f"knob napi={k.napi} shapes a veth's receive path; the TAP's is the tun driver's")
         self.gen_tx = self._own(af.TxRing(gns, gen_tx_if, qdisc_bypass=k.qdisc_bypass))
         # the generator measures latency on a per-frame ring: it sees each frame as it lands
         self.gen_rx = self._own(af.RxRing(gns, gen_rx_if, mode="frame" if self.latency else "block"))
-        # Links whose tx_dropped counts frames. From a TX *ring* a frame the
-        # link drops is not lost: tpacket_snd() sees the drop, puts the frame
-        # back to TP_STATUS_SEND_REQUEST and returns ENOBUFS, and the next kick
-        # sends it again (measured: on the TAP, tx_dropped rose by thousands
-        # while every frame arrived). So those drops are retries, reported
-        # apart; only send() of the copy path loses the frame it was given.
-        self.wires = [(gns, gen_tx_if, "link_gen_to_dut", False)]
+        # Links whose drop counters count frames: (namespace, interface, reason, lost, counter).
+        # From a TX *ring* a frame the link drops is not lost: tpacket_snd() sees the drop,
+        # puts the frame back to TP_STATUS_SEND_REQUEST and returns ENOBUFS, and the next kick
+        # sends it again (measured: on the TAP, tx_dropped rose by thousands while every
+        # frame arrived). So those drops are retries, reported apart; only send() of the
+        # copy path loses the frame it was given.
+        self.wires = [(gns, gen_tx_if, "link_gen_to_dut", False, "tx_dropped")]
         self.kernel_socks = [(self.gen_rx.sock, "gen_rx_ring_full")]
         self.duts = []
+        return gns, dns
+
+    def graph_counters(self):
+        """The graph's drop counters, one array per DUT worker (numbered as ``g.reasons``)."""
+        return [d.counters for d in self.duts]
+
+    def _open(self, traffic_for):
+        b, k = self.backend, self.knobs
+        gns, dns = self._open_generator()
         if b == "tap":
             self.port = "tap"
             fd = labnet.open_tap()
@@ -160,7 +170,7 @@ class NetEngine(Engine):
                 tx.setsockopt(af.SOL_PACKET, af.PACKET_QDISC_BYPASS, 1)
             self.duts.append(_Dut(0, None, None, rx.fileno(), tx.fileno()))
             self.kernel_socks.append((rx, "dut_rx_ring_full"))
-            self.wires.append((dns, labnet.DUT_TX, "link_dut_to_gen", True))
+            self.wires.append((dns, labnet.DUT_TX, "link_dut_to_gen", True, "tx_dropped"))
             max_link = min(self.gen_tx.max_frame, labnet.link_mtu(dns, labnet.DUT_TX) + af.ETH_HLEN)
         else:
             self.port = "ring"
@@ -173,7 +183,7 @@ class NetEngine(Engine):
                 tx = self._own(af.TxRing(dns, labnet.DUT_TX, qdisc_bypass=k.qdisc_bypass))
                 self.duts.append(_Dut(q, rx, tx, rx.fileno(), tx.fileno()))
             self.kernel_socks += [(d.rx.sock, "dut_rx_ring_full") for d in self.duts]
-            self.wires.append((dns, labnet.DUT_TX, "link_dut_to_gen", False))
+            self.wires.append((dns, labnet.DUT_TX, "link_dut_to_gen", False, "tx_dropped"))
             max_link = min(self.gen_tx.max_frame, self.duts[0].tx.max_frame)
         self.max_link = max_link
         self.rx_socks = [s for s, name in self.kernel_socks if name == "dut_rx_ring_full"]
@@ -424,7 +434,7 @@ class _Run:
         lat.clear(self.stamps[1])
         for s, _ in self.eng.kernel_socks:
             af.read_stats(s)
-        self.wire0 = {name: labnet.link_stats(ns, ifn)["tx_dropped"] for ns, ifn, name, _ in self.eng.wires}
+        self.wire0 = {name: labnet.link_stats(ns, ifn)[stat] for ns, ifn, name, _, stat in self.eng.wires}
 
     def start_threads(self):
         duts = self.eng.duts
@@ -467,15 +477,15 @@ class _Run:
                 self.per_sock[id(s)].ring_full += dropped
         if links or time.monotonic() - self.links_read >= LINK_S:
             self.links_read = time.monotonic()
-            for ns, ifn, name, lost in self.eng.wires:
-                n = labnet.link_stats(ns, ifn)["tx_dropped"] - self.wire0[name]
+            for ns, ifn, name, lost, stat in self.eng.wires:
+                n = labnet.link_stats(ns, ifn)[stat] - self.wire0[name]
                 (self.wire if lost else self.retried)[name] = n
         d = dict(self.wire)
         d.update(self.kernel)
         d["gen_unsendable"] = int(self.gst[gen.G_UNSENDABLE])
         d["gen_rx_too_long"] = int(self.g_too_long[0])
-        for w in self.eng.duts:
-            for r, c in by_reason(self.eng.g.reasons, w.counters).items():
+        for counters in self.eng.graph_counters():
+            for r, c in by_reason(self.eng.g.reasons, counters).items():
                 d[r] = d.get(r, 0) + c
         return {r: int(c) for r, c in d.items() if c}
 
