@@ -190,6 +190,9 @@ def _lab_options(p):
                         "needs root), xdp (veth, the graph as an XDP program in the kernel; l2fwd and ip4; "
                         "needs root and clang), auto (veth when possible) (default: memory)")
     g.add_argument("--graph", default="ip4", help="graph of nodes: l2fwd, ip4 or acl (default: ip4)")
+    g.add_argument("--xdp-fib", choices=("dir-24-8", "lpm-trie"), default=None,
+                   help="backend xdp, graph ip4: the FIB in the kernel, labkit's DIR-24-8 tables in array maps "
+                        "or the kernel's LPM trie (default: dir-24-8)")
     t = p.add_argument_group("traffic")
     t.add_argument("--size", type=_size, default=64, metavar="N|imix",
                    help=f"frame size in bytes without FCS, {SIZE_MIN_BYTES}..{SIZE_MAX_BYTES}, or imix (default: 64)")
@@ -419,7 +422,7 @@ def _make_lab(args):
                        order=args.order, pcap_in=args.pcap, pcap_out=args.out, seed=args.seed,
                        rate=getattr(args, "rate", None), gen_batch=getattr(args, "gen_batch", None),
                        workers=getattr(args, "workers", None) or 1, rss_key=getattr(args, "rss_key", None) or "default",
-                       latency=getattr(args, "latency", None) or False)
+                       latency=getattr(args, "latency", None) or False, xdp_fib=getattr(args, "xdp_fib", None))
 
 
 # -- output helpers -------------------------------------------------------------
@@ -591,7 +594,8 @@ def cmd_run(args):
         return _finish(res)
     console = _console()
     xdp = res.extra.get("port") == "xdp"           # the DUT is an XDP program: no loop, no batch, no thread
-    how = f"XDP program {res.extra['program']} in lk-d0's driver" if xdp else f"batch {res.batch}"
+    fib = f" (FIB: {res.extra['xdp_fib']})" if xdp and res.extra.get("xdp_fib") else ""
+    how = f"XDP program {res.extra['program']}{fib} in lk-d0's driver" if xdp else f"batch {res.batch}"
     console.print(f"{res.graph} on {res.backend}, {how}, {res.seconds:.2f} s")
     t = _table("", "")
     t.show_header = False

@@ -54,6 +54,7 @@ BAD = [
     ["run", "--napi", "sometimes"],
     ["run", "--backend", "xdp", "--graph", "acl"],      # (root and clang: the graph; else: what is missing)
     ["run", "--backend", "xdp", "--workers", "2"],
+    ["run", "--backend", "xdp", "--xdp-fib", "hash"],
     ["run", "--busy-poll-us", "-1"],
     ["run", "--busy-poll-us", "5000"],
     ["run", "--latency", "yes"],

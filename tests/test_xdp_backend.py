@@ -83,19 +83,15 @@ def crafted_frames(fib):
 
 
 @needs_xdp
-@pytest.mark.parametrize("graph", ["l2fwd", "ip4"])
-def test_each_frame_gets_the_graphs_verdict_and_bytes(graph):
+@pytest.mark.parametrize("graph, xdp_fib", [("l2fwd", None), ("ip4", "dir-24-8"), ("ip4", "lpm-trie")])
+def test_each_frame_gets_the_graphs_verdict_and_bytes(graph, xdp_fib):
     g = resolve(graph)
     fib = small_fib() if graph == "ip4" else None
     tables = fib.tables() if fib is not None else {}
-    source, name = xdprun.PROGRAMS[graph]
-    sizes = {"routes": len(fib.routes), "adjacencies": fib.n_adj} if fib is not None else None
     frames = crafted_frames(small_fib())
     seen = set()
-    with xdp.Program(source, name, reasons=g.reasons, sizes=sizes) as prog:
+    with xdprun.load(g, fib, xdp_fib) as prog:
         prog.update("tx_port", struct.pack("<I", 0), struct.pack("<I", socket.if_nametoindex("lo")))
-        if fib is not None:
-            xdprun.fill_fib(prog, fib)
         for frame in frames:
             if len(frame) < 14:                  # (the kernel runs no program on less than an Ethernet header)
                 continue
@@ -124,14 +120,15 @@ def _attached():
 
 
 @needs_xdp
-@pytest.mark.parametrize("graph", ["l2fwd", "ip4"])
-def test_a_run_conserves_every_frame_and_drops_as_the_in_memory_nic(lab_net, graph):
+@pytest.mark.parametrize("graph, xdp_fib", [("l2fwd", None), ("ip4", None), ("ip4", "lpm-trie")])
+def test_a_run_conserves_every_frame_and_drops_as_the_in_memory_nic(lab_net, graph, xdp_fib):
     traffic = dict(size="imix", mix="mixed", malformed=0.3, seed=3, routes=10_000)
-    with Lab(backend="xdp", graph=graph, **traffic) as lab:
+    with Lab(backend="xdp", graph=graph, xdp_fib=xdp_fib, **traffic) as lab:
         assert all(_attached())
         res = lab.run(packets=100_000)
     assert _attached() == (0, 0)
     assert res.conserved and res.sent == 100_000 and res.forwarded > 0, res.dropped
+    assert res.extra["xdp_fib"] == (None if graph == "l2fwd" else xdp_fib or "dir-24-8")
     with Lab(backend="memory", graph=graph, **traffic) as lab:
         mem = lab.run(packets=100_000)
     # veth takes no frame shorter than an Ethernet header: what the graph calls a runt never leaves
@@ -185,6 +182,10 @@ def test_bad_requests_say_what_to_use():
         Lab(backend="xdp", graph="acl")
     with pytest.raises(LabError, match="workers=2 with backend xdp"):
         Lab(backend="xdp", graph="l2fwd", workers=2)
+    with pytest.raises(LabError, match="xdp_fib='hash': use dir-24-8 or lpm-trie"):
+        Lab(backend="xdp", graph="ip4", xdp_fib="hash")
+    with Lab(backend="memory", graph="ip4", xdp_fib="lpm-trie", routes=1000) as lab:
+        assert any("xdp_fib=lpm-trie chooses ip4's FIB in the XDP program" in n for n in lab.notes)
 
 
 @needs_xdp

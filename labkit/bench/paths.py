@@ -14,7 +14,8 @@ labkit recv()/send()       labkit, one system call per frame (copy=True)  l2fwd,
 labkit AF_PACKET rings     labkit on its rings (the default)              l2fwd, ip4
 labkit AF_XDP              not built yet (issue 13): not measured         -
 XDP in the kernel          labkit's graph as an XDP program in lk-d0's    l2fwd, ip4
-                           driver (backend xdp), and with threaded NAPI
+                           driver (backend xdp); with threaded NAPI;
+                           ip4 with the kernel's LPM trie as its FIB
 =========================  =============================================  =========
 
 For each: Mpps (frames back at the generator / seconds), the CPU it took
@@ -54,6 +55,7 @@ PATHS = (
     ("labkit AF_PACKET rings ip4", "lab", dict(backend="veth", graph="ip4")),
     ("XDP l2fwd", "lab", dict(backend="xdp", graph="l2fwd")),
     ("XDP ip4", "lab", dict(backend="xdp", graph="ip4")),
+    ("XDP ip4, LPM trie", "lab", dict(backend="xdp", graph="ip4", xdp_fib="lpm-trie")),
     ("XDP l2fwd, threaded NAPI", "lab", dict(backend="xdp", graph="l2fwd", napi="threaded")),
 )
 NOT_BUILT = {"labkit AF_XDP": "the AF_XDP backend is not built yet (issue 13, item 2)"}
@@ -123,9 +125,9 @@ def row(pps, forwarded, seconds, dut_cpu_s, kernel_cpu_s, wall, **more):
             "forwarded": forwarded, "seconds": seconds, **more}
 
 
-def m_lab(c, backend, graph, copy=False, napi="off"):
+def m_lab(c, backend, graph, copy=False, napi="off", xdp_fib=None):
     """A Lab on ``backend`` (veth or xdp) through its graph."""
-    with Lab(backend=backend, graph=graph, knobs=Knobs(copy=copy, napi=napi), size=60) as lab:
+    with Lab(backend=backend, graph=graph, knobs=Knobs(copy=copy, napi=napi), size=60, xdp_fib=xdp_fib) as lab:
         r = lab.run(seconds=c.seconds)
     x = r.extra
     kernel = (x["softirq_cpu_percent"] + x["napi_thread_cpu_percent"]) / 100.0 * r.seconds
@@ -142,7 +144,7 @@ def _planned(quick):
     why_xdp = xdp.why_not()
     run, skip = [], dict(NOT_BUILT)
     for name, kind, kw in PATHS:
-        if quick and kw.get("napi") == "threaded":
+        if quick and (kw.get("napi") == "threaded" or "xdp_fib" in kw):
             continue
         if kw.get("backend") == "xdp" and why_xdp:
             skip[name] = why_xdp
@@ -166,11 +168,15 @@ def summarize(s, quick, ratio):
 
     def pps(name):
         return (rows.get(name) or {}).get("pps")
+
+    def cyc(name):
+        return (rows.get(name) or {}).get("program_cycles_per_packet")
     return {"paths": rows,
             "xdp_vs_rings_l2fwd": ratio(pps("XDP l2fwd"), pps("labkit AF_PACKET rings l2fwd")),
             "xdp_threaded_vs_rings_l2fwd": ratio(pps("XDP l2fwd, threaded NAPI"), pps("labkit AF_PACKET rings l2fwd")),
             "xdp_vs_rings_ip4": ratio(pps("XDP ip4"), pps("labkit AF_PACKET rings ip4")),
             "xdp_vs_kernel_ip4": ratio(pps("XDP ip4"), pps("kernel IP forwarding")),
+            "dir24_vs_trie_program_cycles": ratio(cyc("XDP ip4, LPM trie"), cyc("XDP ip4")),
             "rings_vs_copy_l2fwd": ratio(pps("labkit AF_PACKET rings l2fwd"), pps("labkit recv()/send() l2fwd"))}
 
 
@@ -191,4 +197,5 @@ def print_section(o, res, f):
     o.print(f"   XDP / AF_PACKET rings: l2fwd {r(pa['xdp_vs_rings_l2fwd'])} (threaded NAPI "
             f"{r(pa['xdp_threaded_vs_rings_l2fwd'])}), ip4 {r(pa['xdp_vs_rings_ip4'])}; XDP ip4 / the kernel's "
             f"IP forwarding {r(pa['xdp_vs_kernel_ip4'])}; rings / recv()-send() l2fwd {r(pa['rings_vs_copy_l2fwd'])}")
+    o.print(f"   the XDP program's cycles per frame, the LPM trie's / DIR-24-8's: {r(pa['dir24_vs_trie_program_cycles'])}")
     o.noise(*[d for d in pa["paths"].values() if "runs" in d])

@@ -24,6 +24,7 @@ one line what is missing (clang, libbpf's headers or library, root).
 """
 import ctypes
 import hashlib
+import mmap
 import os
 import platform
 import shutil
@@ -79,12 +80,14 @@ def why_not():
     return None
 
 
-def build(source, reasons=()):
+def build(source, reasons=(), defines=()):
     """The BPF object file of C source ``source`` (a path, or a name in labkit/nic/xdp/),
-    compiled once per source text and ``reasons``; XdpError with clang's message when it fails.
+    compiled once per source text, ``reasons`` and ``defines``; XdpError with clang's message
+    when it fails.
 
     ``reasons``: a graph's drop reasons; each becomes ``-DR_<reason>=<k>`` (its index) and
-    ``-DN_REASONS``, so that the program's counters are numbered as the graph's (labkit_xdp.h)."""
+    ``-DN_REASONS``, so that the program's counters are numbered as the graph's (labkit_xdp.h).
+    ``defines``: more names to define (``-DNAME``), choices the source makes with #ifdef."""
     path = Path(source) if Path(source).suffix == ".c" else SOURCES / f"{source}.c"
     text = path.read_text()
     clang = shutil.which("clang")
@@ -95,6 +98,7 @@ def build(source, reasons=()):
         flags.append(f"-I/usr/include/{_multiarch()}")      # asm/types.h
     if reasons:
         flags += [f"-DR_{r}={k}" for k, r in enumerate(reasons)] + [f"-DN_REASONS={len(reasons)}"]
+    flags += [f"-D{name}" for name in defines]
     header = (SOURCES / "labkit_xdp.h").read_text()
     key = hashlib.sha1("\n".join([text, header, " ".join(flags)]).encode()).hexdigest()[:16]
     d = cache_root() / "xdp"
@@ -189,9 +193,9 @@ class Program:
     ``reasons`` numbers its counters (``build``); ``sizes`` ({map: entries}) sizes maps
     before the object is loaded (a FIB's routes, its adjacencies)."""
 
-    def __init__(self, source, name, reasons=(), sizes=None):
-        self.lb, self.name, self.obj, self.attached = _libbpf(), name, None, []
-        path = build(source, reasons)
+    def __init__(self, source, name, reasons=(), sizes=None, defines=()):
+        self.lb, self.name, self.obj, self.attached, self._mmaps = _libbpf(), name, None, [], []
+        path = build(source, reasons, defines)
         self.obj = self.lb.bpf_object__open_file(str(path).encode(), None)
         if not self.obj:
             raise XdpError(f"libbpf cannot open {path.name}: {os.strerror(ctypes.get_errno())}")
@@ -250,6 +254,14 @@ class Program:
         if err:
             raise XdpError(f"cannot update map {map_name} of {self.name}: {os.strerror(-err)}")
 
+    def array(self, map_name, dtype, entries, value_size):
+        """An array map created BPF_F_MMAPABLE, as a numpy array of ``dtype`` over the map's own
+        memory: what user space writes there, the program reads. Valid until close()."""
+        size = -(-entries * value_size // mmap.PAGESIZE) * mmap.PAGESIZE
+        m = mmap.mmap(self.map_fd(map_name), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._mmaps.append(m)
+        return np.frombuffer(m, dtype, count=entries * value_size // np.dtype(dtype).itemsize)
+
     def test_run(self, frame, max_out=4096):
         """Run the program once on ``frame`` (bytes, at least 14) in the kernel, attached to
         nothing (BPF_PROG_TEST_RUN: its maps are updated, a redirect is only a verdict):
@@ -284,6 +296,12 @@ class Program:
         """Detach from every interface it is on, then free the program and its maps."""
         while self.attached:
             os.close(self.attached.pop())          # the link's last reference: detached
+        for m in self._mmaps:
+            try:
+                m.close()
+            except BufferError:                    # a numpy view still holds it: the GC will
+                pass
+        self._mmaps = []
         if self.obj:
             self.lb.bpf_object__close(self.obj)
             self.obj = None

@@ -35,6 +35,7 @@ from .workers import Workers
 
 BACKENDS = ("memory", "veth", "tap", "xdp")
 XDP_GRAPHS = ("l2fwd", "ip4")          # the graphs labkit/nic/xdp/ has a program for
+XDP_FIBS = ("dir-24-8", "lpm-trie")    # ip4's FIB in the kernel (labkit.run.xdprun)
 POOL_SIZE = 8192          # buffers: rx ring + tx ring + vector + copies, with room to spare
 RING_SIZE = 1024
 
@@ -76,9 +77,11 @@ class Lab:
                  mix="udp", malformed=0.0, pcap_in=None, pcap_out=None, seed=1,
                  routes=100_000, pool_size=POOL_SIZE, ring_size=RING_SIZE, capture_max=1_000_000,
                  rate=None, gen_batch=None, workers=1, queues=None, rss_key="default", multiqueue=None,
-                 dispatcher=None, order="spread", latency=False):
+                 dispatcher=None, order="spread", latency=False, xdp_fib=None):
         knobs = knobs if knobs is not None else Knobs()
         _check_lab(backend, graph, knobs, rate, gen_batch, latency)
+        if xdp_fib is not None and xdp_fib not in XDP_FIBS:
+            raise LabError(f"xdp_fib={xdp_fib!r}: use {' or '.join(XDP_FIBS)} (ip4's FIB in the XDP program)")
         latency = int(latency)          # 0: not measured; N: one frame in N stamped (True: every frame)
         if pcap_in is not None and order != "spread":
             raise LabError(f"order={order!r} arranges generated traffic; a capture (pcap_in) is replayed in its "
@@ -104,6 +107,8 @@ class Lab:
             return make_traffic(size=size, flows=flows, mix=mix, malformed=malformed,
                                 seed=seed, dst=dst, max_frame=max_frame, order=order)
         notes = []
+        if xdp_fib is not None and not (backend == "xdp" and self.fib is not None):
+            notes.append(f"xdp_fib={xdp_fib} chooses ip4's FIB in the XDP program (backend xdp, graph ip4)")
         pool = None
         if kind != "workers":     # (each worker has a pool of its own)
             pool = make_pool(knobs.mempool, pool_size, hugepages=knobs.hugepages)
@@ -117,7 +122,8 @@ class Lab:
                        latency=latency)
             if backend == "xdp":
                 from .xdprun import XdpEngine
-                self.engine = XdpEngine(self.graph, knobs, pool, self.tables, self.fib, traffic_for, **net)
+                self.engine = XdpEngine(self.graph, knobs, pool, self.tables, self.fib, traffic_for,
+                                        xdp_fib=xdp_fib or XDP_FIBS[0], **net)
             else:
                 self.engine = NetEngine(backend, self.graph, knobs, pool, self.tables, traffic_for,
                                         workers=n_workers, **net)

@@ -60,8 +60,8 @@ XDP_KNOBS = ("qdisc_bypass", "napi")
 class XdpEngine(NetEngine):
     """The generator's rings on veth, and an XDP program as the DUT."""
 
-    def __init__(self, graph, knobs, pool, tables, fib, traffic_for, **kw):
-        self.fib = fib
+    def __init__(self, graph, knobs, pool, tables, fib, traffic_for, xdp_fib="dir-24-8", **kw):
+        self.fib, self.xdp_fib = fib, xdp_fib
         super().__init__("xdp", graph, knobs, pool, tables, traffic_for, **kw)
 
     @property
@@ -72,13 +72,9 @@ class XdpEngine(NetEngine):
         g, k = self.g, self.knobs
         gns, dns = self._open_generator()
         self.port = "xdp"
-        source, name = PROGRAMS[g.name]
-        sizes = {"routes": len(self.fib.routes), "adjacencies": self.fib.n_adj} if self.fib is not None else None
-        self.prog = self._stack.enter_context(xdp.Program(source, name, reasons=g.reasons, sizes=sizes))
+        self.prog = self._stack.enter_context(load(g, self.fib, self.xdp_fib))
         with in_netns(dns):              # a devmap takes an ifindex of the namespace that writes it
             self.prog.update("tx_port", struct.pack("<I", 0), struct.pack("<I", socket.if_nametoindex(labnet.DUT_TX)))
-        if self.fib is not None:
-            fill_fib(self.prog, self.fib)
         if PEER is not None:
             peer = self._stack.enter_context(xdp.Program(*PEER))
             peer.attach(gns, labnet.GEN_RX)
@@ -117,7 +113,8 @@ class XdpEngine(NetEngine):
         kernel = self._kernel_side(r, notes)
         gen_cpu = r.cpu.get("gen", (0.0, 1.0))
         redirected = int(self.prog.counters("verdicts")[-1] - self._base[-1])
-        extra = {"port": "xdp", "program": PROGRAMS[g.name][1], "qdisc_bypass": k.qdisc_bypass, "rate": self.rate,
+        extra = {"port": "xdp", "program": PROGRAMS[g.name][1], "xdp_fib": self.xdp_fib if self.fib else None,
+                 "qdisc_bypass": k.qdisc_bypass, "rate": self.rate,
                  "gen_batch": self.gen_batch, "gen_tx_pps": int(gst[gen.G_SENT]) / wall,
                  "xdp_runs": runs, "xdp_ns": ns, "xdp_redirected": redirected,
                  "kernel_tx_retries": {k: int(v) for k, v in r.retried.items()},
@@ -130,12 +127,34 @@ class XdpEngine(NetEngine):
         return res
 
 
-def fill_fib(prog, fib):
-    """The FIB's routes into the program's LPM trie, in their order (of two equal
-    prefixes the later wins, as in labkit.graph.fib), and its adjacencies."""
-    r = fib.routes
-    for prefix, length, adj in zip(r["prefix"].tolist(), r["length"].tolist(), r["adj"].tolist()):
-        prog.update("routes", struct.pack("<I", length) + prefix.to_bytes(4, "big"), struct.pack("<I", adj))
+def load(g, fib=None, xdp_fib="dir-24-8"):
+    """Graph g's XDP program, loaded, its counters numbered as g's, its FIB (for ip4) filled
+    from ``fib``, labkit's table; not attached anywhere yet."""
+    source, name = PROGRAMS[g.name]
+    if fib is None:
+        return xdp.Program(source, name, reasons=g.reasons)
+    trie = xdp_fib == "lpm-trie"
+    sizes = {"adjacencies": fib.n_adj, **({"routes": len(fib.routes)} if trie else {"tbl8": fib.tbl8.size // 4})}
+    prog = xdp.Program(source, name, reasons=g.reasons, sizes=sizes, defines=("FIB_LPM_TRIE",) if trie else ())
+    try:
+        fill_fib(prog, fib, xdp_fib)
+    except BaseException:
+        prog.close()
+        raise
+    return prog
+
+
+def fill_fib(prog, fib, xdp_fib="dir-24-8"):
+    """labkit's FIB into the program's maps: tbl24 and tbl8 copied into their mmapped arrays
+    (DIR-24-8), or each route into the LPM trie in its order (of two equal prefixes the later
+    wins, as in labkit.graph.fib); and the adjacencies."""
+    if xdp_fib == "lpm-trie":
+        r = fib.routes
+        for prefix, length, adj in zip(r["prefix"].tolist(), r["length"].tolist(), r["adj"].tolist()):
+            prog.update("routes", struct.pack("<I", length) + prefix.to_bytes(4, "big"), struct.pack("<I", adj))
+    else:
+        prog.array("tbl24", np.uint16, 1 << 22, 8)[:] = fib.tbl24
+        prog.array("tbl8", np.uint16, fib.tbl8.size // 4, 8)[:] = fib.tbl8
     for a in range(fib.n_adj):
         value = bytes(fib.adj_mac[a]) + struct.pack("<I", int(fib.adj_valid[a]))
         prog.update("adjacencies", struct.pack("<I", a), value)
