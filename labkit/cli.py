@@ -708,6 +708,12 @@ DEMO_WORKERS = {
     "lightweight threads": ("model", "threads", "lthreads", dict(workers=1, knobs=Knobs(model="threads")),
                             dict(workers=1, knobs=Knobs(model="lthreads"))),
 }
+# Path rows of the demo (a real NIC): the DUT in user space on AF_PACKET rings, or in the
+# kernel, labkit's graph as an XDP program in the veth driver (labkit.run.xdprun).
+DEMO_PATHS = {"XDP in the kernel": ("backend", "veth", "xdp")}
+DEMO_XDP_NOTE = ("XDP in the kernel: its cycles/packet are the XDP program's own, not the driver's work around it; "
+                 "its CPU is the kernel's (softirq, NAPI threads). On veth the program runs on the generator's CPU "
+                 "(README: XDP, the graph in the kernel)")
 DEMO_WORKER_LAB = {             # WORKER_TECHNIQUES: the Lab both states run on
     "cache-line padding": dict(workers=2),
     "lock-free rings": dict(workers=1, dispatcher=True),
@@ -729,7 +735,23 @@ def _demo_plan(nic):
         plan.append((technique, knob, off, getattr(Knobs(), knob), "workers",
                      dict(backend="memory", knobs=Knobs().with_(**{knob: off}), **lab),
                      dict(backend="memory", knobs=Knobs(), **lab)))
+    for technique, (knob, off, on) in DEMO_PATHS.items():
+        plan.append((technique, knob, off, on, "xdp", dict(backend=nic), dict(backend=on)))
     return plan
+
+
+def _demo_skip(where, nic, graph):
+    """Why a row of the demo cannot run here, or None."""
+    if where in ("veth", "xdp") and nic != "veth":
+        return "needs a real NIC: --backend veth, as root" if nic == "memory" else f"needs veth, not {nic}"
+    if where == "xdp":
+        from labkit.nic import xdp
+        from labkit.run.lab import XDP_GRAPHS
+        if xdp.why_not():
+            return f"needs XDP: {xdp.why_not()}"
+        if graph not in XDP_GRAPHS:
+            return f"backend xdp runs the graphs {' and '.join(XDP_GRAPHS)}, not {graph}"
+    return None
 
 
 def _demo_rows(args, lab_mod, seconds, nic):
@@ -751,10 +773,13 @@ def _demo_rows(args, lab_mod, seconds, nic):
         for i, (technique, knob, off_value, on_value, where, off_lab, on_lab) in enumerate(todo):
             row = {"technique": technique, "knob": knob, "off": off_value, "on": on_value, "where": where}
             rows.append(row)
-            backend = on_lab["backend"]
-            if where == "veth" and backend == "memory":
-                row["skipped"] = "needs a real NIC: --backend veth, as root"
+            backend = off_lab["backend"]              # (the NIC: a path row runs both states on it)
+            skip = _demo_skip(where, nic, args.graph)
+            if skip:
+                row["skipped"] = skip
                 continue
+            if where == "xdp":
+                notes.append(DEMO_XDP_NOTE)
             row["backend"] = backend
             rate = DEMO_RATE.get(technique) if backend != "memory" else None
             if rate:
@@ -841,7 +866,8 @@ def cmd_demo(args):
         for r in rows:
             knob = f"{r['knob']}={r['off']}"
             if "skipped" in r:                   # (the JSON row says why in full)
-                t.add_row(r["technique"], knob, "-", "", "", *([""] if with_cpu else []), "needs veth", "", "")
+                short = "needs veth" if r["skipped"].startswith("needs") and "veth" in r["skipped"] else "skipped"
+                t.add_row(r["technique"], knob, "-", "", "", *([""] if with_cpu else []), short, "", "")
                 continue
             nic_ = r["backend"] + (f" @{r['rate'] // 1000}k" if r.get("rate") else "")
             cpu = "" if r["off_cpu_percent"] is None else \

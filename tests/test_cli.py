@@ -370,10 +370,14 @@ def test_demo_json_has_a_row_per_technique():
                extra_env={"LABKIT_QUICK": "1"})
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)
-    assert [r["technique"] for r in rows] == [*TECHNIQUES, *cli.DEMO_WORKERS, *WORKER_TECHNIQUES]
+    assert [r["technique"] for r in rows] == [*TECHNIQUES, *cli.DEMO_WORKERS, *WORKER_TECHNIQUES, *cli.DEMO_PATHS]
     for r in rows:
         if r["technique"] in TECHNIQUES:
             assert r["knob"] == TECHNIQUES[r["technique"]][0]
+        elif r["technique"] in cli.DEMO_PATHS:   # XDP: veth, then the graph in its driver
+            assert (r["where"], r["knob"], r["off"], r["on"]) == ("xdp", "backend", "veth", "xdp")
+            assert r["skipped"] == "needs a real NIC: --backend veth, as root"
+            continue
         else:                                    # multi-core rows: several workers on the in-memory NIC
             assert r["where"] == "workers"
             assert r["knob"] == {**WORKER_TECHNIQUES, **cli.DEMO_WORKERS}[r["technique"]][0]
@@ -400,8 +404,10 @@ def test_demo_human_says_which_backend_and_why():
     assert p.returncode == 0, p.stderr
     assert "in-memory NIC (no root needed)" in p.stderr
     assert "speed-up" in p.stdout and "verdict" in p.stdout and "too few runs" in p.stdout
-    for technique in [*TECHNIQUES, *cli.DEMO_WORKERS, *WORKER_TECHNIQUES]:
+    for technique in [*TECHNIQUES, *cli.DEMO_WORKERS, *WORKER_TECHNIQUES, *cli.DEMO_PATHS]:
         assert technique in p.stdout
+    if os.geteuid() == 0 and shutil.which("clang"):           # the XDP row ran, and says what its cycles are
+        assert "XDP in the kernel: its cycles/packet are the XDP program's own" in p.stderr
 
 
 # -- in-process: delegation and Ctrl-C -------------------------------------------

@@ -197,3 +197,25 @@ def test_the_command_prints_one_conserving_json_object(lab_net):
     res = json.loads(p.stdout)
     assert res["backend"] == "xdp" and res["extra"]["program"] == "ip4"
     assert res["sent"] == 20_000 == res["forwarded"] + sum(res["dropped"].values()) and res["dropped"]
+
+
+@needs_xdp
+def test_the_dashboard_measures_veth_beside_xdp(lab_net, monkeypatch):
+    from labkit.course.dashboard import Dashboard, pick_backend
+    monkeypatch.setenv("LABKIT_QUICK", "1")
+    assert pick_backend("xdp")[0] == "xdp"
+    d = Dashboard("backend", ["veth", "xdp"], graph="l2fwd", panels=("mpps", "cpu", "kernel_cpu"))
+    d.run()
+    assert not d.errors and {r["value"] for r in d.results} == {"veth", "xdp"}
+    for r in d.results:
+        assert r["conserved"] and r["sent"] > 0 and r["backend"] == r["value"]
+    assert "XDP (in the kernel)" in d.figure().to_json()
+
+
+def test_the_dashboard_says_why_xdp_is_not_there(monkeypatch):
+    from labkit.course import dashboard
+    from labkit.nic import labnet
+    monkeypatch.setattr(labnet, "why_not", lambda tap=False: None)
+    monkeypatch.setattr(xdp, "why_not", lambda: "clang is not installed (apt-get install clang libbpf-dev)")
+    with pytest.raises(ValueError, match="backend 'xdp' is not available here: clang is not installed"):
+        dashboard.pick_backend("xdp")

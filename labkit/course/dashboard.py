@@ -128,7 +128,7 @@ LABELS = {
     "poll": {"wait": "wait in poll()", "busy": "busy-poll", "adaptive": "adaptive"},
     "napi": {"off": "backlog (no NAPI)", "gro": "NAPI (GRO on)", "threaded": "threaded NAPI"},
     "rx_ring": {"block": "block ring (V3)", "frame": "per-frame ring (V2)"},
-    "backend": {"memory": "in-memory NIC", "veth": "veth", "tap": "TAP"},
+    "backend": {"memory": "in-memory NIC", "veth": "veth", "tap": "TAP", "xdp": "XDP (in the kernel)"},
     "model": {"rtc": "run to completion", "pipeline": "pipeline", "lthreads": "lightweight threads",
               "threads": "OS threads"},
     "sync": {"spsc": "lock-free rings", "lock": "spinlocked queue"},
@@ -166,6 +166,8 @@ BACKEND_WHY = {
                "compute and memory techniques show; kernel I/O costs (system calls, wake-ups, copies "
                "out of the kernel) do not exist here."),
     "tap": "a TAP device: the DUT read()s and write()s frames on its file descriptor.",
+    "xdp": ("veth, with the device under test in the kernel: labkit's graph as an XDP program in the veth "
+            "driver of {dut}, fed by labkit's generator in {gen}."),
 }
 
 
@@ -190,6 +192,9 @@ def pick_backend(backend="auto"):
         return "memory", "asked for the in-memory NIC"
     from labkit.nic import labnet
     why = labnet.why_not(tap=(backend == "tap"))
+    if why is None and backend == "xdp":
+        from labkit.nic import xdp
+        why = xdp.why_not()
     if why is None:
         real = "veth" if backend == "auto" else backend
         return real, "this process may build the lab network (root, or CAP_NET_ADMIN and CAP_SYS_ADMIN)"
@@ -206,7 +211,7 @@ class Banner:
 
     def _lines(self):
         from labkit.nic import labnet
-        name = {"veth": "veth", "memory": "in-memory NIC", "tap": "TAP"}[self.backend]
+        name = {"veth": "veth", "memory": "in-memory NIC", "tap": "TAP", "xdp": "XDP on veth"}[self.backend]
         what = BACKEND_WHY[self.backend].format(gen=labnet.gen_ns(), dut=labnet.dut_ns())
         i = self.info
         mode = (f"quick mode (LABKIT_QUICK=1): {QUICK_SECONDS:g} s per run, at most {QUICK_REPEATS} runs"
@@ -687,7 +692,7 @@ class Dashboard:
         if knob == "backend":
             for v in values:
                 if pick_backend(v)[0] != v:
-                    raise ValueError(f"backend {v!r}: use 'memory', 'veth' or 'tap'")
+                    raise ValueError(f"backend {v!r}: use 'memory', 'veth', 'tap' or 'xdp'")
             self.backend, self.why = "+".join(values), "each value is a backend"
         elif multicore is not None:
             if backend not in ("auto", "memory"):
