@@ -219,3 +219,26 @@ def test_the_dashboard_says_why_xdp_is_not_there(monkeypatch):
     monkeypatch.setattr(xdp, "why_not", lambda: "clang is not installed (apt-get install clang libbpf-dev)")
     with pytest.raises(ValueError, match="backend 'xdp' is not available here: clang is not installed"):
         dashboard.pick_backend("xdp")
+
+
+@needs_xdp
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_detach_the_programs(lab_net, sig, code):
+    import time
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--backend", "xdp", "--graph", "l2fwd", "--seconds",
+                          "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        give_up = time.monotonic() + 120
+        while not all(_attached()) and p.poll() is None and time.monotonic() < give_up:
+            time.sleep(0.05)
+        assert all(_attached()), p.stderr.read() if p.poll() is not None else "not attached in time"
+        time.sleep(0.5)                                       # (running)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == code and "Traceback" not in err, err
+    assert _attached() == (0, 0)

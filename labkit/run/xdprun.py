@@ -43,10 +43,11 @@ import struct
 import numpy as np
 
 from ..nic import afpacket as af
+from ..nic import generator as gen
 from ..nic import labnet, xdp
 from ..nic.labnet import in_netns
 from .knobs import Knobs
-from .netrun import NetEngine
+from .netrun import STALL_S, NetEngine
 from .result import NodeRuntime, make_result
 
 # labkit graph -> (C source in labkit/nic/xdp/, program name)
@@ -102,14 +103,13 @@ class XdpEngine(NetEngine):
     def _result(self, r, dropped, stalled):
         """The generator's books, the program's runs and time, the kernel's CPU."""
         g, k, gst, hz = self.g, self.knobs, r.gst, r.hz
-        from ..nic import generator as gen
         wall = max(int(gst[gen.G_TX_DONE_TSC]) - r.start, 1) / hz
         runs, ns = (b - a for a, b in zip(self._stats0, self.prog.run_stats()))
         cycles = int(ns * hz / 1e9)
         notes = list(self.notes)
         if stalled:
-            notes.append("the run stopped early: the kernel took no frame from the generator for a while "
-                         "(is a lab interface down?)")
+            notes.append(f"the run stopped early: for {STALL_S:g} s the kernel took no frame from the generator "
+                         "and nothing came back (is a lab interface down?)")
         kernel = self._kernel_side(r, notes)
         gen_cpu = r.cpu.get("gen", (0.0, 1.0))
         redirected = int(self.prog.counters("verdicts")[-1] - self._base[-1])
@@ -117,7 +117,7 @@ class XdpEngine(NetEngine):
                  "qdisc_bypass": k.qdisc_bypass, "rate": self.rate,
                  "gen_batch": self.gen_batch, "gen_tx_pps": int(gst[gen.G_SENT]) / wall,
                  "xdp_runs": runs, "xdp_ns": ns, "xdp_redirected": redirected,
-                 "kernel_tx_retries": {k: int(v) for k, v in r.retried.items()},
+                 "kernel_tx_retries": {link: int(n) for link, n in r.retried.items()},
                  "gen_cpu_percent": 100.0 * gen_cpu[0] / max(gen_cpu[1], 1e-9), **kernel}
         res = make_result("xdp", g, k, stats=np.zeros((len(g.nodes), 3), np.int64), sent=int(gst[gen.G_SENT]),
                           forwarded=int(gst[gen.G_RX]), dropped=dropped, seconds=wall, tsc_hz=hz, dut_cycles=cycles,
