@@ -242,3 +242,12 @@ def test_ctrl_c_and_sigterm_detach_the_programs(lab_net, sig, code):
             p.kill()
     assert p.returncode == code and "Traceback" not in err, err
     assert _attached() == (0, 0)
+
+
+@needs_xdp
+def test_latency_through_the_kernel(lab_net):
+    with Lab(backend="xdp", graph="l2fwd", latency=True, rate=20_000) as lab:
+        res = lab.run(packets=5_000)
+    lt = res.latency
+    assert res.conserved and lt["samples"] + lt["unstamped"] == res.forwarded == 5_000
+    assert 0 < lt["p50"] <= lt["p99"] <= lt["max"] and lt["load"].startswith("open loop")

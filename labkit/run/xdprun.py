@@ -45,6 +45,7 @@ import numpy as np
 from ..nic import afpacket as af
 from ..nic import generator as gen
 from ..nic import labnet, xdp
+from ..nic import latency as lat
 from ..nic.labnet import in_netns
 from .knobs import Knobs
 from .netrun import STALL_S, NetEngine
@@ -122,7 +123,8 @@ class XdpEngine(NetEngine):
         res = make_result("xdp", g, k, stats=np.zeros((len(g.nodes), 3), np.int64), sent=int(gst[gen.G_SENT]),
                           forwarded=int(gst[gen.G_RX]), dropped=dropped, seconds=wall, tsc_hz=hz, dut_cycles=cycles,
                           notes=notes, pool_ok=True, extra=extra,
-                          cpu_percent=kernel["softirq_cpu_percent"] + kernel["napi_thread_cpu_percent"])
+                          cpu_percent=kernel["softirq_cpu_percent"] + kernel["napi_thread_cpu_percent"],
+                          latency=lat.summarize(r.stamps[1], hz, self.rate) if self.latency else None)
         res.runtime = [NodeRuntime(f"xdp:{PROGRAMS[g.name][1]}", runs, runs, cycles)]
         return res
 
