@@ -57,7 +57,10 @@ def test_the_ir_reader_tells_64_from_32_bit_lanes_and_scalar_code():
         _classes(fn, h)
     assert lesson.lane_bits(lesson.checksum64) == {64}
     assert lesson.lane_bits(lesson.checksum32) == {32} == lesson.lane_bits(lesson.validate)
-    assert lesson.vector_lanes(lesson.checksum32) == 2 * lesson.vector_lanes(lesson.checksum64)
+    # in this process the lanes are what LLVM's tuning for this CPU picks (for Intel's server cores it
+    # prefers 256-bit vectors even with AVX-512); every instruction set at its full width, 32-bit sums
+    # in twice the lanes of 64-bit ones, is test_each_child_compiles_for_its_instruction_set_and_all_agree
+    assert lesson.vector_lanes(lesson.checksum32) >= lesson.vector_lanes(lesson.checksum64) > 1
 
     @njit(nogil=True)
     def serial(words, room, n, out):            # each header depends on the last: nothing to vectorize

@@ -328,6 +328,12 @@ def isas_here():
             continue
         family = _AVX_FAMILY if off == ("avx",) else off
         feats_s = ",".join("-" + f[1:] if f[0] == "+" and f[1:].startswith(family) else f for f in flat.split(","))
+        if name == "AVX-512":
+            # LLVM tunes Intel's server cores (skylake-avx512 to emeraldrapids) to prefer 256-bit
+            # vectors, since 512-bit instructions may lower their clock: it then vectorizes with
+            # half of AVX-512's lanes. The AVX-512 row asks for the whole width, as clang's
+            # -mprefer-vector-width=512 does (AMD's Zen 4 has no such preference to turn off).
+            feats_s += ",-prefer-256-bit"
         env = {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": feats_s}
         if not vectorize:
             env.update(NUMBA_LOOP_VECTORIZE="0", NUMBA_SLP_VECTORIZE="0")
