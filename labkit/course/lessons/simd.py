@@ -332,7 +332,7 @@ def isas_here():
             # LLVM tunes Intel's server cores (skylake-avx512 to emeraldrapids) to prefer 256-bit
             # vectors, since 512-bit instructions may lower their clock: it then vectorizes with
             # half of AVX-512's lanes. The AVX-512 row asks for the whole width, as clang's
-            # -mprefer-vector-width=512 does (AMD's Zen 4 has no such preference to turn off).
+            # -mprefer-vector-width=512 does (LLVM's tuning for AMD's Zen 4 has no such preference).
             feats_s += ",-prefer-256-bit"
         env = {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": feats_s}
         if not vectorize:
