@@ -148,7 +148,7 @@ def test_without_napi_at_the_peer_every_forwarded_frame_is_lost_and_counted(lab_
     monkeypatch.setattr(xdprun, "PEER", None)
     with Lab(backend="xdp", graph="l2fwd") as lab:
         res = lab.run(packets=10_000)
-    # (kernel 6.18 refuses the redirect itself: lk-d1 does not offer ndo_xdp_xmit while its peer has no NAPI)
+    # (measured on Linux 6.18: the redirect itself fails, lk-d0's rx_dropped, not lk-d1's tx_dropped)
     assert res.forwarded == 0 and res.dropped == {"xdp_redirect_failed": 10_000} and res.conserved
 
 
