@@ -100,6 +100,7 @@ from ..settings import SLICE_S
 from . import latency as lat_bench
 from . import napi as napi_bench
 from . import paths as paths_bench
+from .paths import BenchError, sh as _sh
 from .cores import measure_toeplitz
 from .report import Progress, emit, print_table
 
@@ -130,10 +131,6 @@ BRIDGE_MACS = {labnet.DUT_RX: "02:00:00:00:01:00", labnet.DUT_TX: "02:00:00:00:0
                BRIDGE: "02:00:00:00:01:ff"}
 DUT_MAC = "02:00:00:00:00:01"
 BR_NF = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
-
-
-class BenchError(RuntimeError):
-    """A measurement could not be made; the message says which and why."""
 
 
 def _med(xs):
@@ -431,27 +428,11 @@ class _Gen:
 
 # ---- the kernel's bridge --------------------------------------------------------------
 
-def _sh(*argv):
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise BenchError(f"`{' '.join(argv)}` failed: {(r.stderr or r.stdout).strip()}")
-    return r.stdout
-
-
 def _br_nf(ns, values=None):
     """br_netfilter's per-namespace switches in ``ns`` (read, or set to ``values``)."""
-    out = {}
-    with labnet.in_netns(ns):               # /proc/sys/net shows the opening thread's namespace
-        for name in BR_NF:
-            path = f"/proc/sys/net/bridge/{name}"
-            if not os.path.exists(path):
-                continue
-            if values is not None and name in values:
-                with open(path, "w") as f:
-                    f.write(str(values[name]))
-            with open(path) as f:
-                out[name] = int(f.read())
-    return out
+    path = {f"bridge/{name}": name for name in BR_NF}
+    got = labnet.net_sysctls(ns, path, values and {f"bridge/{name}": v for name, v in values.items()})
+    return {path[k]: v for k, v in got.items()}
 
 
 def bridge_up(p):
@@ -623,18 +604,12 @@ def m_toeplitz(c):
 
 
 def m_fwd_bridge(c):
-    gen = _Gen(c.p, c.t, batch=GEN_BATCH)
-    try:
-        with kernel_bridge(c.p):
-            r = gen.run(c.seconds, wait_rx=True)
-    finally:
-        gen.close()
-    return {"pps": r["received"] / r["seconds"], "sent": r["sent"], "forwarded": r["received"],
-            "lost": r["sent"] - r["received"], "seconds": r["seconds"], "gen_cpu_percent": r["cpu_percent"]}
+    """The generator alone through the Linux bridge (the forwarding section)."""
+    return m_fwd_kernel(c, "bridge")
 
 
 def m_fwd_kernel(c, setup):
-    """The generator alone through the kernel's router or bridge (the paths section):
+    """The generator alone through the kernel's router or bridge (the paths and forwarding sections):
     rate, and the kernel's CPU meanwhile."""
     gen = _Gen(c.p, c.t, batch=GEN_BATCH)
     try:

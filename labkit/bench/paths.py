@@ -29,7 +29,6 @@ The kernel paths forward frames a Lab does not make (the bench's traffic,
 addressed to 10.255.x.x and beyond); the labkit paths send the Lab's own
 frames of the same size, to destinations in its FIB.
 """
-import os
 import subprocess
 from contextlib import contextmanager
 
@@ -62,20 +61,21 @@ NOT_BUILT = {"labkit AF_XDP": "the AF_XDP backend is not built yet (issue 13, it
 KEYS = ("pps", "cpu_percent", "dut_cpu_percent", "kernel_cpu_percent", "cpu_cycles_per_packet")
 
 
+class BenchError(RuntimeError):
+    """A measurement could not be made; the message says which and why."""
+
+
+def sh(*argv):
+    """Run a command (ip, tc, bridge); its output, or BenchError with what it said."""
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BenchError(f"`{' '.join(argv)}` failed: {(r.stderr or r.stdout).strip()}")
+    return r.stdout
+
+
 def _sysctls(ns, values=None):
-    """/proc/sys/net/<name> of ROUTER_SYSCTLS in namespace ns: read, or set to ``values`` first."""
-    out = {}
-    with labnet.in_netns(ns):               # /proc/sys/net shows the opening thread's namespace
-        for name in ROUTER_SYSCTLS:
-            path = f"/proc/sys/net/{name}"
-            if not os.path.exists(path):
-                continue
-            if values is not None and name in values:
-                with open(path, "w") as f:
-                    f.write(str(values[name]))
-            with open(path) as f:
-                out[name] = int(f.read())
-    return out
+    """ROUTER_SYSCTLS in namespace ns: read, or set to ``values`` first."""
+    return labnet.net_sysctls(ns, ROUTER_SYSCTLS, values)
 
 
 @contextmanager
@@ -88,25 +88,19 @@ def kernel_router(p):
     try:
         for ifname, addr in ROUTER_ADDRS.items():
             # labnet's tc ingress drop keeps the kernel's stack out of labkit's runs: it must go
-            _sh("tc", "-n", dns, "qdisc", "del", "dev", ifname, "clsact")
-            _sh("ip", "-n", dns, "addr", "add", addr, "dev", ifname)
-        _sh("ip", "-n", dns, "neigh", "replace", NEXT_HOP, "lladdr", NEXT_HOP_MAC, "dev", labnet.DUT_TX,
+            sh("tc", "-n", dns, "qdisc", "del", "dev", ifname, "clsact")
+            sh("ip", "-n", dns, "addr", "add", addr, "dev", ifname)
+        sh("ip", "-n", dns, "neigh", "replace", NEXT_HOP, "lladdr", NEXT_HOP_MAC, "dev", labnet.DUT_TX,
             "nud", "permanent")
-        _sh("ip", "-n", dns, "route", "replace", "default", "via", NEXT_HOP, "dev", labnet.DUT_TX)
+        sh("ip", "-n", dns, "route", "replace", "default", "via", NEXT_HOP, "dev", labnet.DUT_TX)
         _sysctls(dns, {name: 0 if "rp_filter" in name else 1 for name in ROUTER_SYSCTLS})
         yield
     finally:
         for ifname in ROUTER_ADDRS:
-            _sh("ip", "-n", dns, "addr", "flush", "dev", ifname)
-            _sh("ip", "-n", dns, "neigh", "flush", "dev", ifname)
+            sh("ip", "-n", dns, "addr", "flush", "dev", ifname)
+            sh("ip", "-n", dns, "neigh", "flush", "dev", ifname)
         _sysctls(dns, saved)
         labnet.up(tap=False, p=p)            # the tc drops, idempotently
-
-
-def _sh(*argv):
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"`{' '.join(argv)}` failed: {(r.stderr or r.stdout).strip()}")
 
 
 def kernel_cpu():

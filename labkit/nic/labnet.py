@@ -190,17 +190,29 @@ def _make_ns(ns):
         netns.remove(ns)                             # a stale name left by a crash: start over
     if not _ns_exists(ns):
         netns.create(ns)
-    with in_netns(ns):
-        # No IPv6 on the lab links: a link that comes up with IPv6 sends router
-        # solicitations, duplicate address probes and MLD reports, frames the
-        # DUT would count as traffic. "default" covers links created later,
-        # "all" the ones that exist (lo), so set both before creating links.
-        # /proc/sys/net shows the namespace of the thread that opens the file.
-        for scope in ("all", "default"):
-            path = f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"
-            if os.path.exists(path):                 # absent on a kernel without IPv6
+    # No IPv6 on the lab links: a link that comes up with IPv6 sends router
+    # solicitations, duplicate address probes and MLD reports, frames the
+    # DUT would count as traffic. "default" covers links created later,
+    # "all" the ones that exist (lo), so set both before creating links.
+    scopes = [f"ipv6/conf/{scope}/disable_ipv6" for scope in ("all", "default")]
+    net_sysctls(ns, scopes, {name: 1 for name in scopes})
+
+
+def net_sysctls(ns, names, values=None):
+    """{name: value} of the settings /proc/sys/net/<name> in namespace ``ns``, each first set
+    to ``values[name]`` when given; a setting this kernel lacks is left out."""
+    out = {}
+    with in_netns(ns):               # /proc/sys/net shows the namespace of the thread that opens the file
+        for name in names:
+            path = f"/proc/sys/net/{name}"
+            if not os.path.exists(path):
+                continue
+            if values is not None and name in values:
                 with open(path, "w") as f:
-                    f.write("1")
+                    f.write(str(values[name]))
+            with open(path) as f:
+                out[name] = int(f.read())
+    return out
 
 
 # ---- the ingress drop --------------------------------------------------------
